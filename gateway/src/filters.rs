@@ -1,0 +1,1 @@
+//! Route filters as pure functions over request and response parts.

@@ -1,0 +1,1 @@
+//! The router: compiles a DataPlaneConfig into per-listener lookup tables, and matches requests.
