@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs every test of torhaus, first installing what the tests need. This is the README's test
+# command and what CI runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/torhaus/target}
+export CARGO_TERM_COLOR=never
+scripts/install-deps.sh test
+
+echo "== format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+echo "== build"
+# The end-to-end tests run the real binary, so it must exist before they start.
+cargo build --workspace --bins --quiet
+
+echo "== tests"
+cargo test --workspace --no-fail-fast 2>&1 | tee "${TMPDIR:-/tmp}/torhaus-test.log"
+status=${PIPESTATUS[0]}
+passed=$(grep -Eo '[0-9]+ passed' "${TMPDIR:-/tmp}/torhaus-test.log" | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed' "${TMPDIR:-/tmp}/torhaus-test.log" | awk '{s+=$1} END {print s+0}')
+ignored=$(grep -Eo '[0-9]+ ignored' "${TMPDIR:-/tmp}/torhaus-test.log" | awk '{s+=$1} END {print s+0}')
+echo "total: $passed passed, $failed failed, $ignored skipped"
+exit "$status"

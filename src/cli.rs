@@ -1,0 +1,139 @@
+//! The command line: subcommands, flags, and parsing of their values.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "torhaus", version, about = "Edge ingress and identity gateway for self-hosted Kubernetes")]
+pub struct Cli {
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "TORHAUS_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the Gateway API manifests found in a directory.
+    Run(RunArgs),
+    /// Validate a directory of manifests, print the compiled listeners, routes and every object's
+    /// conditions; exit 1 if anything was rejected.
+    Check(CheckArgs),
+    /// The local certificate authority that signs certificates for HTTPS listeners that have none.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Print the local CA's certificate (PEM), for clients to trust.
+    Export(StateDirArg),
+}
+
+#[derive(Debug, Args)]
+pub struct StateDirArg {
+    /// Where torhaus keeps its state (the local CA). Defaults to $TORHAUS_STATE_DIR, then
+    /// $XDG_DATA_HOME/torhaus, then ~/.local/share/torhaus, then /var/lib/torhaus.
+    #[arg(long, env = "TORHAUS_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Directory of Kubernetes manifests (searched recursively).
+    #[arg(long, env = "TORHAUS_CONFIG")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Directory of Kubernetes manifests (searched recursively), watched for changes.
+    #[arg(long, env = "TORHAUS_CONFIG")]
+    pub config: PathBuf,
+    /// Bind listener ports elsewhere than the Gateway declares, e.g. `80:8080,443:8443`, for tests
+    /// and unprivileged runs. Redirects still use the declared ports.
+    #[arg(long, value_parser = parse_port_map, default_value = "")]
+    pub port_map: PortMap,
+    /// Worker threads of each listening port.
+    #[arg(long, default_value_t = default_threads())]
+    pub threads: usize,
+    /// Address the listeners bind to.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub bind: IpAddr,
+    /// How many proxies in front of torhaus append to X-Forwarded-For and are trusted; 0 means
+    /// clients talk to torhaus directly and any X-Forwarded-For they send is replaced.
+    #[arg(long, default_value_t = 0)]
+    pub trusted_hops: u32,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub grace_period: Duration,
+    /// Largest request header block accepted; larger ones get 431.
+    #[arg(long, default_value_t = 32 * 1024)]
+    pub max_request_header_bytes: usize,
+    #[command(flatten)]
+    pub state: StateDirArg,
+}
+
+/// Declared listener port → port actually bound.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortMap(pub HashMap<u16, u16>);
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+fn parse_port_map(raw: &str) -> Result<PortMap, String> {
+    let mut map = HashMap::new();
+    for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (from, to) = pair
+            .split_once(':')
+            .ok_or_else(|| format!("{pair:?} is not DECLARED:BOUND, e.g. 80:8080"))?;
+        let from: u16 = from
+            .trim()
+            .parse()
+            .map_err(|_| format!("{from:?} in {pair:?} is not a port number"))?;
+        let to: u16 = to
+            .trim()
+            .parse()
+            .map_err(|_| format!("{to:?} in {pair:?} is not a port number"))?;
+        if map.insert(from, to).is_some() {
+            return Err(format!("port {from} is mapped twice"));
+        }
+    }
+    Ok(PortMap(map))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_map_parses_pairs_and_rejects_garbage() {
+        let map = parse_port_map("80:18080, 443:18443").map_err(|e| e.to_string());
+        assert_eq!(map, Ok(PortMap(HashMap::from([(80, 18080), (443, 18443)]))));
+        assert_eq!(parse_port_map(""), Ok(PortMap::default()));
+        assert!(parse_port_map("80").is_err());
+        assert!(parse_port_map("80:x").is_err());
+        assert!(parse_port_map("80:1,80:2").is_err());
+        assert!(parse_port_map("70000:1").is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}
