@@ -122,11 +122,12 @@ impl<T> HostIndex<T> {
     }
 
     fn sort_wildcards(&mut self) {
-        self.wildcards.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        self.wildcards
+            .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
     }
 
     /// Every entry whose pattern matches `host`, most specific first.
-    fn matching<'s, 'h>(&'s self, host: &'h str) -> impl Iterator<Item = &'s T> {
+    fn matching<'s>(&'s self, host: &str) -> impl Iterator<Item = &'s T> {
         let exact = self.exact.get(host);
         let wildcards = self
             .wildcards
@@ -213,14 +214,21 @@ impl MatchTable {
                     self.root_prefix.push(candidate);
                 } else {
                     self.longest_prefix = self.longest_prefix.max(trimmed.len());
-                    self.prefixes.entry(trimmed.into()).or_default().push(candidate);
+                    self.prefixes
+                        .entry(trimmed.into())
+                        .or_default()
+                        .push(candidate);
                 }
             }
         }
     }
 
     fn sort(&mut self) {
-        for group in self.exact_paths.values_mut().chain(self.prefixes.values_mut()) {
+        for group in self
+            .exact_paths
+            .values_mut()
+            .chain(self.prefixes.values_mut())
+        {
             group.sort_by(Candidate::cmp_after_path);
         }
         self.root_prefix.sort_by(Candidate::cmp_after_path);
@@ -281,9 +289,11 @@ fn regex_len(candidate: &Candidate) -> usize {
 }
 
 fn first_matching<'c>(group: &'c [Candidate], req: &RequestView<'_>) -> Option<&'c Candidate> {
-    group
-        .iter()
-        .find(|candidate| candidate.request_match().is_some_and(|m| conditions_match(m, req)))
+    group.iter().find(|candidate| {
+        candidate
+            .request_match()
+            .is_some_and(|m| conditions_match(m, req))
+    })
 }
 
 /// Method, headers and query: everything but the path, which the table's index already checked.
@@ -389,8 +399,11 @@ impl CompiledConfig {
 
 impl CompiledPort {
     fn compile(port: &torhaus_model::PortConfig) -> CompiledPort {
-        let listeners: Vec<CompiledListener> =
-            port.listeners.iter().map(CompiledListener::compile).collect();
+        let listeners: Vec<CompiledListener> = port
+            .listeners
+            .iter()
+            .map(CompiledListener::compile)
+            .collect();
         let mut by_hostname = HostIndex::default();
         for (index, listener) in listeners.iter().enumerate() {
             // The translation guarantees distinct hostnames; keep the first if not.
