@@ -1,2 +1,21 @@
-//! placeholder
+//! torhaus's Gateway API layer: object sources, the pure translation into the data plane's
+//! configuration, and the per-object conditions that translation reports.
 #![forbid(unsafe_code)]
+
+pub mod report;
+pub mod source;
+pub mod translate;
+
+pub use source::{
+    DirectorySource, KubeObject, ObjectKey, ObjectKind, ObjectSet, Problem, Severity, SourceError,
+    SourceLocation, Sourced, load_directory, parse_manifests, spawn_directory_source,
+};
+
+pub use report::{
+    Condition, ConditionStatus, ListenerStatus, ObjectStatus, ParentReference, ParentStatus,
+    Report, RouteGroupKind,
+};
+pub use translate::{TranslateOptions, Translation, translate};
+
+/// The `spec.controllerName` of the GatewayClasses torhaus serves.
+pub const CONTROLLER_NAME: &str = "torhaus.dev/gateway-controller";

@@ -1,0 +1,25 @@
+//! The Kubernetes objects translation reads, where each came from, and how raw manifests become them.
+
+mod directory;
+mod objects;
+
+pub use directory::{DirectorySource, load_directory, spawn_directory_source};
+pub use objects::{
+    KubeObject, ObjectKey, ObjectKind, ObjectSet, Problem, Severity, SourceLocation, Sourced,
+    parse_manifests,
+};
+
+use std::path::PathBuf;
+
+/// Failures that stop a source altogether (a bad manifest never does: it becomes a [`Problem`]).
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0} is not a directory")]
+    NotADirectory(PathBuf),
+}

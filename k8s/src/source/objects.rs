@@ -1,0 +1,478 @@
+//! The object set translation reads, with each object's origin, and the parser of raw manifests.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use gateway_api::experimental::gatewayclasses::GatewayClass;
+use gateway_api::experimental::gateways::Gateway;
+use gateway_api::experimental::httproutes::HttpRoute;
+use gateway_api::experimental::referencegrants::ReferenceGrant;
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::de::DeserializeOwned;
+use torhaus_model::ObjectName;
+
+const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+
+/// Where an object came from, for every message about it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SourceLocation {
+    /// A document of a manifest file; `item` is the position inside a `kind: List`.
+    File {
+        path: PathBuf,
+        document: usize,
+        item: Option<usize>,
+    },
+    /// Read from the Kubernetes API.
+    Api,
+}
+
+impl SourceLocation {
+    pub fn file(path: impl Into<PathBuf>, document: usize) -> Self {
+        SourceLocation::File {
+            path: path.into(),
+            document,
+            item: None,
+        }
+    }
+}
+
+impl fmt::Display for SourceLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SourceLocation::File {
+                path,
+                document,
+                item: None,
+            } => write!(f, "{} (document {document})", path.display()),
+            SourceLocation::File {
+                path,
+                document,
+                item: Some(item),
+            } => write!(f, "{} (document {document}, item {item})", path.display()),
+            SourceLocation::Api => f.write_str("Kubernetes API"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ObjectKind {
+    GatewayClass,
+    Gateway,
+    HttpRoute,
+    ReferenceGrant,
+    Service,
+    EndpointSlice,
+    Secret,
+    Namespace,
+}
+
+impl ObjectKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectKind::GatewayClass => "GatewayClass",
+            ObjectKind::Gateway => "Gateway",
+            ObjectKind::HttpRoute => "HTTPRoute",
+            ObjectKind::ReferenceGrant => "ReferenceGrant",
+            ObjectKind::Service => "Service",
+            ObjectKind::EndpointSlice => "EndpointSlice",
+            ObjectKind::Secret => "Secret",
+            ObjectKind::Namespace => "Namespace",
+        }
+    }
+
+    /// Cluster-scoped kinds have no namespace (it is kept empty in their keys).
+    pub fn is_namespaced(self) -> bool {
+        !matches!(self, ObjectKind::GatewayClass | ObjectKind::Namespace)
+    }
+
+    /// The kind for an `apiVersion` + `kind` pair, or `None` when torhaus does not read it.
+    fn from_type(api_version: &str, kind: &str) -> Option<Self> {
+        let group = api_version.rsplit_once('/').map_or("", |(group, _)| group);
+        let known = match (group, kind) {
+            (GATEWAY_GROUP, "GatewayClass") => ObjectKind::GatewayClass,
+            (GATEWAY_GROUP, "Gateway") => ObjectKind::Gateway,
+            (GATEWAY_GROUP, "HTTPRoute") => ObjectKind::HttpRoute,
+            (GATEWAY_GROUP, "ReferenceGrant") => ObjectKind::ReferenceGrant,
+            ("", "Service") => ObjectKind::Service,
+            ("discovery.k8s.io", "EndpointSlice") => ObjectKind::EndpointSlice,
+            ("", "Secret") => ObjectKind::Secret,
+            ("", "Namespace") => ObjectKind::Namespace,
+            _ => return None,
+        };
+        Some(known)
+    }
+}
+
+impl fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The identity of an object: kind, namespace (empty when cluster-scoped) and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub kind: ObjectKind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+/// One object of a kind torhaus reads.
+#[derive(Debug, Clone)]
+pub enum KubeObject {
+    GatewayClass(Box<GatewayClass>),
+    Gateway(Box<Gateway>),
+    HttpRoute(Box<HttpRoute>),
+    ReferenceGrant(Box<ReferenceGrant>),
+    Service(Box<Service>),
+    EndpointSlice(Box<EndpointSlice>),
+    Secret(Box<Secret>),
+    Namespace(Box<Namespace>),
+}
+
+impl KubeObject {
+    pub fn kind(&self) -> ObjectKind {
+        match self {
+            KubeObject::GatewayClass(_) => ObjectKind::GatewayClass,
+            KubeObject::Gateway(_) => ObjectKind::Gateway,
+            KubeObject::HttpRoute(_) => ObjectKind::HttpRoute,
+            KubeObject::ReferenceGrant(_) => ObjectKind::ReferenceGrant,
+            KubeObject::Service(_) => ObjectKind::Service,
+            KubeObject::EndpointSlice(_) => ObjectKind::EndpointSlice,
+            KubeObject::Secret(_) => ObjectKind::Secret,
+            KubeObject::Namespace(_) => ObjectKind::Namespace,
+        }
+    }
+
+    pub fn metadata(&self) -> &ObjectMeta {
+        match self {
+            KubeObject::GatewayClass(o) => &o.metadata,
+            KubeObject::Gateway(o) => &o.metadata,
+            KubeObject::HttpRoute(o) => &o.metadata,
+            KubeObject::ReferenceGrant(o) => &o.metadata,
+            KubeObject::Service(o) => &o.metadata,
+            KubeObject::EndpointSlice(o) => &o.metadata,
+            KubeObject::Secret(o) => &o.metadata,
+            KubeObject::Namespace(o) => &o.metadata,
+        }
+    }
+
+    pub fn key(&self) -> ObjectKey {
+        let kind = self.kind();
+        let meta = self.metadata();
+        ObjectKey {
+            kind,
+            namespace: if kind.is_namespaced() {
+                meta.namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".to_owned())
+            } else {
+                String::new()
+            },
+            name: meta.name.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// A value together with the place it was read from.
+#[derive(Debug, Clone)]
+pub struct Sourced<T> {
+    pub object: T,
+    pub location: SourceLocation,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Warning,
+    Error,
+}
+
+/// Something wrong with the input that did not stop the rest from being read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub severity: Severity,
+    pub location: Option<SourceLocation>,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn error(location: Option<SourceLocation>, message: impl Into<String>) -> Self {
+        Self {
+            severity: Severity::Error,
+            location,
+            message: message.into(),
+        }
+    }
+
+    pub fn warning(location: Option<SourceLocation>, message: impl Into<String>) -> Self {
+        Self {
+            severity: Severity::Warning,
+            location,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let severity = match self.severity {
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+        };
+        match &self.location {
+            Some(location) => write!(f, "{severity}: {location}: {}", self.message),
+            None => write!(f, "{severity}: {}", self.message),
+        }
+    }
+}
+
+/// Every object translation reads, keyed by namespace/name (namespace empty for cluster-scoped
+/// kinds), plus the problems met while reading them.
+#[derive(Debug, Clone, Default)]
+pub struct ObjectSet {
+    pub gateway_classes: BTreeMap<String, Sourced<GatewayClass>>,
+    pub gateways: BTreeMap<ObjectName, Sourced<Gateway>>,
+    pub http_routes: BTreeMap<ObjectName, Sourced<HttpRoute>>,
+    pub reference_grants: BTreeMap<ObjectName, Sourced<ReferenceGrant>>,
+    pub services: BTreeMap<ObjectName, Sourced<Service>>,
+    pub endpoint_slices: BTreeMap<ObjectName, Sourced<EndpointSlice>>,
+    pub secrets: BTreeMap<ObjectName, Sourced<Secret>>,
+    pub namespaces: BTreeMap<String, Sourced<Namespace>>,
+    pub problems: Vec<Problem>,
+}
+
+impl ObjectSet {
+    /// Adds an object. A second object with the same identity is refused (the first stays) and
+    /// an error naming both places is recorded.
+    pub fn insert(&mut self, object: KubeObject, location: SourceLocation) {
+        let key = object.key();
+        if let Some(existing) = self.location_of(&key) {
+            let message =
+                format!("duplicate {key}: already defined at {existing}; this copy is ignored");
+            self.problems.push(Problem::error(Some(location), message));
+            return;
+        }
+        let name = ObjectName::new(key.namespace, key.name);
+        match object {
+            KubeObject::GatewayClass(o) => {
+                self.gateway_classes
+                    .insert(name.name, sourced(*o, location));
+            }
+            KubeObject::Gateway(o) => {
+                self.gateways.insert(name, sourced(*o, location));
+            }
+            KubeObject::HttpRoute(o) => {
+                self.http_routes.insert(name, sourced(*o, location));
+            }
+            KubeObject::ReferenceGrant(o) => {
+                self.reference_grants.insert(name, sourced(*o, location));
+            }
+            KubeObject::Service(o) => {
+                self.services.insert(name, sourced(*o, location));
+            }
+            KubeObject::EndpointSlice(o) => {
+                self.endpoint_slices.insert(name, sourced(*o, location));
+            }
+            KubeObject::Secret(o) => {
+                self.secrets.insert(name, sourced(*o, location));
+            }
+            KubeObject::Namespace(o) => {
+                self.namespaces.insert(name.name, sourced(*o, location));
+            }
+        }
+    }
+
+    /// Where the object with this identity was read from, if it is present.
+    pub fn location_of(&self, key: &ObjectKey) -> Option<&SourceLocation> {
+        let name = ObjectName::new(key.namespace.clone(), key.name.clone());
+        match key.kind {
+            ObjectKind::GatewayClass => self.gateway_classes.get(&key.name).map(|o| &o.location),
+            ObjectKind::Gateway => self.gateways.get(&name).map(|o| &o.location),
+            ObjectKind::HttpRoute => self.http_routes.get(&name).map(|o| &o.location),
+            ObjectKind::ReferenceGrant => self.reference_grants.get(&name).map(|o| &o.location),
+            ObjectKind::Service => self.services.get(&name).map(|o| &o.location),
+            ObjectKind::EndpointSlice => self.endpoint_slices.get(&name).map(|o| &o.location),
+            ObjectKind::Secret => self.secrets.get(&name).map(|o| &o.location),
+            ObjectKind::Namespace => self.namespaces.get(&key.name).map(|o| &o.location),
+        }
+    }
+
+    /// Number of objects held (problems excluded).
+    pub fn len(&self) -> usize {
+        self.gateway_classes.len()
+            + self.gateways.len()
+            + self.http_routes.len()
+            + self.reference_grants.len()
+            + self.services.len()
+            + self.endpoint_slices.len()
+            + self.secrets.len()
+            + self.namespaces.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn sourced<T>(object: T, location: SourceLocation) -> Sourced<T> {
+    Sourced { object, location }
+}
+
+/// Parses the text of one manifest file (YAML with any number of documents, or JSON; `kind:
+/// List` is unpacked). Returns the objects it holds and the problems met; a broken document
+/// never hides the valid ones before it.
+pub fn parse_manifests(
+    text: &str,
+    path: &Path,
+) -> (Vec<(KubeObject, SourceLocation)>, Vec<Problem>) {
+    let mut objects = Vec::new();
+    let mut problems = Vec::new();
+    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let document_number = index + 1;
+        let location = SourceLocation::file(path, document_number);
+        let value = match <serde_yaml::Value as serde::Deserialize>::deserialize(document) {
+            Ok(value) => value,
+            Err(error) => {
+                problems.push(Problem::error(
+                    Some(location),
+                    format!("malformed YAML: {error}"),
+                ));
+                // After a syntax error the YAML stream cannot be resynchronised.
+                break;
+            }
+        };
+        if value.is_null() {
+            continue;
+        }
+        let json = match serde_json::to_value(&value) {
+            Ok(json) => json,
+            Err(error) => {
+                problems.push(Problem::error(
+                    Some(location),
+                    format!("document cannot be represented as a Kubernetes object: {error}"),
+                ));
+                continue;
+            }
+        };
+        if json.get("kind").and_then(|k| k.as_str()) == Some("List") {
+            match json.get("items").and_then(|items| items.as_array()) {
+                Some(items) => {
+                    for (item_index, item) in items.iter().enumerate() {
+                        let location = SourceLocation::File {
+                            path: path.to_owned(),
+                            document: document_number,
+                            item: Some(item_index),
+                        };
+                        parse_object(item.clone(), location, &mut objects, &mut problems);
+                    }
+                }
+                None => problems.push(Problem::error(
+                    Some(location),
+                    "kind List without an items array".to_owned(),
+                )),
+            }
+        } else {
+            parse_object(json, location, &mut objects, &mut problems);
+        }
+    }
+    (objects, problems)
+}
+
+fn parse_object(
+    mut json: serde_json::Value,
+    location: SourceLocation,
+    objects: &mut Vec<(KubeObject, SourceLocation)>,
+    problems: &mut Vec<Problem>,
+) {
+    let Some(map) = json.as_object_mut() else {
+        problems.push(Problem::error(
+            Some(location),
+            "document is not a mapping (expected a Kubernetes object)",
+        ));
+        return;
+    };
+    let text_field = |field: &str| map.get(field).and_then(|v| v.as_str()).map(str::to_owned);
+    let Some(api_version) = text_field("apiVersion") else {
+        problems.push(Problem::error(
+            Some(location),
+            "object has no apiVersion (a string is required)",
+        ));
+        return;
+    };
+    let Some(kind_name) = text_field("kind") else {
+        problems.push(Problem::error(
+            Some(location),
+            "object has no kind (a string is required)",
+        ));
+        return;
+    };
+    let name = map
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(|n| n.as_str())
+        .map(str::to_owned);
+    let Some(name) = name.filter(|n| !n.is_empty()) else {
+        problems.push(Problem::error(
+            Some(location),
+            format!("{kind_name} has no metadata.name (a non-empty string is required)"),
+        ));
+        return;
+    };
+    let Some(kind) = ObjectKind::from_type(&api_version, &kind_name) else {
+        problems.push(Problem::warning(
+            Some(location),
+            format!(
+                "kind {kind_name} ({api_version}) named {name:?} is not read by torhaus; ignored"
+            ),
+        ));
+        return;
+    };
+    if kind.is_namespaced()
+        && let Some(metadata) = map.get_mut("metadata").and_then(|m| m.as_object_mut())
+    {
+        let missing = metadata
+            .get("namespace")
+            .and_then(|n| n.as_str())
+            .is_none_or(str::is_empty);
+        if missing {
+            metadata.insert(
+                "namespace".to_owned(),
+                serde_json::Value::String("default".to_owned()),
+            );
+        }
+    }
+    let parsed = match kind {
+        ObjectKind::GatewayClass => decode(json).map(|o| KubeObject::GatewayClass(Box::new(o))),
+        ObjectKind::Gateway => decode(json).map(|o| KubeObject::Gateway(Box::new(o))),
+        ObjectKind::HttpRoute => decode(json).map(|o| KubeObject::HttpRoute(Box::new(o))),
+        ObjectKind::ReferenceGrant => decode(json).map(|o| KubeObject::ReferenceGrant(Box::new(o))),
+        ObjectKind::Service => decode(json).map(|o| KubeObject::Service(Box::new(o))),
+        ObjectKind::EndpointSlice => decode(json).map(|o| KubeObject::EndpointSlice(Box::new(o))),
+        ObjectKind::Secret => decode(json).map(|o| KubeObject::Secret(Box::new(o))),
+        ObjectKind::Namespace => decode(json).map(|o| KubeObject::Namespace(Box::new(o))),
+    };
+    match parsed {
+        Ok(object) => objects.push((object, location)),
+        Err(error) => problems.push(Problem::error(
+            Some(location),
+            format!("{kind} {name:?} is invalid: {error}"),
+        )),
+    }
+}
+
+fn decode<T: DeserializeOwned>(json: serde_json::Value) -> Result<T, serde_json::Error> {
+    serde_json::from_value(json)
+}
