@@ -2,5 +2,17 @@
 //! immutable compiled route table, filters, upstream choice and request metrics.
 #![forbid(unsafe_code)]
 
+pub mod dataplane;
+pub mod error;
 pub mod filters;
+pub mod proxy;
+pub mod respond;
 pub mod router;
+pub mod snapshot;
+pub mod strict;
+pub mod tls;
+pub mod upstream;
+
+pub use dataplane::{DataPlane, DataPlaneOptions, GatewaySettings};
+pub use error::GatewayError;
+pub use upstream::EjectionPolicy;

@@ -1,0 +1,380 @@
+//! The data plane's lifecycle: one pingora `Server` per listener port, each on its own thread
+//! with its own runtimes, started when a configuration first declares the port, and a shared
+//! snapshot swapped atomically by [`DataPlane::apply`].
+//!
+//! pingora cannot add services to a running `Server`, hence one server per port. A port that
+//! disappears from the configuration stays bound and answers 404 to every request (its
+//! listeners are gone from the snapshot); a port whose protocol changes (HTTP to HTTPS or back)
+//! keeps its old protocol until restart, answers 404, and `apply` reports it.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::apps::HttpServerOptions;
+use pingora::listeners::tls::TlsSettings;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use tokio::sync::watch;
+use torhaus_model::{DataPlaneConfig, OnDemandIssuer, PortProtocol};
+
+use crate::error::GatewayError;
+use crate::proxy::{PortProxy, ProxyShared};
+use crate::snapshot::Snapshot;
+use crate::tls::{OnDemandCache, PortCertResolver, SniRecorder};
+use crate::upstream::EjectionPolicy;
+
+/// How long `apply` waits for a new port to accept connections.
+const LISTEN_DEADLINE: Duration = Duration::from_secs(10);
+/// pingora attempts per request at most (first try included), whatever a retry policy asks.
+const MAX_ATTEMPTS: usize = 8;
+
+/// How the data plane listens and behaves, from the command line.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    /// Address to listen on; `0.0.0.0` also serves IPv6 when the host allows (dual-stack `[::]`).
+    pub bind: IpAddr,
+    /// Declared listener port -> port actually bound.
+    pub port_map: HashMap<u16, u16>,
+    /// pingora worker threads per port.
+    pub threads: usize,
+    /// X-Forwarded-For hops to trust.
+    pub trusted_hops: u32,
+    /// How long in-flight requests may finish after `shutdown`.
+    pub grace_period: Duration,
+    /// Request header blocks above this many bytes are answered 431.
+    pub max_request_header_bytes: usize,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        Self {
+            bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port_map: HashMap::new(),
+            threads: 1,
+            trusted_hops: 0,
+            grace_period: Duration::from_secs(10),
+            max_request_header_bytes: 32 * 1024,
+        }
+    }
+}
+
+/// Tuning beyond the command line (tests shorten the ejection backoff with it).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DataPlaneOptions {
+    pub ejection: EjectionPolicy,
+}
+
+#[derive(Debug)]
+struct PortServer {
+    protocol: PortProtocol,
+    bound: SocketAddr,
+    thread: JoinHandle<()>,
+}
+
+#[derive(Debug)]
+struct Lifecycle {
+    servers: HashMap<u16, PortServer>,
+    shutting_down: bool,
+}
+
+#[derive(Debug)]
+struct Inner {
+    settings: GatewaySettings,
+    proxy: Arc<ProxyShared>,
+    on_demand: Arc<OnDemandCache>,
+    shutdown: watch::Sender<bool>,
+    /// Serializes `apply` and `shutdown`; never touched on the request path.
+    lifecycle: Mutex<Lifecycle>,
+}
+
+/// Handle to the running data plane; clones share it.
+#[derive(Debug, Clone)]
+pub struct DataPlane {
+    inner: Arc<Inner>,
+}
+
+struct WatchShutdown(watch::Receiver<bool>);
+
+#[async_trait]
+impl ShutdownSignalWatch for WatchShutdown {
+    async fn recv(&self) -> ShutdownSignal {
+        let mut receiver = self.0.clone();
+        // A closed channel means the data plane handle is gone: stop as well.
+        let _ = receiver.wait_for(|stop| *stop).await;
+        ShutdownSignal::GracefulTerminate
+    }
+}
+
+impl DataPlane {
+    /// Starts an empty data plane; ports are bound by [`DataPlane::apply`].
+    pub fn start(
+        settings: GatewaySettings,
+        issuer: Arc<dyn OnDemandIssuer>,
+    ) -> Result<DataPlane, GatewayError> {
+        Self::start_with_options(settings, issuer, DataPlaneOptions::default())
+    }
+
+    pub fn start_with_options(
+        settings: GatewaySettings,
+        issuer: Arc<dyn OnDemandIssuer>,
+        options: DataPlaneOptions,
+    ) -> Result<DataPlane, GatewayError> {
+        if settings.threads == 0 {
+            return Err(GatewayError::Settings("threads must be at least 1".into()));
+        }
+        if settings.max_request_header_bytes < 1024 {
+            return Err(GatewayError::Settings(
+                "max_request_header_bytes must be at least 1024".into(),
+            ));
+        }
+        pingora::tls::install_default_crypto_provider();
+        let proxy = Arc::new(ProxyShared {
+            snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::default())),
+            trusted_hops: settings.trusted_hops,
+            max_request_header_bytes: settings.max_request_header_bytes,
+            ejection: options.ejection,
+        });
+        let (shutdown, _) = watch::channel(false);
+        Ok(DataPlane {
+            inner: Arc::new(Inner {
+                settings,
+                proxy,
+                on_demand: Arc::new(OnDemandCache::new(issuer)),
+                shutdown,
+                lifecycle: Mutex::new(Lifecycle {
+                    servers: HashMap::new(),
+                    shutting_down: false,
+                }),
+            }),
+        })
+    }
+
+    /// The address a declared listener port is bound to.
+    pub fn bound_addr(&self, declared_port: u16) -> SocketAddr {
+        let port = self
+            .inner
+            .settings
+            .port_map
+            .get(&declared_port)
+            .copied()
+            .unwrap_or(declared_port);
+        SocketAddr::new(self.inner.settings.bind, port)
+    }
+
+    /// Prepares and swaps in `config`, then binds ports it declares for the first time. The new
+    /// snapshot serves every bound port even when binding a new one fails (that error is
+    /// returned).
+    pub fn apply(&self, config: Arc<DataPlaneConfig>) -> Result<(), GatewayError> {
+        let mut lifecycle = self
+            .inner
+            .lifecycle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if lifecycle.shutting_down {
+            return Err(GatewayError::ShuttingDown);
+        }
+        self.check_port_map(&config)?;
+        let previous = self.inner.proxy.snapshot.load_full();
+        let snapshot = Snapshot::build(Arc::clone(&config), &previous);
+        self.inner.proxy.snapshot.store(Arc::new(snapshot));
+
+        let mut first_error = None;
+        for port in &config.ports {
+            match lifecycle.servers.get(&port.port) {
+                Some(running) if running.protocol != port.protocol => {
+                    first_error.get_or_insert(GatewayError::ProtocolChange {
+                        declared_port: port.port,
+                        running: running.protocol,
+                        requested: port.protocol,
+                    });
+                }
+                Some(_) => {}
+                None => match self.spawn_port(port.port, port.protocol) {
+                    Ok(server) => {
+                        lifecycle.servers.insert(port.port, server);
+                    }
+                    Err(error) => {
+                        first_error.get_or_insert(error);
+                    }
+                },
+            }
+        }
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    fn check_port_map(&self, config: &DataPlaneConfig) -> Result<(), GatewayError> {
+        let mut bound: HashMap<u16, u16> = HashMap::new();
+        for port in &config.ports {
+            let addr = self.bound_addr(port.port);
+            if let Some(first) = bound.insert(addr.port(), port.port) {
+                return Err(GatewayError::PortMapCollision {
+                    first,
+                    second: port.port,
+                    bound: addr.port(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn_port(
+        &self,
+        declared_port: u16,
+        protocol: PortProtocol,
+    ) -> Result<PortServer, GatewayError> {
+        let bound = self.bound_addr(declared_port);
+        // pingora panics on its own thread when it cannot bind: try first for a clear error.
+        std::net::TcpListener::bind(bound).map_err(|source| GatewayError::Bind {
+            declared_port,
+            addr: bound,
+            source,
+        })?;
+        let settings = &self.inner.settings;
+        let grace_seconds = settings.grace_period.as_secs_f64().ceil() as u64;
+        let conf = ServerConf {
+            threads: settings.threads,
+            grace_period_seconds: Some(grace_seconds),
+            graceful_shutdown_timeout_seconds: Some(1),
+            max_retries: MAX_ATTEMPTS,
+            ..ServerConf::default()
+        };
+        let mut server = Server::new_with_opt_and_conf(None, conf);
+        let proxy = PortProxy {
+            declared_port,
+            protocol,
+            shared: Arc::clone(&self.inner.proxy),
+        };
+        let mut service = pingora::proxy::http_proxy_service_with_name(
+            &server.configuration,
+            proxy,
+            &format!("torhaus port {declared_port}"),
+        );
+        let addr = bound.to_string();
+        match protocol {
+            PortProtocol::Http => {
+                if let Some(app) = service.app_logic_mut() {
+                    let mut options = HttpServerOptions::default();
+                    options.h2c = true;
+                    app.server_options = Some(options);
+                }
+                service.add_tcp(&addr);
+            }
+            PortProtocol::Https => {
+                let resolver = PortCertResolver::new(
+                    declared_port,
+                    Arc::clone(&self.inner.proxy.snapshot),
+                    Arc::clone(&self.inner.on_demand),
+                );
+                let mut tls = TlsSettings::with_callbacks(Box::new(SniRecorder)).map_err(|e| {
+                    GatewayError::Settings(format!("TLS settings for port {declared_port}: {e}"))
+                })?;
+                tls.set_cert_resolver(Arc::new(resolver));
+                tls.enable_h2();
+                service.add_tls_with_settings(&addr, None, tls);
+            }
+        }
+        server.add_service(service);
+        let shutdown = WatchShutdown(self.inner.shutdown.subscribe());
+        let thread = std::thread::Builder::new()
+            .name(format!("torhaus-port-{declared_port}"))
+            .spawn(move || {
+                server.run(RunArgs {
+                    shutdown_signal: Box::new(shutdown),
+                });
+            })
+            .map_err(|source| GatewayError::Thread {
+                declared_port,
+                source,
+            })?;
+        wait_until_listening(declared_port, bound)?;
+        tracing::info!(port = declared_port, %bound, %protocol, "listening");
+        Ok(PortServer {
+            protocol,
+            bound,
+            thread,
+        })
+    }
+
+    /// Stops accepting connections on every port and lets in-flight requests finish within
+    /// the grace period. Idempotent.
+    pub fn shutdown(&self) {
+        let mut lifecycle = self
+            .inner
+            .lifecycle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        lifecycle.shutting_down = true;
+        self.inner.shutdown.send_replace(true);
+    }
+
+    /// Blocks until [`DataPlane::shutdown`] was called and every port's server has stopped.
+    pub fn wait(self) {
+        let mut receiver = self.inner.shutdown.subscribe();
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => {
+                // Err means every sender is gone, which cannot happen while `self` holds one.
+                let _ = runtime.block_on(receiver.wait_for(|stop| *stop));
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot wait for shutdown; stopping now");
+                self.shutdown();
+            }
+        }
+        // `apply` refuses new ports once shutting down, so this drains every server.
+        let servers: Vec<PortServer> = {
+            let mut lifecycle = self
+                .inner
+                .lifecycle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            lifecycle
+                .servers
+                .drain()
+                .map(|(_, server)| server)
+                .collect()
+        };
+        for server in servers {
+            if server.thread.join().is_err() {
+                tracing::error!(bound = %server.bound, "the port's server thread panicked");
+            }
+        }
+    }
+}
+
+/// Polls until the port accepts a TCP connection (pingora binds asynchronously on its thread).
+fn wait_until_listening(declared_port: u16, bound: SocketAddr) -> Result<(), GatewayError> {
+    let probe = match bound.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), bound.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), bound.port())
+        }
+        _ => bound,
+    };
+    let started = Instant::now();
+    loop {
+        if TcpStream::connect_timeout(&probe, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if started.elapsed() > LISTEN_DEADLINE {
+            return Err(GatewayError::NotListening {
+                declared_port,
+                addr: bound,
+                waited_ms: started.elapsed().as_millis(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -1,0 +1,39 @@
+//! The errors the data plane reports to its caller (start-up and configuration swaps).
+
+use std::net::SocketAddr;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("cannot listen on {addr} (for the Gateway listener port {declared_port}): {source}")]
+    Bind {
+        declared_port: u16,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(
+        "listener port {declared_port} is already served as {running}; changing it to {requested} \
+         needs a restart (the port keeps serving {running} and answers 404)"
+    )]
+    ProtocolChange {
+        declared_port: u16,
+        running: torhaus_model::PortProtocol,
+        requested: torhaus_model::PortProtocol,
+    },
+    #[error("listener ports {first} and {second} both map to bound port {bound}")]
+    PortMapCollision { first: u16, second: u16, bound: u16 },
+    #[error("port {declared_port} did not start listening on {addr} within {waited_ms} ms")]
+    NotListening {
+        declared_port: u16,
+        addr: SocketAddr,
+        waited_ms: u128,
+    },
+    #[error("the data plane is shutting down; configuration not applied")]
+    ShuttingDown,
+    #[error("cannot start the server thread for port {declared_port}: {source}")]
+    Thread {
+        declared_port: u16,
+        source: std::io::Error,
+    },
+    #[error("gateway settings: {0}")]
+    Settings(String),
+}

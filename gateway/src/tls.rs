@@ -1,0 +1,215 @@
+//! TLS termination: the per-port SNI certificate resolver over the current snapshot, the
+//! on-demand certificate cache, and the handshake hook that records the client's SNI for the
+//! Host/SNI (421) check.
+//!
+//! Certificates are converted to rustls `CertifiedKey`s when a snapshot is built, so `resolve()`
+//! only loads the snapshot, picks a listener and compares names. Listeners without a certificate
+//! get one from the [`OnDemandIssuer`]; the converted keys are cached by name (bounded).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::listeners::TlsAccept;
+use pingora::protocols::tls::TlsRef;
+use pingora::tls::sign::CertifiedKey;
+use pingora::tls::{ClientHello, CryptoProvider, ResolvesServerCert};
+use torhaus_model::hostname::normalize_request_host;
+use torhaus_model::{OnDemandIssuer, TlsCertificate};
+
+use crate::router::{CompiledListener, CompiledPort};
+use crate::snapshot::Snapshot;
+
+/// On-demand certificates kept at most; beyond it names are issued but not cached, so a flood of
+/// random SNIs cannot grow memory without bound.
+const ON_DEMAND_CACHE_LIMIT: usize = 4096;
+
+/// A listener certificate ready for rustls.
+#[derive(Debug)]
+pub struct ServingCertificate {
+    pub certificate: Arc<TlsCertificate>,
+    pub key: Arc<CertifiedKey>,
+}
+
+/// Converts a parsed certificate into the form rustls serves. Fails when the key type is not
+/// supported by the crypto provider.
+pub fn certified_key(certificate: &TlsCertificate) -> Result<Arc<CertifiedKey>, String> {
+    pingora::tls::install_default_crypto_provider();
+    let provider = CryptoProvider::get_default()
+        .ok_or_else(|| "no rustls crypto provider is installed".to_owned())?;
+    let signing_key = provider
+        .key_provider
+        .load_private_key(certificate.key.clone_key())
+        .map_err(|e| {
+            format!(
+                "certificate {}: unusable private key: {e}",
+                certificate.source
+            )
+        })?;
+    Ok(Arc::new(CertifiedKey::new(
+        certificate.chain.clone(),
+        signing_key,
+    )))
+}
+
+/// Picks the certificate for `server_name` among a listener's certificates: one naming it
+/// exactly, then one whose wildcard covers it, then the first.
+pub fn choose_certificate<'a>(
+    certificates: &'a [ServingCertificate],
+    server_name: Option<&str>,
+) -> Option<&'a ServingCertificate> {
+    if let Some(name) = server_name {
+        if let Some(exact) = certificates
+            .iter()
+            .find(|c| c.certificate.names_exactly(name))
+        {
+            return Some(exact);
+        }
+        if let Some(covering) = certificates.iter().find(|c| c.certificate.covers(name)) {
+            return Some(covering);
+        }
+    }
+    certificates.first()
+}
+
+/// The listener a TLS client addresses: by SNI when it sent one, else the catch-all listener
+/// (no hostname), else the port's first listener.
+pub fn listener_for_sni<'a>(
+    port: &'a CompiledPort,
+    server_name: Option<&str>,
+) -> Option<&'a CompiledListener> {
+    match server_name {
+        Some(name) => port.listener_for_host(name),
+        None => port
+            .listeners()
+            .iter()
+            .find(|l| l.model().hostname == torhaus_model::HostMatch::Any)
+            .or_else(|| port.listeners().first()),
+    }
+}
+
+/// Certificates issued on demand, by server name; shared by every port and snapshot.
+pub struct OnDemandCache {
+    issuer: Arc<dyn OnDemandIssuer>,
+    keys: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
+}
+
+impl fmt::Debug for OnDemandCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OnDemandCache")
+            .field("issuer", &self.issuer)
+            .field("cached", &self.keys.load().len())
+            .finish()
+    }
+}
+
+impl OnDemandCache {
+    pub fn new(issuer: Arc<dyn OnDemandIssuer>) -> Self {
+        Self {
+            issuer,
+            keys: ArcSwap::from_pointee(HashMap::new()),
+        }
+    }
+
+    pub fn key_for(&self, server_name: &str) -> Option<Arc<CertifiedKey>> {
+        if let Some(key) = self.keys.load().get(server_name) {
+            return Some(Arc::clone(key));
+        }
+        let certificate = self.issuer.certificate_for(server_name)?;
+        let key = match certified_key(&certificate) {
+            Ok(key) => key,
+            Err(error) => {
+                tracing::warn!(%error, server_name, "on-demand certificate unusable");
+                return None;
+            }
+        };
+        if self.keys.load().len() < ON_DEMAND_CACHE_LIMIT {
+            self.keys.rcu(|current| {
+                let mut next = HashMap::clone(current);
+                next.insert(server_name.to_owned(), Arc::clone(&key));
+                next
+            });
+        }
+        Some(key)
+    }
+}
+
+/// The rustls certificate resolver of one HTTPS port. It reads the current snapshot on every
+/// handshake, so certificate changes apply to the next handshake without a restart.
+pub struct PortCertResolver {
+    declared_port: u16,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    on_demand: Arc<OnDemandCache>,
+}
+
+impl fmt::Debug for PortCertResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PortCertResolver")
+            .field("declared_port", &self.declared_port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PortCertResolver {
+    pub fn new(
+        declared_port: u16,
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        on_demand: Arc<OnDemandCache>,
+    ) -> Self {
+        Self {
+            declared_port,
+            snapshot,
+            on_demand,
+        }
+    }
+
+    fn resolve_name(&self, raw_sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let server_name = raw_sni.and_then(normalize_request_host);
+        let server_name = server_name.as_deref();
+        let snapshot = self.snapshot.load();
+        let port = snapshot.routes.port(self.declared_port)?;
+        let listener = listener_for_sni(port, server_name)?;
+        let certificates = snapshot.certificates_of(listener);
+        if let Some(chosen) = choose_certificate(certificates, server_name) {
+            return Some(Arc::clone(&chosen.key));
+        }
+        // No usable certificate on the listener: the local CA issues one for the name asked,
+        // or for the listener's own exact hostname when the client sent no SNI.
+        let name = match (server_name, &listener.model().hostname) {
+            (Some(name), _) => name,
+            (None, torhaus_model::HostMatch::Exact(host)) => host.as_str(),
+            (None, _) => return None,
+        };
+        self.on_demand.key_for(name)
+    }
+}
+
+impl ResolvesServerCert for PortCertResolver {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.resolve_name(client_hello.server_name())
+    }
+}
+
+/// The SNI a TLS client sent, normalized; attached to the connection's TLS digest.
+#[derive(Debug, Clone)]
+pub struct ClientSni(pub Option<Box<str>>);
+
+/// Records the client's SNI at the end of the handshake.
+#[derive(Debug, Default)]
+pub struct SniRecorder;
+
+#[async_trait]
+impl TlsAccept for SniRecorder {
+    async fn handshake_complete_callback(
+        &self,
+        tls: &TlsRef,
+    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        let sni = tls
+            .server_name()
+            .and_then(normalize_request_host)
+            .map(String::into_boxed_str);
+        Some(Arc::new(ClientSni(sni)))
+    }
+}
