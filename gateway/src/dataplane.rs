@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use torhaus_model::{DataPlaneConfig, OnDemandIssuer, PortProtocol};
 
 use crate::error::GatewayError;
+use crate::mirror::Mirrors;
 use crate::proxy::{PortProxy, ProxyShared};
 use crate::snapshot::Snapshot;
 use crate::tls::{OnDemandCache, PortCertResolver, SniRecorder};
@@ -30,6 +31,8 @@ use crate::upstream::EjectionPolicy;
 
 /// How long `apply` waits for a new port to accept connections.
 const LISTEN_DEADLINE: Duration = Duration::from_secs(10);
+/// Mirrored requests in flight at most, across all ports; beyond it mirrors are skipped.
+const MAX_MIRRORS_IN_FLIGHT: usize = 1024;
 /// pingora attempts per request at most (first try included), whatever a retry policy asks.
 const MAX_ATTEMPTS: usize = 8;
 
@@ -138,6 +141,7 @@ impl DataPlane {
             trusted_hops: settings.trusted_hops,
             max_request_header_bytes: settings.max_request_header_bytes,
             ejection: options.ejection,
+            mirrors: Mirrors::new(MAX_MIRRORS_IN_FLIGHT),
         });
         let (shutdown, _) = watch::channel(false);
         Ok(DataPlane {

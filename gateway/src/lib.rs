@@ -5,6 +5,7 @@
 pub mod dataplane;
 pub mod error;
 pub mod filters;
+pub mod mirror;
 pub mod proxy;
 pub mod respond;
 pub mod router;

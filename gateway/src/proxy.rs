@@ -20,8 +20,12 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType};
 use torhaus_model::hostname::normalize_request_host;
-use torhaus_model::{Backend, BackendTarget, PortProtocol, Rule, UpstreamProtocol};
+use torhaus_model::{
+    Backend, BackendTarget, Filter, PortProtocol, Redirect, Rewrite, Rule, Scheme, UpstreamProtocol,
+};
 
+use crate::filters;
+use crate::mirror::{MirrorBody, MirrorChunk, Mirrors};
 use crate::respond::respond;
 use crate::router::{RequestView, pick_backend};
 use crate::snapshot::Snapshot;
@@ -42,6 +46,7 @@ pub struct ProxyShared {
     pub trusted_hops: u32,
     pub max_request_header_bytes: usize,
     pub ejection: EjectionPolicy,
+    pub mirrors: Mirrors,
 }
 
 /// The proxy of one listener port (as declared by the Gateway).
@@ -62,10 +67,14 @@ pub struct RequestCtx {
     in_flight: Option<InFlight>,
     /// Index into `rule.backends` of the chosen backend, for its response filters.
     backend_index: Option<usize>,
+    /// Index into `rule.matches` of the entry that matched (for prefix rewrites).
+    match_index: usize,
     deadline: Option<Instant>,
     attempts: u32,
     /// Set when the current attempt is abandoned for a retryable status code.
     retrying_status: bool,
+    /// Body senders of the mirrors of this request.
+    mirrors: Vec<MirrorBody>,
 }
 
 impl RequestCtx {
@@ -76,6 +85,30 @@ impl RequestCtx {
         !body_truncated
             && self.attempts <= policy.attempts
             && self.deadline.is_none_or(|d| Instant::now() < d)
+    }
+}
+
+const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: http::HeaderName = http::HeaderName::from_static("x-forwarded-host");
+
+/// A response the gateway writes itself instead of proxying.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+impl Answer {
+    fn status(status: u16) -> Self {
+        Self {
+            status,
+            headers: Vec::new(),
+        }
+    }
+
+    async fn send(self, session: &mut Session) -> pingora::Result<()> {
+        respond(session, self.status, &self.headers, false).await
     }
 }
 
@@ -147,11 +180,195 @@ impl PortProxy {
         };
         let matched = listener.route(&view).ok_or(404u16)?;
         let rule = Arc::clone(matched.rule);
+        ctx.match_index = rule
+            .matches
+            .iter()
+            .position(|m| std::ptr::eq(m, matched.matched))
+            .unwrap_or(0);
         drop(host);
         ctx.deadline = rule.timeouts.request.map(|t| Instant::now() + t);
         ctx.rule = Some(rule);
         ctx.snapshot = Some(snapshot);
         Ok(())
+    }
+
+    /// Applies one list of filters to the request; `Some` when the gateway answers by itself
+    /// (a redirect or a CORS preflight).
+    fn apply_request_filters(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        list: &[Filter],
+    ) -> pingora::Result<Option<Answer>> {
+        for filter in list {
+            match filter {
+                Filter::RequestHeaders(modifier) => {
+                    filters::apply_request_headers(modifier, session.req_header_mut())?;
+                }
+                Filter::Redirect(redirect) => {
+                    return Ok(Some(self.redirect(session, ctx, redirect)));
+                }
+                Filter::Rewrite(rewrite) => self.rewrite(session, ctx, rewrite)?,
+                Filter::Mirror(mirror) => {
+                    if filters::should_mirror(mirror, fastrand::u32(..))
+                        && let BackendTarget::Service(backend) = &mirror.backend
+                        && let Some(snapshot) = &ctx.snapshot
+                        && let Some(endpoints) = snapshot.endpoints.endpoints_of(backend)
+                    {
+                        let has_body = !session.is_body_empty();
+                        if let Some(body) = self.shared.mirrors.start(
+                            session.req_header(),
+                            has_body,
+                            backend,
+                            endpoints,
+                        ) {
+                            ctx.mirrors.push(body);
+                        }
+                    }
+                }
+                Filter::Cors(cors) => {
+                    let request = session.req_header();
+                    if filters::is_cors_preflight(&request.method, &request.headers) {
+                        let text = |name| {
+                            request
+                                .headers
+                                .get(name)
+                                .and_then(|v: &http::HeaderValue| v.to_str().ok())
+                        };
+                        let origin = text(header::ORIGIN).unwrap_or_default();
+                        let method =
+                            text(header::ACCESS_CONTROL_REQUEST_METHOD).unwrap_or_default();
+                        let requested = text(header::ACCESS_CONTROL_REQUEST_HEADERS);
+                        let headers = filters::cors_preflight(cors, origin, method, requested)
+                            .map(|h| h.iter().cloned().collect())
+                            .unwrap_or_default();
+                        return Ok(Some(Answer {
+                            status: 204,
+                            headers,
+                        }));
+                    }
+                }
+                Filter::ResponseHeaders(_) => {}
+            }
+        }
+        Ok(None)
+    }
+
+    fn redirect(&self, session: &Session, ctx: &RequestCtx, redirect: &Redirect) -> Answer {
+        let request = session.req_header();
+        let Some(host) = request_host(session) else {
+            return Answer::status(400);
+        };
+        let Some(matched) = ctx
+            .rule
+            .as_ref()
+            .and_then(|r| r.matches.get(ctx.match_index))
+        else {
+            return Answer::status(500);
+        };
+        let Ok(target) = std::str::from_utf8(request.raw_path()) else {
+            return Answer::status(400);
+        };
+        let (path, query) = match target.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (target, None),
+        };
+        let input = filters::RedirectInput {
+            scheme: self.scheme(),
+            host: &host,
+            path,
+            query,
+            listener_port: self.declared_port,
+            matched,
+        };
+        let (status, location) = filters::redirect_location(redirect, &input);
+        match http::HeaderValue::try_from(location) {
+            Ok(location) => Answer {
+                status,
+                headers: vec![(header::LOCATION, location)],
+            },
+            Err(_) => Answer::status(500),
+        }
+    }
+
+    fn rewrite(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        rewrite: &Rewrite,
+    ) -> pingora::Result<()> {
+        if let Some(hostname) = &rewrite.hostname {
+            session
+                .req_header_mut()
+                .insert_header(header::HOST, hostname.as_str())?;
+        }
+        let Some(modifier) = &rewrite.path else {
+            return Ok(());
+        };
+        let Some(matched) = ctx
+            .rule
+            .as_ref()
+            .and_then(|r| r.matches.get(ctx.match_index))
+        else {
+            return Ok(());
+        };
+        let request = session.req_header();
+        let target = std::str::from_utf8(request.raw_path())
+            .map_err(|_| Error::explain(ErrorType::HTTPStatus(400), "request path is not UTF-8"))?;
+        let (path, query) = match target.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (target, None),
+        };
+        let mut rewritten = filters::rewrite_path(modifier, path, matched);
+        if let Some(query) = query {
+            rewritten.push('?');
+            rewritten.push_str(query);
+        }
+        let uri = http::Uri::try_from(rewritten).map_err(|_| {
+            Error::explain(
+                ErrorType::HTTPStatus(500),
+                "rewritten path is not a valid URI",
+            )
+        })?;
+        session.req_header_mut().set_uri(uri);
+        Ok(())
+    }
+
+    fn set_forwarded_headers(&self, session: &mut Session) -> pingora::Result<()> {
+        let Some(client) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        else {
+            return Ok(());
+        };
+        let request = session.req_header();
+        let host = request
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| request.uri.authority().map(|a| a.as_str()))
+            .unwrap_or_default();
+        let forwarded = filters::forwarded_headers(
+            client,
+            &request.headers,
+            self.shared.trusted_hops,
+            self.scheme(),
+            host,
+        );
+        let request = session.req_header_mut();
+        request.insert_header(X_FORWARDED_FOR, forwarded.x_forwarded_for)?;
+        request.insert_header(X_FORWARDED_PROTO, forwarded.x_forwarded_proto)?;
+        request.insert_header(X_FORWARDED_HOST, forwarded.x_forwarded_host)?;
+        request.insert_header(header::FORWARDED, forwarded.forwarded)?;
+        Ok(())
+    }
+
+    fn scheme(&self) -> Scheme {
+        match self.protocol {
+            PortProtocol::Http => Scheme::Http,
+            PortProtocol::Https => Scheme::Https,
+        }
     }
 
     /// Chooses the backend by weight: 500 for no usable weight or an invalid reference, 503 when
@@ -211,11 +428,84 @@ impl ProxyHttp for PortProxy {
             respond(session, status, &[], false).await?;
             return Ok(true);
         }
+        let Some(rule) = ctx.rule.clone() else {
+            return Ok(false);
+        };
+        if let Some(answer) = self.apply_request_filters(session, ctx, &rule.filters)? {
+            answer.send(session).await?;
+            return Ok(true);
+        }
         if let Err(status) = self.choose_backend(ctx) {
             respond(session, status, &[], false).await?;
             return Ok(true);
         }
+        if let Some(index) = ctx.backend_index
+            && let Some(weighted) = rule.backends.get(index)
+            && !weighted.filters.is_empty()
+            && let Some(answer) = self.apply_request_filters(session, ctx, &weighted.filters)?
+        {
+            answer.send(session).await?;
+            return Ok(true);
+        }
+        self.set_forwarded_headers(session)?;
         Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        if ctx.mirrors.is_empty() {
+            return Ok(());
+        }
+        if let Some(data) = body {
+            ctx.mirrors
+                .retain(|mirror| mirror.offer(MirrorChunk::Data(data.clone())));
+        }
+        if end_of_stream {
+            for mirror in ctx.mirrors.drain(..) {
+                mirror.offer(MirrorChunk::End);
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let Some(rule) = &ctx.rule else {
+            return Ok(());
+        };
+        let backend_filters = ctx
+            .backend_index
+            .and_then(|i| rule.backends.get(i))
+            .map(|b| &b.filters[..])
+            .unwrap_or(&[]);
+        for filter in rule.filters.iter().chain(backend_filters) {
+            match filter {
+                Filter::ResponseHeaders(modifier) => {
+                    filters::apply_response_headers(modifier, upstream_response)?;
+                }
+                Filter::Cors(cors) => {
+                    if let Some(origin) = session
+                        .req_header()
+                        .headers
+                        .get(header::ORIGIN)
+                        .and_then(|o| o.to_str().ok())
+                    {
+                        filters::cors_response_headers(cors, origin).apply_to(upstream_response)?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     async fn upstream_peer(

@@ -111,6 +111,10 @@ fn mentions_content_length(raw: &[u8]) -> bool {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::expect_used,
+    reason = "a broken test fixture should fail the test loudly"
+)]
 mod tests {
     use super::*;
 

@@ -167,30 +167,24 @@ impl EndpointSet {
             _ => {}
         }
         let now = now_millis();
-        let first = self.random_available(now);
-        let second = self.random_available(now);
-        let chosen = match (first, second) {
-            (Some(a), Some(b)) if a != b => {
-                if endpoints[b].in_flight() < endpoints[a].in_flight() {
-                    b
+        // Two distinct endpoints, uniformly.
+        let first = fastrand::usize(..count);
+        let second = (first + 1 + fastrand::usize(..count - 1)) % count;
+        let first_up = !endpoints[first].is_ejected_at(now);
+        let second_up = !endpoints[second].is_ejected_at(now);
+        let chosen = match (first_up, second_up) {
+            (true, true) => {
+                if endpoints[second].in_flight() < endpoints[first].in_flight() {
+                    second
                 } else {
-                    a
+                    first
                 }
             }
-            (Some(a), _) | (None, Some(a)) => a,
-            (None, None) => self
-                .first_available(now)
-                .unwrap_or_else(|| fastrand::usize(..count)),
+            (true, false) => first,
+            (false, true) => second,
+            (false, false) => self.first_available(now).unwrap_or(first),
         };
         Some(InFlight::claim(&endpoints[chosen]))
-    }
-
-    /// A random endpoint that is not ejected, trying a few draws before giving up.
-    fn random_available(&self, now_ms: u64) -> Option<usize> {
-        let count = self.endpoints.len();
-        (0..3)
-            .map(|_| fastrand::usize(..count))
-            .find(|&index| !self.endpoints[index].is_ejected_at(now_ms))
     }
 
     /// Scans from a random start so that, with most endpoints ejected, the survivors share load.
@@ -285,6 +279,10 @@ fn backend_key(backend: &Arc<Backend>) -> usize {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::expect_used,
+    reason = "a broken test fixture should fail the test loudly"
+)]
 mod tests {
     use super::*;
 
