@@ -24,16 +24,7 @@ pub fn apply_request_headers(
     modifier: &HeaderModifier,
     header: &mut RequestHeader,
 ) -> pingora::Result<()> {
-    for (name, value) in &modifier.set {
-        header.insert_header(name, value.clone())?;
-    }
-    for (name, value) in &modifier.add {
-        header.append_header(name, value.clone())?;
-    }
-    for name in &modifier.remove {
-        header.remove_header(name);
-    }
-    Ok(())
+    apply_modifier(modifier, header)
 }
 
 /// Applies a ResponseHeaderModifier, with the same semantics as [`apply_request_headers`].
@@ -41,17 +32,48 @@ pub fn apply_response_headers(
     modifier: &HeaderModifier,
     header: &mut ResponseHeader,
 ) -> pingora::Result<()> {
+    apply_modifier(modifier, header)
+}
+
+fn apply_modifier(modifier: &HeaderModifier, header: &mut impl HeaderEdit) -> pingora::Result<()> {
     for (name, value) in &modifier.set {
-        header.insert_header(name, value.clone())?;
+        header.replace(name, value.clone())?;
     }
     for (name, value) in &modifier.add {
-        header.append_header(name, value.clone())?;
+        header.append(name, value.clone())?;
     }
     for name in &modifier.remove {
-        header.remove_header(name);
+        header.delete(name);
     }
     Ok(())
 }
+
+/// The edits pingora offers on both request and response headers, which share no trait; going
+/// through pingora (not the inner `HeaderMap`) keeps its header-case map in step.
+trait HeaderEdit {
+    fn replace(&mut self, name: &HeaderName, value: HeaderValue) -> pingora::Result<()>;
+    fn append(&mut self, name: &HeaderName, value: HeaderValue) -> pingora::Result<()>;
+    fn delete(&mut self, name: &HeaderName);
+}
+
+macro_rules! impl_header_edit {
+    ($header:ty) => {
+        impl HeaderEdit for $header {
+            fn replace(&mut self, name: &HeaderName, value: HeaderValue) -> pingora::Result<()> {
+                self.insert_header(name, value)
+            }
+            fn append(&mut self, name: &HeaderName, value: HeaderValue) -> pingora::Result<()> {
+                self.append_header(name, value).map(drop)
+            }
+            fn delete(&mut self, name: &HeaderName) {
+                self.remove_header(name);
+            }
+        }
+    };
+}
+
+impl_header_edit!(RequestHeader);
+impl_header_edit!(ResponseHeader);
 
 /// The request facts a RequestRedirect needs.
 #[derive(Debug, Clone, Copy)]
@@ -174,9 +196,9 @@ impl CorsHeaders {
     pub fn apply_to(&self, response: &mut ResponseHeader) -> pingora::Result<()> {
         for (name, value) in &self.0 {
             if name == VARY {
-                response.append_header(name, value.clone())?;
+                response.append(name, value.clone())?;
             } else {
-                response.insert_header(name, value.clone())?;
+                response.replace(name, value.clone())?;
             }
         }
         Ok(())
