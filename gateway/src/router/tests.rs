@@ -718,3 +718,190 @@ fn all_zero_or_no_backends_pick_nothing() {
         Some("only")
     );
 }
+
+/// A rule whose first backend is named after the conformance backend it stands for.
+fn rule_to(index: usize, backend_name: &str, matches: Vec<RequestMatch>) -> Arc<Rule> {
+    Arc::new(Rule {
+        index,
+        name: None,
+        matches,
+        filters: Vec::new(),
+        backends: vec![backend(1, backend_name)],
+        timeouts: Timeouts::default(),
+        retry: None,
+    })
+}
+
+fn conformance_route(rules: Vec<(&str, Vec<RequestMatch>)>) -> CompiledConfig {
+    let rules = rules
+        .into_iter()
+        .enumerate()
+        .map(|(index, (backend_name, matches))| rule_to(index, backend_name, matches))
+        .collect();
+    let route = http_route("gateway-conformance-infra", "conformance", 0, rules);
+    compile_one(listener("*", vec![(route, vec!["*"])]))
+}
+
+/// The backend the request reaches, or `"404"`.
+fn backend_for(config: &CompiledConfig, request: &Request) -> String {
+    config
+        .port(80)
+        .and_then(|port| port.listener_for_host(&request.host))
+        .and_then(|listener| listener.route(&request.view()))
+        .and_then(|found| found.rule.backends.first())
+        .map_or_else(|| "404".to_owned(), |b| backend_name(b).to_owned())
+}
+
+fn any_path() -> RequestMatch {
+    RequestMatch::default()
+}
+
+#[test]
+fn upstream_conformance_httproute_matching() {
+    let config = conformance_route(vec![
+        (
+            "v1",
+            vec![prefix("/"), with_header(any_path(), "version", "one")],
+        ),
+        (
+            "v2",
+            vec![prefix("/v2"), with_header(any_path(), "version", "two")],
+        ),
+    ]);
+    let cases = [
+        (get("gw", "/"), "v1"),
+        (get("gw", "/example"), "v1"),
+        (get("gw", "/").header("version", "one"), "v1"),
+        (get("gw", "/v2"), "v2"),
+        (get("gw", "/v2/example"), "v2"),
+        (get("gw", "/").header("version", "two"), "v2"),
+        (get("gw", "/v2/"), "v2"),
+        (get("gw", "/v2example"), "v1"),
+        (get("gw", "/foo/v2/example"), "v1"),
+    ];
+    for (request, expected) in cases {
+        assert_eq!(backend_for(&config, &request), expected, "{}", request.path);
+    }
+}
+
+#[test]
+fn upstream_conformance_httproute_header_matching() {
+    let config = conformance_route(vec![
+        ("v1", vec![with_header(any_path(), "version", "one")]),
+        ("v2", vec![with_header(any_path(), "version", "two")]),
+        (
+            "v1",
+            vec![with_header(
+                with_header(any_path(), "version", "two"),
+                "color",
+                "orange",
+            )],
+        ),
+        (
+            "v1",
+            vec![
+                with_header(any_path(), "color", "blue"),
+                with_header(any_path(), "color", "green"),
+            ],
+        ),
+        (
+            "v2",
+            vec![
+                with_header(any_path(), "color", "red"),
+                with_header(any_path(), "color", "yellow"),
+            ],
+        ),
+    ]);
+    let cases = [
+        (vec![("version", "one")], "v1"),
+        (vec![("version", "two")], "v2"),
+        (vec![("version", "two"), ("color", "orange")], "v1"),
+        (vec![("version", "two"), ("color", "blue")], "v2"),
+        (vec![("color", "orange")], "404"),
+        (vec![("some-other-header", "one")], "404"),
+        (vec![("color", "blue")], "v1"),
+        (vec![("color", "green")], "v1"),
+        (vec![("color", "red")], "v2"),
+        (vec![("color", "yellow")], "v2"),
+        (vec![("color", "purple")], "404"),
+    ];
+    for (headers, expected) in cases {
+        let mut request = get("gw", "/");
+        for (name, value) in &headers {
+            // Sent capitalized, as the upstream suite does.
+            let capitalized = format!("{}{}", name[..1].to_ascii_uppercase(), &name[1..]);
+            request.headers.append(
+                HeaderName::from_bytes(capitalized.as_bytes()).expect("valid name"),
+                HeaderValue::from_str(value).expect("valid value"),
+            );
+        }
+        assert_eq!(backend_for(&config, &request), expected, "{headers:?}");
+    }
+}
+
+#[test]
+fn upstream_conformance_httproute_query_param_matching() {
+    let q = with_query;
+    let h = with_header;
+    let config = conformance_route(vec![
+        ("v1", vec![q(any_path(), "animal", "whale")]),
+        ("v2", vec![q(any_path(), "animal", "dolphin")]),
+        (
+            "v3",
+            vec![
+                q(q(any_path(), "animal", "dolphin"), "color", "blue"),
+                q(any_path(), "ANIMAL", "Whale"),
+            ],
+        ),
+        ("v1", vec![q(prefix("/path1"), "animal", "whale")]),
+        (
+            "v2",
+            vec![q(h(any_path(), "version", "one"), "animal", "whale")],
+        ),
+        (
+            "v3",
+            vec![q(h(prefix("/path2"), "version", "two"), "animal", "whale")],
+        ),
+        (
+            "v1",
+            vec![
+                q(prefix("/path3"), "animal", "shark"),
+                q(h(prefix("/path4"), "version", "three"), "animal", "kraken"),
+            ],
+        ),
+        ("v1", vec![prefix("/path5")]),
+        ("v2", vec![q(any_path(), "animal", "hydra")]),
+        ("v3", vec![h(any_path(), "version", "four")]),
+    ]);
+    let cases = [
+        (get("gw", "/?animal=whale"), "v1"),
+        (get("gw", "/?animal=dolphin"), "v2"),
+        (get("gw", "/?animal=dolphin&color=blue"), "v3"),
+        (get("gw", "/?ANIMAL=Whale"), "v3"),
+        (get("gw", "/?animal=whale&otherparam=irrelevant"), "v1"),
+        (get("gw", "/?animal=dolphin&color=yellow"), "v2"),
+        (get("gw", "/?color=blue"), "404"),
+        (get("gw", "/?animal=dog"), "404"),
+        (get("gw", "/?animal=whaledolphin"), "404"),
+        (get("gw", "/"), "404"),
+        (get("gw", "/path1?animal=whale"), "v1"),
+        (get("gw", "/?animal=whale").header("version", "one"), "v2"),
+        (
+            get("gw", "/path2?animal=whale").header("version", "two"),
+            "v3",
+        ),
+        (get("gw", "/path3?animal=shark"), "v1"),
+        (
+            get("gw", "/path4?animal=kraken").header("version", "three"),
+            "v1",
+        ),
+        (get("gw", "/?animal=shark"), "404"),
+        (get("gw", "/path4?animal=kraken"), "404"),
+        (get("gw", "/path5?animal=hydra"), "v1"),
+        (get("gw", "/?animal=hydra").header("version", "four"), "v3"),
+    ];
+    for (request, expected) in cases {
+        let target = format!("{}?{:?} {:?}", request.path, request.query, request.headers);
+        assert_eq!(backend_for(&config, &request), expected, "{target}");
+    }
+}
