@@ -1,1 +1,6 @@
-//! End-to-end test support.
+//! End-to-end test support: echo backends, a client, the torhaus process and the conformance
+//! case runner.
+
+pub mod client;
+pub mod echo;
+pub mod process;

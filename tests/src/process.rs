@@ -1,0 +1,221 @@
+//! Running the torhaus binary under test: locating it, temporary config/state directories, free
+//! ports, start-up readiness and clean shutdown.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+/// Path of the torhaus binary: `TORHAUS_BIN`, else next to the test binary's `deps/` directory.
+pub fn torhaus_bin() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("TORHAUS_BIN") {
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            bail!("TORHAUS_BIN={} does not exist", path.display());
+        }
+        return Ok(path);
+    }
+    let exe = std::env::current_exe().context("locating the test binary")?;
+    let candidate = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("torhaus"))
+        .context("test binary has no grandparent directory")?;
+    if !candidate.is_file() {
+        bail!(
+            "torhaus binary not found at {}: run `cargo build --bin torhaus` first (same \
+             CARGO_TARGET_DIR), or set TORHAUS_BIN",
+            candidate.display()
+        );
+    }
+    Ok(candidate)
+}
+
+/// A directory under the system temp dir, removed on drop.
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(label: &str) -> anyhow::Result<Self> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let unique = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let path = std::env::temp_dir().join(format!(
+            "torhaus-test-{label}-{}-{unique}",
+            std::process::id()
+        ));
+        if path.exists() {
+            std::fs::remove_dir_all(&path)
+                .with_context(|| format!("clearing stale {}", path.display()))?;
+        }
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self { path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("TORHAUS_KEEP_TEMP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// A currently free TCP port on 127.0.0.1 (the OS may hand it out again; bind it soon).
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Polls `condition` every 20 ms until it returns `Some` or `deadline` passes.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut condition: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = condition().await {
+            return Ok(value);
+        }
+        if start.elapsed() > deadline {
+            bail!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Options for one torhaus process.
+#[derive(Debug, Clone, Default)]
+pub struct TorhausOptions {
+    /// Gateway listener ports (as declared in the manifests) to expose; each gets a free local port.
+    pub gateway_ports: Vec<u16>,
+    pub threads: Option<u32>,
+    pub extra_args: Vec<String>,
+}
+
+/// A running `torhaus run`; killed on drop.
+#[derive(Debug)]
+pub struct Torhaus {
+    child: Child,
+    ports: Vec<(u16, u16)>,
+    state_dir: TempDir,
+    log_path: PathBuf,
+}
+
+impl Torhaus {
+    /// Starts torhaus on `config_dir` and waits until every mapped port accepts connections.
+    pub async fn start(config_dir: &Path, options: &TorhausOptions) -> anyhow::Result<Self> {
+        let bin = torhaus_bin()?;
+        let state_dir = TempDir::new("state")?;
+        let mut ports = Vec::new();
+        for gateway_port in &options.gateway_ports {
+            ports.push((*gateway_port, free_port()?));
+        }
+        let port_map = ports
+            .iter()
+            .map(|(declared, bound)| format!("{declared}:{bound}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let log_path = state_dir.path().join("torhaus.log");
+        let log = std::fs::File::create(&log_path).context("creating torhaus log file")?;
+        let mut command = Command::new(&bin);
+        command
+            .arg("run")
+            .arg("--config")
+            .arg(config_dir)
+            .arg("--state-dir")
+            .arg(state_dir.path())
+            .arg("--threads")
+            .arg(options.threads.unwrap_or(1).to_string());
+        if !port_map.is_empty() {
+            command.arg("--port-map").arg(&port_map);
+        }
+        command
+            .args(&options.extra_args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().context("duplicating log handle")?)
+            .stderr(log);
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut torhaus = Self {
+            child,
+            ports,
+            state_dir,
+            log_path,
+        };
+        for (declared, bound) in torhaus.ports.clone() {
+            let addr = SocketAddr::from(([127, 0, 0, 1], bound));
+            let waited = wait_for(
+                &format!("torhaus to listen on {addr} (gateway port {declared})"),
+                Duration::from_secs(15),
+                || async { tokio::net::TcpStream::connect(addr).await.ok().map(|_| ()) },
+            )
+            .await;
+            if let Err(error) = waited {
+                let exited = torhaus.child.try_wait().ok().flatten();
+                bail!(
+                    "{error}; process status {exited:?}; log:\n{}",
+                    torhaus.log_tail()
+                );
+            }
+        }
+        Ok(torhaus)
+    }
+
+    /// The local address serving the Gateway listener port `declared`.
+    pub fn addr(&self, declared: u16) -> anyhow::Result<SocketAddr> {
+        self.ports
+            .iter()
+            .find(|(d, _)| *d == declared)
+            .map(|(_, bound)| SocketAddr::from(([127, 0, 0, 1], *bound)))
+            .with_context(|| format!("gateway port {declared} was not mapped"))
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        self.state_dir.path()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The last 8 KiB of torhaus's output, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read(&self.log_path).unwrap_or_default();
+        let start = text.len().saturating_sub(8192);
+        String::from_utf8_lossy(text.get(start..).unwrap_or_default()).into_owned()
+    }
+
+    /// PEM of the local CA (`torhaus ca export`).
+    pub fn export_ca(&self) -> anyhow::Result<Vec<u8>> {
+        let output = Command::new(torhaus_bin()?)
+            .args(["ca", "export", "--state-dir"])
+            .arg(self.state_dir.path())
+            .output()
+            .context("running torhaus ca export")?;
+        if !output.status.success() {
+            bail!(
+                "torhaus ca export failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(output.stdout)
+    }
+}
+
+impl Drop for Torhaus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
