@@ -8,7 +8,8 @@ pub mod translate;
 
 pub use source::{
     DirectorySource, KubeObject, ObjectKey, ObjectKind, ObjectSet, Problem, Severity, SourceError,
-    SourceLocation, Sourced, load_directory, parse_manifests, spawn_directory_source,
+    SourceLocation, Sourced, WatchMode, load_directory, parse_manifests, spawn_directory_source,
+    spawn_directory_source_with,
 };
 
 pub use report::{

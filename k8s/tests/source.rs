@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use torhaus_k8s::{
-    DirectorySource, ObjectKind, Severity, TranslateOptions, Translation, load_directory,
-    spawn_directory_source,
+    DirectorySource, ObjectKind, Severity, TranslateOptions, Translation, WatchMode,
+    load_directory, spawn_directory_source_with,
 };
 
 /// A fresh scratch directory under the target dir, removed on drop.
@@ -185,6 +185,16 @@ fn a_broken_file_keeps_its_last_good_objects_and_deletion_removes_them() {
             .contains("Service default/api keeps serving its last good version")
     }));
 
+    source.load().expect("reload");
+    assert!(!source.changed(), "nothing changed since the last load");
+    scratch.write(".svc.yaml.swp", "junk");
+    scratch.write("notes.txt", "junk");
+    source.load().expect("reload");
+    assert!(
+        !source.changed(),
+        "hidden and non-manifest files are ignored"
+    );
+
     std::fs::remove_file(scratch.0.join("svc.yaml")).expect("remove");
     let set = source.load().expect("reload");
     assert!(set.services.is_empty(), "a deleted file's objects are gone");
@@ -220,7 +230,16 @@ async fn wait_for(
 
 #[tokio::test]
 async fn the_watched_directory_retranslates_on_change() {
-    let scratch = Scratch::new("watch");
+    exercise_watching("watch-notify", WatchMode::Notify).await;
+}
+
+#[tokio::test]
+async fn the_polled_directory_retranslates_on_change() {
+    exercise_watching("watch-poll", WatchMode::Poll).await;
+}
+
+async fn exercise_watching(name: &str, mode: WatchMode) {
+    let scratch = Scratch::new(name);
     for entry in std::fs::read_dir(fixtures()).expect("fixtures") {
         let path = entry.expect("entry").path();
         if path.is_file() {
@@ -228,7 +247,8 @@ async fn the_watched_directory_retranslates_on_change() {
         }
     }
     let mut receiver =
-        spawn_directory_source(scratch.0.clone(), TranslateOptions::default()).expect("spawn");
+        spawn_directory_source_with(scratch.0.clone(), TranslateOptions::default(), mode)
+            .expect("spawn");
     assert_eq!(
         receiver.borrow().config.ports.len(),
         1,

@@ -583,6 +583,14 @@ fn invalid_rules_table() {
             "numerator <= denominator",
         ),
         ("retry: {codes: [200]}", "retry.codes"),
+        (
+            "matches: [{path: {type: RegularExpression, value: \"/a)|(.*\"}}]",
+            "invalid regular expression",
+        ),
+        (
+            "matches: [{headers: [{name: x, type: RegularExpression, value: \"[\"}]}]",
+            "headers[0].value",
+        ),
     ];
     for (rule, message) in cases {
         let body = format!(
@@ -920,6 +928,36 @@ fn certificate_refs_table() {
             assert!(tls.certificates[0].not_after_unix > 0);
         }
     }
+}
+
+#[test]
+fn unsupported_address_types_reject_the_gateway() {
+    let gateway = GATEWAY.replace(
+        "  listeners:",
+        "  addresses: [{type: example.com/pool, value: a}]\n  listeners:",
+    );
+    let body = format!("{TO_EDGE}  rules: [{{backendRefs: [{{name: web, port: 80}}]}}]\n");
+    let out = run(&[BASE, &gateway, &route("r", &body)]);
+    let gw = status(&out.report, ObjectKind::Gateway, "infra", "edge");
+    assert_eq!(cond(&gw.conditions, "Accepted"), f("UnsupportedAddress"));
+    assert_eq!(cond(&gw.conditions, "Programmed"), f("Invalid"));
+    assert!(out.config.ports.is_empty());
+    assert_eq!(
+        cond(&parent(&out.report, "apps", "r").conditions, "Accepted"),
+        f("NoMatchingParent")
+    );
+    let fine = GATEWAY.replace(
+        "  listeners:",
+        "  addresses: [{type: IPAddress, value: 192.0.2.1}]\n  listeners:",
+    );
+    let out = run(&[BASE, &fine]);
+    assert_eq!(
+        cond(
+            &status(&out.report, ObjectKind::Gateway, "infra", "edge").conditions,
+            "Accepted"
+        ),
+        t("Accepted")
+    );
 }
 
 #[test]

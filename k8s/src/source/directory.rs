@@ -25,6 +25,8 @@ const POLL_INTERVAL: Duration = Duration::from_millis(500);
 pub struct DirectorySource {
     dir: PathBuf,
     files: BTreeMap<PathBuf, FileState>,
+    loaded: bool,
+    changed: bool,
 }
 
 #[derive(Debug)]
@@ -39,7 +41,15 @@ impl DirectorySource {
         Self {
             dir: dir.into(),
             files: BTreeMap::new(),
+            loaded: false,
+            changed: false,
         }
+    }
+
+    /// Whether the last [`DirectorySource::load`] saw any file appear, change, vanish or fail
+    /// to read (the first load always counts as a change).
+    pub fn changed(&self) -> bool {
+        self.changed
     }
 
     pub fn dir(&self) -> &Path {
@@ -52,12 +62,15 @@ impl DirectorySource {
     pub fn load(&mut self) -> Result<ObjectSet, SourceError> {
         let paths = manifest_files(&self.dir)?;
         let present: BTreeSet<&PathBuf> = paths.iter().collect();
+        let before = self.files.len();
         self.files.retain(|path, _| present.contains(path));
+        let mut changed = !self.loaded || self.files.len() != before;
 
         for path in &paths {
             let text = match std::fs::read_to_string(path) {
                 Ok(text) => text,
                 Err(error) => {
+                    changed = true;
                     let problem = Problem::error(
                         Some(SourceLocation::file(path, 0)),
                         format!(
@@ -82,6 +95,7 @@ impl DirectorySource {
             if self.files.get(path).is_some_and(|state| state.text == text) {
                 continue;
             }
+            changed = true;
             let (mut objects, mut problems) = parse_manifests(&text, path);
             let broken = problems.iter().any(|p| p.severity == Severity::Error);
             if broken && let Some(previous) = self.files.get(path) {
@@ -109,6 +123,8 @@ impl DirectorySource {
             );
         }
 
+        self.changed = changed;
+        self.loaded = true;
         let mut set = ObjectSet::default();
         for state in self.files.values() {
             set.problems.extend(state.problems.iter().cloned());
@@ -125,6 +141,15 @@ pub fn load_directory(dir: impl AsRef<Path>) -> Result<ObjectSet, SourceError> {
     DirectorySource::new(dir.as_ref()).load()
 }
 
+/// How a directory source notices changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchMode {
+    /// File notifications (inotify), falling back to [`WatchMode::Poll`] when unavailable.
+    Notify,
+    /// Scanning modification times every 500 ms.
+    Poll,
+}
+
 /// Loads `dir`, translates it, and keeps doing so on every change (debounced by ~100 ms), on
 /// a task of the current tokio runtime. Falls back to scanning every 500 ms when file
 /// notifications are unavailable. The task ends when every receiver is dropped.
@@ -132,28 +157,56 @@ pub fn spawn_directory_source(
     dir: PathBuf,
     options: TranslateOptions,
 ) -> Result<watch::Receiver<Arc<Translation>>, SourceError> {
-    let mut source = DirectorySource::new(dir.clone());
+    spawn_directory_source_with(dir, options, WatchMode::Notify)
+}
+
+/// [`spawn_directory_source`] with an explicit way of noticing changes.
+pub fn spawn_directory_source_with(
+    dir: PathBuf,
+    options: TranslateOptions,
+    mode: WatchMode,
+) -> Result<watch::Receiver<Arc<Translation>>, SourceError> {
+    // Watching starts before the first load, so no change made during it is missed.
+    let (event_sender, events) = mpsc::unbounded_channel::<()>();
+    let watcher = match mode {
+        WatchMode::Poll => None,
+        WatchMode::Notify => {
+            let watcher =
+                notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
+                    // Errors trigger a reload too: rereading is always safe.
+                    let _ = event_sender.send(());
+                })
+                .and_then(|mut watcher| {
+                    watcher
+                        .watch(&dir, RecursiveMode::Recursive)
+                        .map(|()| watcher)
+                });
+            match watcher {
+                Ok(watcher) => Some(watcher),
+                Err(error) => {
+                    tracing::warn!(dir = %dir.display(), %error, "file notifications unavailable; scanning every 500 ms");
+                    None
+                }
+            }
+        }
+    };
+    let fingerprint = watcher.is_none().then(|| tree_fingerprint(&dir));
+    let mut source = DirectorySource::new(dir);
     let objects = source.load()?;
     let (sender, receiver) = watch::channel(Arc::new(translate(&objects, &options)));
-    let (event_sender, events) = mpsc::unbounded_channel::<()>();
-    let watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
-        // Errors trigger a reload too: rereading is always safe.
-        let _ = event_sender.send(());
-    })
-    .and_then(|mut watcher| {
-        watcher
-            .watch(&dir, RecursiveMode::Recursive)
-            .map(|()| watcher)
-    });
-    match watcher {
-        Ok(watcher) => {
+    match (watcher, fingerprint) {
+        (Some(watcher), _) => {
             tokio::spawn(follow_notifications(
                 watcher, events, source, options, sender,
             ));
         }
-        Err(error) => {
-            tracing::warn!(dir = %dir.display(), %error, "file notifications unavailable; scanning every 500 ms");
-            tokio::spawn(follow_by_polling(source, options, sender));
+        (None, fingerprint) => {
+            tokio::spawn(follow_by_polling(
+                source,
+                fingerprint.unwrap_or_default(),
+                options,
+                sender,
+            ));
         }
     }
     Ok(receiver)
@@ -184,10 +237,10 @@ async fn follow_notifications(
 
 async fn follow_by_polling(
     mut source: DirectorySource,
+    mut last: Fingerprint,
     options: TranslateOptions,
     sender: watch::Sender<Arc<Translation>>,
 ) {
-    let mut last = tree_fingerprint(source.dir());
     let mut ticker = tokio::time::interval(POLL_INTERVAL);
     loop {
         tokio::select! {
@@ -219,7 +272,9 @@ async fn reload(
 ) -> Option<DirectorySource> {
     let options = options.clone();
     let joined = tokio::task::spawn_blocking(move || {
-        let result = source.load().map(|objects| translate(&objects, &options));
+        let result = source
+            .load()
+            .map(|objects| source.changed().then(|| translate(&objects, &options)));
         (source, result)
     })
     .await;
@@ -231,11 +286,13 @@ async fn reload(
         }
     };
     match result {
-        Ok(translation) => {
+        Ok(Some(translation)) => {
             if sender.send(Arc::new(translation)).is_err() {
                 return None;
             }
         }
+        // Only unrelated files (editor swap files, other extensions) moved.
+        Ok(None) => {}
         Err(error) => {
             tracing::error!(%error, "cannot reread the manifests; the previous configuration keeps serving");
         }

@@ -3,7 +3,9 @@
 mod directory;
 mod objects;
 
-pub use directory::{DirectorySource, load_directory, spawn_directory_source};
+pub use directory::{
+    DirectorySource, WatchMode, load_directory, spawn_directory_source, spawn_directory_source_with,
+};
 pub use objects::{
     KubeObject, ObjectKey, ObjectKind, ObjectSet, Problem, Severity, SourceLocation, Sourced,
     parse_manifests,

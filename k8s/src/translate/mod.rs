@@ -91,6 +91,8 @@ impl ListenerState {
 #[derive(Debug)]
 struct GatewayState {
     name: ObjectName,
+    /// Why the Gateway as a whole cannot be accepted (e.g. an unsupported address type).
+    rejected: Option<Failure>,
     created_unix: i64,
     generation: Option<i64>,
     location: SourceLocation,
@@ -156,15 +158,37 @@ pub fn translate(objects: &ObjectSet, options: &TranslateOptions) -> Translation
             }
             continue;
         }
-        let listeners = gateway
+        let mut listeners: Vec<ListenerState> = gateway
             .object
             .spec
             .listeners
             .iter()
             .map(|l| listener_state(objects, name, l, &mut certificates))
             .collect();
+        let rejected = gateway
+            .object
+            .spec
+            .addresses
+            .iter()
+            .flatten()
+            .enumerate()
+            .find_map(|(i, address)| {
+                let kind = address.r#type.as_deref().unwrap_or("IPAddress");
+                (kind != "IPAddress" && kind != "Hostname").then(|| {
+                    (
+                        "UnsupportedAddress",
+                        format!("spec.addresses[{i}]: address type {kind:?} is not supported"),
+                    )
+                })
+            });
+        if let Some((_, why)) = &rejected {
+            for listener in &mut listeners {
+                listener.accepted = Err(("Invalid", format!("the Gateway is not accepted: {why}")));
+            }
+        }
         gateways.push(GatewayState {
             name: name.clone(),
+            rejected,
             created_unix: created_unix(&gateway.object.metadata),
             generation: gateway.object.metadata.generation,
             location: gateway.location.clone(),
@@ -802,6 +826,32 @@ fn gateway_status(gateway: &GatewayState) -> ObjectStatus {
         });
     }
     let total = gateway.listeners.len();
+    if let Some((reason, message)) = &gateway.rejected {
+        let accepted = Condition::new(
+            GatewayConditionType::Accepted,
+            false,
+            reason,
+            message.clone(),
+        );
+        let programmed = Condition::new(
+            GatewayConditionType::Programmed,
+            false,
+            GatewayConditionReason::Invalid,
+            "the Gateway is not accepted",
+        );
+        return ObjectStatus {
+            key: ObjectKey {
+                kind: ObjectKind::Gateway,
+                namespace: gateway.name.namespace.clone(),
+                name: gateway.name.name.clone(),
+            },
+            location: gateway.location.clone(),
+            generation: gateway.generation,
+            conditions: vec![accepted, programmed],
+            listeners,
+            parents: Vec::new(),
+        };
+    }
     let accepted = if valid == total {
         Condition::new(
             GatewayConditionType::Accepted,

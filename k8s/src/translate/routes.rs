@@ -355,6 +355,10 @@ fn validate_path(path: &str, field: &str) -> Result<(), String> {
 }
 
 fn anchored(pattern: &str, field: &str) -> Result<Regex, String> {
+    // Compiled alone first: a pattern like `a)|(b` is only valid once wrapped, and would
+    // escape the anchors.
+    Regex::new(pattern)
+        .map_err(|e| format!("{field}: invalid regular expression {pattern:?}: {e}"))?;
     Regex::new(&format!("^(?:{pattern})$"))
         .map_err(|e| format!("{field}: invalid regular expression {pattern:?}: {e}"))
 }
