@@ -8,7 +8,7 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use http::{HeaderName, HeaderValue};
@@ -16,7 +16,10 @@ use support::*;
 use torhaus_model::*;
 
 fn header_pair(name: &'static str, value: &'static str) -> (HeaderName, HeaderValue) {
-    (HeaderName::from_static(name), HeaderValue::from_static(value))
+    (
+        HeaderName::from_static(name),
+        HeaderValue::from_static(value),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,7 +54,11 @@ async fn routes_by_host_and_path_and_answers_404_otherwise() -> Result<()> {
     let mut client = Client::connect(addr).await;
     let response = client.get("app.example.com", "/api/v1").await?;
     assert_eq!(response.status, 200);
-    assert!(response.text().starts_with("backend=api"), "{}", response.text());
+    assert!(
+        response.text().starts_with("backend=api"),
+        "{}",
+        response.text()
+    );
     // Same connection (keep-alive), another rule; Host case and port do not matter.
     let response = client.get("APP.example.com:80", "/apix").await?;
     assert_eq!(response.status, 200);
@@ -71,14 +78,22 @@ async fn header_filters_rewrite_redirect_and_forwarded_headers() -> Result<()> {
     let mut request_headers = HeaderModifier::default();
     request_headers.set.push(header_pair("x-set", "set-value"));
     request_headers.add.push(header_pair("x-added", "added"));
-    request_headers.remove.push(HeaderName::from_static("x-drop"));
+    request_headers
+        .remove
+        .push(HeaderName::from_static("x-drop"));
     let mut response_headers = HeaderModifier::default();
     response_headers.set.push(header_pair("x-resp", "yes"));
-    response_headers.remove.push(HeaderName::from_static("x-backend"));
+    response_headers
+        .remove
+        .push(HeaderName::from_static("x-backend"));
     let mut backend_request_headers = HeaderModifier::default();
-    backend_request_headers.set.push(header_pair("x-from-backend-ref", "1"));
+    backend_request_headers
+        .set
+        .push(header_pair("x-from-backend-ref", "1"));
     let mut weighted = to(&app_backend, 1);
-    weighted.filters.push(Filter::RequestHeaders(backend_request_headers));
+    weighted
+        .filters
+        .push(Filter::RequestHeaders(backend_request_headers));
     gateway.apply(simple(
         80,
         vec![
@@ -123,7 +138,10 @@ async fn header_filters_rewrite_redirect_and_forwarded_headers() -> Result<()> {
     assert_eq!(response.header("x-backend"), None);
     let head = app.last_head().to_ascii_lowercase();
     assert!(head.contains("x-set: set-value"), "{head}");
-    assert!(head.contains("x-added: first") && head.contains("x-added: added"), "{head}");
+    assert!(
+        head.contains("x-added: first") && head.contains("x-added: added"),
+        "{head}"
+    );
     assert!(!head.contains("x-drop"), "{head}");
     assert!(head.contains("x-from-backend-ref: 1"), "{head}");
     // trusted_hops 0: the client's X-Forwarded-For is replaced by the peer address.
@@ -134,13 +152,19 @@ async fn header_filters_rewrite_redirect_and_forwarded_headers() -> Result<()> {
 
     let response = client.get("a.test", "/old/page?q=1").await?;
     assert_eq!(response.status, 301);
-    assert_eq!(response.header("location"), Some("https://a.test/new/page?q=1"));
+    assert_eq!(
+        response.header("location"),
+        Some("https://a.test/new/page?q=1")
+    );
 
     let response = client.get("a.test", "/rewrite/thing?x=y").await?;
     assert_eq!(response.status, 200);
     let head = app.last_head();
     assert!(head.starts_with("GET /v2/thing?x=y HTTP/1.1"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("host: internal.svc"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("host: internal.svc"),
+        "{head}"
+    );
     Ok(())
 }
 
@@ -209,5 +233,525 @@ async fn weights_invalid_backends_and_missing_endpoints() -> Result<()> {
 
     assert_eq!(client.get("a.test", "/empty").await?.status, 503);
     assert_eq!(client.get("a.test", "/zero").await?.status, 500);
+    Ok(())
+}
+
+fn tls_listener(
+    section: &str,
+    hostname: &str,
+    certificates: Vec<Arc<TlsCertificate>>,
+    routes: Vec<Arc<HttpRoute>>,
+) -> Listener {
+    let hostname = if hostname.is_empty() {
+        HostMatch::Any
+    } else {
+        host(hostname)
+    };
+    listener(
+        section,
+        hostname,
+        Some(ListenerTls { certificates }),
+        routes,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_selects_listener_and_certificate_by_sni_and_checks_host() -> Result<()> {
+    let app = TestBackend::spawn("app").await;
+    let app_backend = backend("app", vec![app.addr], UpstreamProtocol::Http1);
+    let exact = certificate(&["app.example.com"]);
+    let wildcard = certificate(&["*.example.com"]);
+    let other = certificate(&["other.example.net"]);
+    let on_wildcard = route(
+        "wild",
+        vec![rule(vec![prefix("/")], vec![], vec![to(&app_backend, 1)])],
+    );
+    let on_exact = route(
+        "exact",
+        vec![rule(vec![prefix("/")], vec![], vec![to(&app_backend, 1)])],
+    );
+    let config = |wild_certs: Vec<Arc<TlsCertificate>>| {
+        Arc::new(DataPlaneConfig {
+            ports: vec![https_port(
+                443,
+                vec![
+                    tls_listener(
+                        "wild",
+                        "*.example.com",
+                        wild_certs,
+                        vec![on_wildcard.clone()],
+                    ),
+                    tls_listener(
+                        "exact",
+                        "secure.example.com",
+                        vec![other.clone()],
+                        vec![on_exact.clone()],
+                    ),
+                ],
+            )],
+        })
+    };
+    let gateway = Gateway::start(&[443]);
+    gateway.apply(config(vec![wildcard.clone(), exact.clone()]));
+    let addr = gateway.addr(443);
+
+    // A certificate naming the SNI exactly wins over an earlier wildcard.
+    let stream = tls_connect(addr, Some("app.example.com"), &[b"http/1.1"]).await?;
+    assert_eq!(presented(&stream).as_ref(), Some(&exact.chain[0]));
+    let mut client = Client::new(stream);
+    let response = client.get("app.example.com", "/").await?;
+    assert_eq!(response.status, 200);
+    // Same listener by Host (the wildcard one): allowed.
+    assert_eq!(client.get("b.example.com", "/").await?.status, 200);
+    // Host of another listener than the SNI chose: 421.
+    assert_eq!(client.get("secure.example.com", "/").await?.status, 421);
+
+    // The wildcard certificate covers a name no certificate names exactly.
+    let stream = tls_connect(addr, Some("zzz.example.com"), &[]).await?;
+    assert_eq!(presented(&stream).as_ref(), Some(&wildcard.chain[0]));
+    // The most specific listener's first certificate, even though it does not cover the name.
+    let stream = tls_connect(addr, Some("secure.example.com"), &[]).await?;
+    assert_eq!(presented(&stream).as_ref(), Some(&other.chain[0]));
+
+    // Certificates swap without a restart.
+    let renewed = certificate(&["*.example.com"]);
+    gateway.apply(config(vec![renewed.clone()]));
+    let stream = tls_connect(addr, Some("app.example.com"), &[]).await?;
+    assert_eq!(presented(&stream).as_ref(), Some(&renewed.chain[0]));
+    assert_eq!(
+        gateway
+            .issuer
+            .calls
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_without_certificate_uses_the_on_demand_issuer_and_h2_alpn() -> Result<()> {
+    let app = TestBackend::spawn("app").await;
+    let app_backend = backend("app", vec![app.addr], UpstreamProtocol::Http1);
+    let gateway = Gateway::start(&[443]);
+    gateway.apply(Arc::new(DataPlaneConfig {
+        ports: vec![https_port(
+            443,
+            vec![tls_listener(
+                "any",
+                "",
+                vec![],
+                vec![route(
+                    "r",
+                    vec![rule(vec![prefix("/")], vec![], vec![to(&app_backend, 1)])],
+                )],
+            )],
+        )],
+    }));
+    let addr = gateway.addr(443);
+    let stream = tls_connect(addr, Some("fresh.example.com"), &[b"h2", b"http/1.1"]).await?;
+    let issued = gateway
+        .issuer
+        .issued_for("fresh.example.com")
+        .expect("issued on demand");
+    assert_eq!(presented(&stream).as_ref(), Some(&issued.chain[0]));
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let calls = gateway
+        .issuer
+        .calls
+        .load(std::sync::atomic::Ordering::SeqCst);
+    // A second handshake for the same name is served from the cache.
+    let _again = tls_connect(addr, Some("fresh.example.com"), &[]).await?;
+    assert_eq!(
+        gateway
+            .issuer
+            .calls
+            .load(std::sync::atomic::Ordering::SeqCst),
+        calls
+    );
+
+    let (mut h2, connection) = h2::client::handshake(stream).await?;
+    tokio::spawn(connection);
+    let request = http::Request::get("https://fresh.example.com/over-h2").body(())?;
+    let (response, _) = h2.send_request(request, true)?;
+    let response = response.await?;
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut text = Vec::new();
+    while let Some(chunk) = body.data().await {
+        text.extend_from_slice(&chunk?);
+    }
+    let text = String::from_utf8(text)?;
+    assert!(
+        text.starts_with("backend=app\nGET /over-h2 HTTP/1.1"),
+        "{text}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_downstream_and_h2c_upstream() -> Result<()> {
+    // An h2c backend written with the h2 crate.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let h2c_addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut connection) = h2::server::handshake(stream).await else {
+                    return;
+                };
+                while let Some(Ok((request, mut respond))) = connection.accept().await {
+                    let body = format!(
+                        "h2c-backend {} {:?}",
+                        request.uri().path(),
+                        request.version()
+                    );
+                    let response = http::Response::builder()
+                        .status(200)
+                        .body(())
+                        .expect("response");
+                    if let Ok(mut send) = respond.send_response(response, false) {
+                        let _ = send.send_data(bytes::Bytes::from(body), true);
+                    }
+                }
+            });
+        }
+    });
+    let h1 = TestBackend::spawn("h1").await;
+    let h2c_backend = backend("grpc", vec![h2c_addr], UpstreamProtocol::H2c);
+    let h1_backend = backend("h1", vec![h1.addr], UpstreamProtocol::Http1);
+    let gateway = Gateway::start(&[80]);
+    gateway.apply(simple(
+        80,
+        vec![
+            rule(vec![prefix("/h2c")], vec![], vec![to(&h2c_backend, 1)]),
+            rule(vec![prefix("/")], vec![], vec![to(&h1_backend, 1)]),
+        ],
+    ));
+    let addr = gateway.addr(80);
+
+    // h1 client -> h2c upstream.
+    let response = get(addr, "a.test", "/h2c/x").await?;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), "h2c-backend /h2c/x HTTP/2.0");
+
+    // h2c (prior knowledge) client -> h1 upstream.
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let (mut h2, connection) = h2::client::handshake(tcp).await?;
+    tokio::spawn(connection);
+    let request = http::Request::get("http://a.test/plain").body(())?;
+    let (response, _) = h2.send_request(request, true)?;
+    let response = response.await?;
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut text = Vec::new();
+    while let Some(chunk) = body.data().await {
+        text.extend_from_slice(&chunk?);
+    }
+    assert!(String::from_utf8(text)?.starts_with("backend=h1"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_passes_through() -> Result<()> {
+    let app = TestBackend::spawn("app").await;
+    let app_backend = backend("app", vec![app.addr], UpstreamProtocol::Http1);
+    let gateway = Gateway::start(&[80]);
+    gateway.apply(simple(
+        80,
+        vec![rule(vec![prefix("/")], vec![], vec![to(&app_backend, 1)])],
+    ));
+    let mut client = Client::connect(gateway.addr(80)).await;
+    client
+        .send(b"GET /ws HTTP/1.1\r\nhost: a.test\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n")
+        .await?;
+    let response = client.response(false).await?;
+    assert_eq!(response.status, 101);
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    client.stream.write_all(b"ping-frame-bytes").await?;
+    let mut echoed = [0u8; 16];
+    tokio::time::timeout(DEADLINE, client.stream.read_exact(&mut echoed)).await??;
+    assert_eq!(&echoed, b"ping-frame-bytes");
+    Ok(())
+}
+
+fn with_retry(mut rule: Rule, attempts: u32, codes: &[u16]) -> Rule {
+    rule.retry = Some(RetryPolicy {
+        attempts,
+        codes: codes.to_vec(),
+        backoff: Some(Duration::from_millis(10)),
+    });
+    rule
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_and_backend_timeouts_answer_504_and_no_default_timeout_cuts() -> Result<()> {
+    let app = TestBackend::spawn("app").await;
+    let app_backend = backend("app", vec![app.addr], UpstreamProtocol::Http1);
+    let gateway = Gateway::start(&[80]);
+    let addr = gateway.addr(80);
+    let rewrite_to_sleep = |timeouts: Timeouts| {
+        let mut rule = rule(
+            vec![prefix("/slow")],
+            vec![Filter::Rewrite(Rewrite {
+                hostname: None,
+                path: Some(PathModifier::ReplaceFullPath("/sleep/3000".into())),
+            })],
+            vec![to(&app_backend, 1)],
+        );
+        rule.timeouts = timeouts;
+        rule
+    };
+    gateway.apply(simple(
+        80,
+        vec![
+            rewrite_to_sleep(Timeouts {
+                request: Some(Duration::from_millis(300)),
+                backend_request: None,
+            }),
+            {
+                let mut rule = rewrite_to_sleep(Timeouts {
+                    request: None,
+                    backend_request: Some(Duration::from_millis(300)),
+                });
+                rule.matches = vec![prefix("/attempt")];
+                rule
+            },
+            rule(vec![prefix("/")], vec![], vec![to(&app_backend, 1)]),
+        ],
+    ));
+    let started = Instant::now();
+    let response = get(addr, "a.test", "/slow").await?;
+    assert_eq!(response.status, 504);
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
+    let started = Instant::now();
+    let response = get(addr, "a.test", "/attempt").await?;
+    assert_eq!(response.status, 504);
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
+    // No timeout configured: a slow backend is waited for.
+    let response = get(addr, "a.test", "/sleep/1500").await?;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), "slept");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_listed_codes_and_connect_failures() -> Result<()> {
+    let app = TestBackend::spawn("app").await;
+    // An address nothing listens on: connections are refused.
+    let dead: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+    let flaky = backend("flaky", vec![dead, app.addr], UpstreamProtocol::Http1);
+    let only_dead = backend("dead", vec![dead], UpstreamProtocol::Http1);
+    let app_backend = backend("app", vec![app.addr], UpstreamProtocol::Http1);
+    let gateway = Gateway::start(&[80]);
+    gateway.apply(simple(
+        80,
+        vec![
+            with_retry(
+                rule(vec![prefix("/flaky")], vec![], vec![to(&flaky, 1)]),
+                3,
+                &[],
+            ),
+            rule(vec![prefix("/no-retry")], vec![], vec![to(&only_dead, 1)]),
+            with_retry(
+                rule(vec![prefix("/status")], vec![], vec![to(&app_backend, 1)]),
+                2,
+                &[503],
+            ),
+            with_retry(
+                rule(vec![prefix("/")], vec![], vec![to(&app_backend, 1)]),
+                2,
+                &[],
+            ),
+        ],
+    ));
+    let addr = gateway.addr(80);
+    // Half the picks hit the dead endpoint first; with retries every request succeeds.
+    for _ in 0..20 {
+        let response = get(addr, "a.test", "/flaky").await?;
+        assert_eq!(response.status, 200);
+    }
+    assert_eq!(get(addr, "a.test", "/no-retry").await?.status, 502);
+
+    // 503 is listed: one try plus two retries, then the backend's 503 is passed on.
+    let before = app.hits();
+    let response = get(addr, "a.test", "/status/503").await?;
+    assert_eq!(response.status, 503);
+    assert_eq!(app.hits() - before, 3);
+    // 500 is not listed: no retry.
+    let before = app.hits();
+    assert_eq!(get(addr, "a.test", "/status/500").await?.status, 500);
+    assert_eq!(app.hits() - before, 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passive_ejection_and_recovery() -> Result<()> {
+    let good = TestBackend::spawn("good").await;
+    // Reserve a port, close it, and later start a backend on it to model recovery.
+    let dead_port = free_port();
+    let dead: std::net::SocketAddr = format!("127.0.0.1:{dead_port}").parse()?;
+    let pool = backend("pool", vec![dead, good.addr], UpstreamProtocol::Http1);
+    let gateway = Gateway::start_with(&[80], Gateway::fast_ejection(), |_| {});
+    gateway.apply(simple(
+        80,
+        vec![rule(vec![prefix("/")], vec![], vec![to(&pool, 1)])],
+    ));
+    let addr = gateway.addr(80);
+
+    // Without retries, requests to the dead endpoint fail with 502 until it is ejected
+    // (2 failures in a row); after that every request goes to the good one.
+    let mut failures = 0;
+    for _ in 0..40 {
+        if get(addr, "a.test", "/").await?.status == 502 {
+            failures += 1;
+        }
+    }
+    assert!(
+        failures >= 2,
+        "the dead endpoint was never tried ({failures})"
+    );
+    let good_before = good.hits();
+    for _ in 0..20 {
+        assert_eq!(get(addr, "a.test", "/").await?.status, 200);
+    }
+    assert_eq!(good.hits() - good_before, 20);
+
+    // Recovery: the endpoint comes back, and after the backoff it receives traffic again.
+    let revived_listener = tokio::net::TcpListener::bind(dead).await?;
+    let revived_hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = revived_hits.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = revived_listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buffer = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buffer).await {
+                    if n == 0 {
+                        break;
+                    }
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\nrevived")
+                        .await;
+                }
+            });
+        }
+    });
+    eventually("the revived endpoint receives requests", || async {
+        let _ = get(addr, "a.test", "/").await;
+        revived_hits.load(std::sync::atomic::Ordering::SeqCst) > 0
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_stream_both_ways_with_flat_memory() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SIZE: u64 = 256 * 1024 * 1024;
+    let app = TestBackend::spawn("app").await;
+    let app_backend = backend("app", vec![app.addr], UpstreamProtocol::Http1);
+    let gateway = Gateway::start(&[80]);
+    gateway.apply(simple(
+        80,
+        vec![rule(vec![prefix("/")], vec![], vec![to(&app_backend, 1)])],
+    ));
+    let addr = gateway.addr(80);
+    let baseline = rss_kib();
+
+    // Download: read and discard as it arrives.
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(
+            format!("GET /bytes/{SIZE} HTTP/1.1\r\nhost: a.test\r\nconnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+    let mut total = 0u64;
+    let mut peak = baseline;
+    let mut chunk = vec![0u8; 256 * 1024];
+    loop {
+        let n = tokio::time::timeout(DEADLINE, stream.read(&mut chunk)).await??;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        if total % (16 * 1024 * 1024) < n as u64 {
+            peak = peak.max(rss_kib());
+        }
+    }
+    assert!(total > SIZE, "received {total} bytes");
+    // Upload: 256 MiB with Content-Length, generated on the fly.
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(
+            format!("POST /upload HTTP/1.1\r\nhost: a.test\r\ncontent-length: {SIZE}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+    let block = vec![b'y'; 256 * 1024];
+    let mut sent = 0u64;
+    while sent < SIZE {
+        stream.write_all(&block).await?;
+        sent += block.len() as u64;
+        if sent % (16 * 1024 * 1024) == 0 {
+            peak = peak.max(rss_kib());
+        }
+    }
+    let mut client = Client::new(stream);
+    let response = client.response(false).await?;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), SIZE.to_string());
+    // The whole process (client, proxy and backend) must not have buffered a body.
+    let growth_mib = peak.saturating_sub(baseline) / 1024;
+    assert!(
+        growth_mib < 64,
+        "RSS grew by {growth_mib} MiB while streaming 2 x 256 MiB"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_added_later_is_bound_and_a_removed_port_answers_404() -> Result<()> {
+    let app = TestBackend::spawn("app").await;
+    let app_backend = backend("app", vec![app.addr], UpstreamProtocol::Http1);
+    let gateway = Gateway::start(&[80, 8080]);
+    let routes = || {
+        vec![listener(
+            "l",
+            HostMatch::Any,
+            None,
+            vec![route(
+                "r",
+                vec![rule(vec![prefix("/")], vec![], vec![to(&app_backend, 1)])],
+            )],
+        )]
+    };
+    gateway.apply(Arc::new(DataPlaneConfig {
+        ports: vec![http_port(80, routes())],
+    }));
+    assert!(
+        tokio::net::TcpStream::connect(gateway.addr(8080))
+            .await
+            .is_err()
+    );
+    gateway.apply(Arc::new(DataPlaneConfig {
+        ports: vec![http_port(80, routes()), http_port(8080, routes())],
+    }));
+    assert_eq!(get(gateway.addr(8080), "a.test", "/").await?.status, 200);
+    gateway.apply(Arc::new(DataPlaneConfig {
+        ports: vec![http_port(8080, routes())],
+    }));
+    assert_eq!(get(gateway.addr(80), "a.test", "/").await?.status, 404);
+    assert_eq!(get(gateway.addr(8080), "a.test", "/").await?.status, 200);
     Ok(())
 }

@@ -60,7 +60,11 @@ pub fn prefix(path: &str) -> RequestMatch {
     }
 }
 
-pub fn rule(matches: Vec<RequestMatch>, filters: Vec<Filter>, backends: Vec<WeightedBackend>) -> Rule {
+pub fn rule(
+    matches: Vec<RequestMatch>,
+    filters: Vec<Filter>,
+    backends: Vec<WeightedBackend>,
+) -> Rule {
     Rule {
         index: 0,
         name: None,
@@ -137,7 +141,12 @@ pub fn simple(port: u16, rules: Vec<Rule>) -> Arc<DataPlaneConfig> {
     Arc::new(DataPlaneConfig {
         ports: vec![http_port(
             port,
-            vec![listener("http", HostMatch::Any, None, vec![route("r", rules)])],
+            vec![listener(
+                "http",
+                HostMatch::Any,
+                None,
+                vec![route("r", rules)],
+            )],
         )],
     })
 }
@@ -212,8 +221,8 @@ impl Gateway {
         };
         tweak(&mut settings);
         let issuer = Arc::new(TestIssuer::default());
-        let dataplane =
-            DataPlane::start_with_options(settings, issuer.clone(), options).expect("data plane starts");
+        let dataplane = DataPlane::start_with_options(settings, issuer.clone(), options)
+            .expect("data plane starts");
         Gateway {
             dataplane,
             issuer,
@@ -262,7 +271,9 @@ pub struct TestBackend {
 
 impl TestBackend {
     pub async fn spawn(name: &str) -> TestBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("backend binds");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("backend binds");
         let backend = TestBackend {
             addr: listener.local_addr().expect("backend address"),
             name: name.to_owned(),
@@ -301,7 +312,10 @@ impl TestBackend {
                 return Ok(());
             };
             self.hits.fetch_add(1, Ordering::SeqCst);
-            self.heads.lock().expect("heads lock").push(head.text.clone());
+            self.heads
+                .lock()
+                .expect("heads lock")
+                .push(head.text.clone());
             let received = read_body(&mut stream, &mut buffer, &head).await?;
             let path = head.target.split('?').next().unwrap_or_default().to_owned();
             if let Some(code) = path.strip_prefix("/status/") {
@@ -330,7 +344,10 @@ impl TestBackend {
                 }
             } else if path == "/upload" {
                 let body = received.to_string();
-                let reply = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
                 stream.write_all(reply.as_bytes()).await?;
             } else if path == "/ws" {
                 stream
@@ -372,7 +389,10 @@ impl Head {
 }
 
 /// Reads one message head (request or response); `None` on a clean EOF before any byte.
-pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S, buffer: &mut Vec<u8>) -> Result<Option<Head>> {
+pub async fn read_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buffer: &mut Vec<u8>,
+) -> Result<Option<Head>> {
     loop {
         if let Some(end) = find(buffer, b"\r\n\r\n") {
             let raw: Vec<u8> = buffer.drain(..end + 4).collect();
@@ -404,7 +424,11 @@ pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S, buffer: &mut Vec<u8
 }
 
 /// Reads (and discards) a request body framed by Content-Length or chunked; returns its size.
-async fn read_body<S: AsyncRead + Unpin>(stream: &mut S, buffer: &mut Vec<u8>, head: &Head) -> Result<u64> {
+async fn read_body<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buffer: &mut Vec<u8>,
+    head: &Head,
+) -> Result<u64> {
     if let Some(length) = head.header("content-length") {
         let length: u64 = length.parse().context("content-length")?;
         discard(stream, buffer, length).await?;
@@ -442,7 +466,11 @@ async fn read_line<S: AsyncRead + Unpin>(stream: &mut S, buffer: &mut Vec<u8>) -
     }
 }
 
-async fn discard<S: AsyncRead + Unpin>(stream: &mut S, buffer: &mut Vec<u8>, mut length: u64) -> Result<()> {
+async fn discard<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buffer: &mut Vec<u8>,
+    mut length: u64,
+) -> Result<()> {
     loop {
         let take = usize::try_from(length.min(buffer.len() as u64))?;
         buffer.drain(..take);
@@ -545,7 +573,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                         let line = read_line(&mut self.stream, &mut self.buffer).await?;
                         let size = usize::from_str_radix(line.trim(), 16)?;
                         if size == 0 {
-                            while !read_line(&mut self.stream, &mut self.buffer).await?.is_empty() {}
+                            while !read_line(&mut self.stream, &mut self.buffer)
+                                .await?
+                                .is_empty()
+                            {}
                             break;
                         }
                         while self.buffer.len() < size + 2 {
