@@ -1060,3 +1060,69 @@ fn conformance_base_manifests_translate_for_the_tested_gateway() {
     assert!(routes >= 7, "every test route is reported ({routes})");
     assert_eq!(listener.attached_routes, routes);
 }
+
+#[test]
+fn odd_inputs_never_panic_and_are_reported() {
+    let odd = [
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: g, namespace: infra}\nspec: {gatewayClassName: torhaus, listeners: []}\n",
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: g, namespace: infra}\nspec:\n  gatewayClassName: torhaus\n  listeners: [{name: a, port: -1, protocol: HTTP}, {name: b, port: 70000, protocol: HTTP}, {name: c, port: 80, protocol: HTTP, hostname: \"*\"}]\n",
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: g, namespace: infra}\nspec:\n  gatewayClassName: torhaus\n  listeners: [{name: s, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: Selector}}}, {name: t, port: 81, protocol: HTTP, allowedRoutes: {namespaces: {from: Selector, selector: {matchExpressions: [{key: a, operator: Near}]}}}}]\n",
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: apps}\nspec: {}\n",
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: apps}\nspec:\n  parentRefs: [{name: edge, namespace: infra}, {name: edge, namespace: infra, sectionName: http}, {name: x, kind: Service, group: \"\"}]\n  rules: [{backendRefs: [{name: web, port: 70000}, {name: web, port: 80, weight: -3}]}, {}]\n",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: s, namespace: infra}\ntype: Opaque\ndata: {tls.crt: \"\", tls.key: \"\"}\n",
+    ];
+    for input in odd {
+        let out = run(&[BASE, GATEWAY, input]);
+        // The report always renders, and whatever was compiled is internally consistent.
+        let printed = out.report.to_string();
+        assert!(printed.contains("Objects:"), "{printed}");
+        for port in &out.config.ports {
+            assert!(port.port > 0);
+            for listener in &port.listeners {
+                for attached in &listener.routes {
+                    assert!(!attached.hostnames.is_empty());
+                    for rule in &attached.route.rules {
+                        assert!(!rule.matches.is_empty());
+                    }
+                }
+            }
+        }
+    }
+    let out = run(&[BASE, GATEWAY, odd[1]]);
+    let gw = status(&out.report, ObjectKind::Gateway, "infra", "g");
+    for listener in ["a", "b"] {
+        assert_eq!(
+            cond(&gw.listener(listener).expect("l").conditions, "Accepted"),
+            f("PortUnavailable")
+        );
+    }
+    assert_eq!(
+        cond(&gw.listener("c").expect("l").conditions, "Accepted"),
+        f("Invalid")
+    );
+    let out = run(&[BASE, GATEWAY, odd[2]]);
+    let gw = status(&out.report, ObjectKind::Gateway, "infra", "g");
+    assert_eq!(cond(&gw.conditions, "Accepted"), f("ListenersNotValid"));
+    let out = run(&[BASE, GATEWAY, odd[4]]);
+    let route = status(&out.report, ObjectKind::HttpRoute, "apps", "r");
+    assert_eq!(route.parents.len(), 2, "non-Gateway parents are not ours");
+    assert_eq!(
+        out.config.ports[0].listeners[0].routes.len(),
+        1,
+        "served once despite two parentRefs"
+    );
+    assert_eq!(
+        status(&out.report, ObjectKind::Gateway, "infra", "edge")
+            .listener("http")
+            .map(|l| l.attached_routes),
+        Some(1)
+    );
+    let partial = route.parents[0]
+        .condition("PartiallyInvalid")
+        .expect("negative weight drops rule 0");
+    assert!(
+        partial.message.contains("weight must not be negative"),
+        "{}",
+        partial.message
+    );
+}

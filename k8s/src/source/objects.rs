@@ -340,6 +340,18 @@ pub fn parse_manifests(
 ) -> (Vec<(KubeObject, SourceLocation)>, Vec<Problem>) {
     let mut objects = Vec::new();
     let mut problems = Vec::new();
+    // JSON proper goes to the JSON parser: YAML rejects some valid JSON (tab indentation).
+    if path.extension().and_then(|e| e.to_str()) == Some("json") {
+        let location = SourceLocation::file(path, 1);
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(json) => parse_document(json, path, 1, &mut objects, &mut problems),
+            Err(error) => problems.push(Problem::error(
+                Some(location),
+                format!("malformed JSON: {error}"),
+            )),
+        }
+        return (objects, problems);
+    }
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let document_number = index + 1;
         let location = SourceLocation::file(path, document_number);
@@ -367,28 +379,40 @@ pub fn parse_manifests(
                 continue;
             }
         };
-        if json.get("kind").and_then(|k| k.as_str()) == Some("List") {
-            match json.get("items").and_then(|items| items.as_array()) {
-                Some(items) => {
-                    for (item_index, item) in items.iter().enumerate() {
-                        let location = SourceLocation::File {
-                            path: path.to_owned(),
-                            document: document_number,
-                            item: Some(item_index),
-                        };
-                        parse_object(item.clone(), location, &mut objects, &mut problems);
-                    }
-                }
-                None => problems.push(Problem::error(
-                    Some(location),
-                    "kind List without an items array".to_owned(),
-                )),
-            }
-        } else {
-            parse_object(json, location, &mut objects, &mut problems);
-        }
+        parse_document(json, path, document_number, &mut objects, &mut problems);
     }
     (objects, problems)
+}
+
+/// One document: a single object, or a `kind: List` of them.
+fn parse_document(
+    json: serde_json::Value,
+    path: &Path,
+    document_number: usize,
+    objects: &mut Vec<(KubeObject, SourceLocation)>,
+    problems: &mut Vec<Problem>,
+) {
+    let location = SourceLocation::file(path, document_number);
+    if json.get("kind").and_then(|k| k.as_str()) == Some("List") {
+        match json.get("items").and_then(|items| items.as_array()) {
+            Some(items) => {
+                for (item_index, item) in items.iter().enumerate() {
+                    let location = SourceLocation::File {
+                        path: path.to_owned(),
+                        document: document_number,
+                        item: Some(item_index),
+                    };
+                    parse_object(item.clone(), location, objects, problems);
+                }
+            }
+            None => problems.push(Problem::error(
+                Some(location),
+                "kind List without an items array".to_owned(),
+            )),
+        }
+    } else {
+        parse_object(json, location, objects, problems);
+    }
 }
 
 fn parse_object(
