@@ -1,6 +1,9 @@
 //! End-to-end test support: echo backends, a client, the torhaus process and the conformance
 //! case runner.
 
+pub mod cases;
 pub mod client;
 pub mod echo;
 pub mod process;
+pub mod rig;
+pub mod runner;
