@@ -172,9 +172,14 @@ pub fn spawn_directory_source_with(
         WatchMode::Poll => None,
         WatchMode::Notify => {
             let watcher =
-                notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
-                    // Errors trigger a reload too: rereading is always safe.
-                    let _ = event_sender.send(());
+                notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                    // Our own reads raise access events: reacting to them would reload forever.
+                    // Errors trigger a reload: rereading is always safe.
+                    let relevant =
+                        event.map_or(true, |e| !matches!(e.kind, notify::EventKind::Access(_)));
+                    if relevant {
+                        let _ = event_sender.send(());
+                    }
                 })
                 .and_then(|mut watcher| {
                     watcher
