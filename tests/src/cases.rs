@@ -86,6 +86,9 @@ impl CaseRequest {
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Expect {
     pub status: u16,
+    /// Extension: other statuses that are equally acceptable (e.g. 204 for a CORS preflight).
+    #[serde(default)]
+    pub also_status: Vec<u16>,
     /// Echo `pod` prefix; `any of a|b` accepts several.
     #[serde(default)]
     pub backend: Option<String>,
@@ -98,6 +101,10 @@ pub struct Expect {
     /// Extension: response headers that must be present with this (comma-joined) value.
     #[serde(default)]
     pub response_headers: BTreeMap<String, String>,
+    /// Extension: response headers whose comma-separated values must include this token
+    /// (case-insensitive), e.g. one method of `Access-Control-Allow-Methods`.
+    #[serde(default)]
+    pub response_header_contains: BTreeMap<String, String>,
     /// Extension: response headers that must be absent.
     #[serde(default)]
     pub absent_response_headers: Vec<String>,
@@ -166,7 +173,7 @@ pub fn distribution_bucket(response: &TestResponse, expected: &BTreeMap<String, 
 /// Applies the suite's conventions; `Err` explains the first mismatch.
 pub fn judge(request: &CaseRequest, expect: &Expect, response: &TestResponse) -> Result<(), String> {
     let status = response.status.as_u16();
-    if status != expect.status {
+    if status != expect.status && !expect.also_status.contains(&status) {
         return Err(format!(
             "status {status}, expected {}; body {:?}",
             expect.status,
@@ -177,6 +184,15 @@ pub fn judge(request: &CaseRequest, expect: &Expect, response: &TestResponse) ->
         let got = joined_response_header(response, name);
         if got.as_deref() != Some(want.as_str()) {
             return Err(format!("response header {name}: got {got:?}, expected {want:?}"));
+        }
+    }
+    for (name, token) in &expect.response_header_contains {
+        let got = joined_response_header(response, name).unwrap_or_default();
+        if !got
+            .split(',')
+            .any(|value| value.trim().eq_ignore_ascii_case(token))
+        {
+            return Err(format!("response header {name}: {got:?} does not list {token:?}"));
         }
     }
     for name in &expect.absent_response_headers {
@@ -190,10 +206,8 @@ pub fn judge(request: &CaseRequest, expect: &Expect, response: &TestResponse) ->
     if let Some(redirect) = &expect.redirect {
         judge_redirect(request, redirect, response)?;
     }
-    let needs_echo = expect.backend.is_some()
-        || expect.namespace.is_some()
-        || expect.backend_request.is_some()
-        || (expect.status == 200 && expect.redirect.is_none());
+    let needs_echo =
+        expect.backend.is_some() || expect.namespace.is_some() || expect.backend_request.is_some();
     if !needs_echo {
         return Ok(());
     }

@@ -155,18 +155,21 @@ impl Torhaus {
         };
         for (declared, bound) in torhaus.ports.clone() {
             let addr = SocketAddr::from(([127, 0, 0, 1], bound));
-            let waited = wait_for(
-                &format!("torhaus to listen on {addr} (gateway port {declared})"),
-                Duration::from_secs(15),
-                || async { tokio::net::TcpStream::connect(addr).await.ok().map(|_| ()) },
-            )
-            .await;
-            if let Err(error) = waited {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                    break;
+                }
+                // A process that already exited will never listen: stop waiting.
                 let exited = torhaus.child.try_wait().ok().flatten();
-                bail!(
-                    "{error}; process status {exited:?}; log:\n{}",
-                    torhaus.log_tail()
-                );
+                if exited.is_some() || Instant::now() > deadline {
+                    bail!(
+                        "torhaus did not listen on {addr} (gateway port {declared}); exit status \
+                         {exited:?}; log:\n{}",
+                        torhaus.log_tail()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
         Ok(torhaus)

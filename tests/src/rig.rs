@@ -12,6 +12,8 @@ use crate::process::{TempDir, Torhaus, TorhausOptions};
 
 /// The GatewayClass name the rig substitutes for `{GATEWAY_CLASS_NAME}`.
 pub const GATEWAY_CLASS: &str = "torhaus";
+/// Deployment annotation making the rig's pods answer late, in milliseconds.
+pub const DELAY_ANNOTATION: &str = "torhaus.test/delay-ms";
 pub const CONTROLLER_NAME: &str = "torhaus.dev/gateway-controller";
 
 /// A running environment; everything stops when dropped.
@@ -27,6 +29,8 @@ struct Deployment {
     namespace: String,
     name: String,
     replicas: u64,
+    /// `torhaus.test/delay-ms` annotation: the pods answer this late (timeout tests).
+    delay_ms: u64,
     labels: BTreeMap<String, String>,
 }
 
@@ -168,6 +172,9 @@ impl Rig {
                             .and_then(|s| s.get("replicas"))
                             .and_then(Value::as_u64)
                             .unwrap_or(1),
+                        delay_ms: str_at(&doc, &["metadata", "annotations", DELAY_ANNOTATION])
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(0),
                         labels: string_map(
                             doc.get("spec")
                                 .and_then(|s| s.get("template"))
@@ -201,14 +208,14 @@ impl Rig {
                 let started = pods.entry(deployment.name.clone()).or_default();
                 if started.is_empty() {
                     for replica in 0..deployment.replicas {
-                        started.push(
-                            EchoServer::start(EchoIdentity {
-                                namespace: deployment.namespace.clone(),
-                                pod: pod_name(&deployment.name, replica),
-                                service: name.to_owned(),
-                            })
-                            .await?,
-                        );
+                        let pod = EchoServer::start(EchoIdentity {
+                            namespace: deployment.namespace.clone(),
+                            pod: pod_name(&deployment.name, replica),
+                            service: name.to_owned(),
+                        })
+                        .await?;
+                        pod.set_delay(std::time::Duration::from_millis(deployment.delay_ms));
+                        started.push(pod);
                     }
                 }
                 for pod in started.iter() {
