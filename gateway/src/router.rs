@@ -32,6 +32,7 @@
 use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use http::{HeaderMap, Method};
@@ -83,10 +84,56 @@ pub struct RouteMatch<'a> {
     pub matched: &'a RequestMatch,
 }
 
+/// Table keys (hostnames, paths) come from configuration only; a request merely chooses which
+/// key to probe, so it cannot lengthen probe sequences and a keyed (SipHash) hash buys nothing
+/// here but cost on every lookup.
+type FastMap<V> = HashMap<Box<str>, V, BuildHasherDefault<WordHasher>>;
+
+/// A multiply-rotate hash over 8-byte words (the FxHash construction).
+#[derive(Debug, Default, Clone, Copy)]
+struct WordHasher(u64);
+
+impl WordHasher {
+    const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(Self::SEED);
+    }
+}
+
+impl Hasher for WordHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u8(&mut self, byte: u8) {
+        self.add(u64::from(byte));
+    }
+
+    fn write_usize(&mut self, value: usize) {
+        self.add(value as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// Entries keyed by hostname pattern, looked up from most to least specific.
 #[derive(Debug)]
 struct HostIndex<T> {
-    exact: HashMap<Box<str>, T>,
+    exact: FastMap<T>,
     /// Wildcard suffixes (with their leading dot), longest first.
     wildcards: Vec<(Box<str>, T)>,
     any: Option<T>,
@@ -95,7 +142,7 @@ struct HostIndex<T> {
 impl<T> Default for HostIndex<T> {
     fn default() -> Self {
         Self {
-            exact: HashMap::new(),
+            exact: FastMap::default(),
             wildcards: Vec::new(),
             any: None,
         }
@@ -153,6 +200,9 @@ struct Candidate {
     match_index: usize,
     /// `"namespace/name"`, the second cross-route tie-breaker.
     route_key: Box<str>,
+    /// No method, header or query condition: the path alone decides, and the lookup need not
+    /// reach into the rule (a cache miss with many routes).
+    path_only: bool,
 }
 
 impl Candidate {
@@ -188,11 +238,11 @@ impl Candidate {
 /// The candidates of one hostname group, indexed by path.
 #[derive(Debug, Default)]
 struct MatchTable {
-    exact_paths: HashMap<Box<str>, Vec<Candidate>>,
+    exact_paths: FastMap<Vec<Candidate>>,
     /// Longest pattern first, then [`Candidate::cmp_after_path`].
     regexes: Vec<Candidate>,
     /// Keyed by the prefix without trailing slash; the root prefix is kept apart.
-    prefixes: HashMap<Box<str>, Vec<Candidate>>,
+    prefixes: FastMap<Vec<Candidate>>,
     root_prefix: Vec<Candidate>,
     longest_prefix: usize,
 }
@@ -290,9 +340,10 @@ fn regex_len(candidate: &Candidate) -> usize {
 
 fn first_matching<'c>(group: &'c [Candidate], req: &RequestView<'_>) -> Option<&'c Candidate> {
     group.iter().find(|candidate| {
-        candidate
-            .request_match()
-            .is_some_and(|m| conditions_match(m, req))
+        candidate.path_only
+            || candidate
+                .request_match()
+                .is_some_and(|m| conditions_match(m, req))
     })
 }
 
@@ -446,12 +497,15 @@ impl CompiledListener {
             for hostname in &attached.hostnames {
                 let table = tables.entry_or_insert_with(hostname, MatchTable::default);
                 for rule in &attached.route.rules {
-                    for match_index in 0..rule.matches.len() {
+                    for (match_index, request_match) in rule.matches.iter().enumerate() {
                         table.insert(Candidate {
                             route: Arc::clone(&attached.route),
                             rule: Arc::clone(rule),
                             match_index,
                             route_key: route_key.clone(),
+                            path_only: request_match.method.is_none()
+                                && request_match.headers.is_empty()
+                                && request_match.query.is_empty(),
                         });
                     }
                 }
