@@ -78,8 +78,7 @@ impl CaseRequest {
     }
 
     pub fn gateway_port(&self) -> u16 {
-        self.port
-            .unwrap_or(if self.is_https() { 443 } else { 80 })
+        self.port.unwrap_or(if self.is_https() { 443 } else { 80 })
     }
 }
 
@@ -171,7 +170,11 @@ pub fn distribution_bucket(response: &TestResponse, expected: &BTreeMap<String, 
 }
 
 /// Applies the suite's conventions; `Err` explains the first mismatch.
-pub fn judge(request: &CaseRequest, expect: &Expect, response: &TestResponse) -> Result<(), String> {
+pub fn judge(
+    request: &CaseRequest,
+    expect: &Expect,
+    response: &TestResponse,
+) -> Result<(), String> {
     let status = response.status.as_u16();
     if status != expect.status && !expect.also_status.contains(&status) {
         return Err(format!(
@@ -183,7 +186,9 @@ pub fn judge(request: &CaseRequest, expect: &Expect, response: &TestResponse) ->
     for (name, want) in &expect.response_headers {
         let got = joined_response_header(response, name);
         if got.as_deref() != Some(want.as_str()) {
-            return Err(format!("response header {name}: got {got:?}, expected {want:?}"));
+            return Err(format!(
+                "response header {name}: got {got:?}, expected {want:?}"
+            ));
         }
     }
     for (name, token) in &expect.response_header_contains {
@@ -192,7 +197,9 @@ pub fn judge(request: &CaseRequest, expect: &Expect, response: &TestResponse) ->
             .split(',')
             .any(|value| value.trim().eq_ignore_ascii_case(token))
         {
-            return Err(format!("response header {name}: {got:?} does not list {token:?}"));
+            return Err(format!(
+                "response header {name}: {got:?} does not list {token:?}"
+            ));
         }
     }
     for name in &expect.absent_response_headers {
@@ -242,7 +249,10 @@ pub fn judge(request: &CaseRequest, expect: &Expect, response: &TestResponse) ->
     if let Some(host) = &backend_request.host
         && field("host") != host
     {
-        return Err(format!("backend saw host {:?}, expected {host:?}", field("host")));
+        return Err(format!(
+            "backend saw host {:?}, expected {host:?}",
+            field("host")
+        ));
     }
     if let Some(method) = &backend_request.method
         && field("method") != method
@@ -255,7 +265,9 @@ pub fn judge(request: &CaseRequest, expect: &Expect, response: &TestResponse) ->
     for (name, want) in &backend_request.headers {
         let got = echo_header(&echo, name);
         if got.as_deref() != Some(want.as_str()) {
-            return Err(format!("backend header {name}: got {got:?}, expected {want:?}"));
+            return Err(format!(
+                "backend header {name}: got {got:?}, expected {want:?}"
+            ));
         }
     }
     for name in &backend_request.absent_headers {
@@ -280,7 +292,11 @@ fn joined_response_header(response: &TestResponse, name: &str) -> Option<String>
 pub fn echo_header(echo: &serde_json::Value, name: &str) -> Option<String> {
     let headers = echo.get("headers")?.as_object()?;
     let (_, values) = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name))?;
-    let values: Vec<&str> = values.as_array()?.iter().filter_map(|v| v.as_str()).collect();
+    let values: Vec<&str> = values
+        .as_array()?
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
     Some(values.join(","))
 }
 
@@ -311,7 +327,11 @@ pub fn parse_location(location: &str) -> Location {
         scheme: Some(scheme.to_ascii_lowercase()),
         host: Some(host.to_owned()),
         port: port.map(str::to_owned),
-        path: if path.is_empty() { "/".to_owned() } else { path.to_owned() },
+        path: if path.is_empty() {
+            "/".to_owned()
+        } else {
+            path.to_owned()
+        },
     }
 }
 
@@ -338,17 +358,25 @@ fn judge_redirect(
         .ok_or_else(|| "redirect without a Location header".to_owned())?;
     let got = parse_location(location);
     let request_scheme = if request.is_https() { "https" } else { "http" };
-    let scheme = got.scheme.clone().unwrap_or_else(|| request_scheme.to_owned());
+    let scheme = got
+        .scheme
+        .clone()
+        .unwrap_or_else(|| request_scheme.to_owned());
     if let Some(want_scheme) = &want.scheme
         && &scheme != want_scheme
     {
-        return Err(format!("Location {location:?}: scheme {scheme}, expected {want_scheme}"));
+        return Err(format!(
+            "Location {location:?}: scheme {scheme}, expected {want_scheme}"
+        ));
     }
     if let Some(want_host) = &want.host
         && want_host != "*"
         && got.host.as_deref() != Some(want_host.as_str())
     {
-        return Err(format!("Location {location:?}: host {:?}, expected {want_host}", got.host));
+        return Err(format!(
+            "Location {location:?}: host {:?}, expected {want_host}",
+            got.host
+        ));
     }
     if let Some(want_port) = &want.port {
         let port = got.port.as_deref();
@@ -357,13 +385,18 @@ fn judge_redirect(
             None => port == Some(want_port.as_str()),
         };
         if !ok {
-            return Err(format!("Location {location:?}: port {port:?}, expected {want_port}"));
+            return Err(format!(
+                "Location {location:?}: port {port:?}, expected {want_port}"
+            ));
         }
     }
     if let Some(want_path) = &want.path
         && &got.path != want_path
     {
-        return Err(format!("Location {location:?}: path {}, expected {want_path}", got.path));
+        return Err(format!(
+            "Location {location:?}: path {}, expected {want_path}",
+            got.path
+        ));
     }
     Ok(())
 }

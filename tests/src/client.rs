@@ -256,7 +256,10 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> anyhow::Result<Vec<
     let mut stream = TcpStream::connect(addr)
         .await
         .with_context(|| format!("connecting to {addr}"))?;
-    stream.write_all(bytes).await.context("writing raw request")?;
+    stream
+        .write_all(bytes)
+        .await
+        .context("writing raw request")?;
     let mut answer = Vec::new();
     let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
         let mut buf = [0u8; 8192];

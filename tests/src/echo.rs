@@ -224,7 +224,11 @@ fn apply_echo_set_header(request: &HeaderMap, response: &mut HeaderMap) {
     }
 }
 
-fn describe(identity: &EchoIdentity, parts: &http::request::Parts, body_len: usize) -> EchoedRequest {
+fn describe(
+    identity: &EchoIdentity,
+    parts: &http::request::Parts,
+    body_len: usize,
+) -> EchoedRequest {
     let path = parts
         .uri
         .path_and_query()
@@ -316,7 +320,10 @@ fn upgrade_websocket(shared: &Arc<Shared>, mut req: Request<Incoming>) -> Respon
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
     headers.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(http::header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(
+        http::header::CONNECTION,
+        HeaderValue::from_static("Upgrade"),
+    );
     if let Ok(value) = HeaderValue::from_str(&accept) {
         headers.insert(http::header::SEC_WEBSOCKET_ACCEPT, value);
     }

@@ -4,6 +4,7 @@
 pub mod cases;
 pub mod client;
 pub mod echo;
+pub mod fixtures;
 pub mod process;
 pub mod rig;
 pub mod runner;

@@ -76,7 +76,11 @@ pub fn free_port() -> anyhow::Result<u16> {
 }
 
 /// Polls `condition` every 20 ms until it returns `Some` or `deadline` passes.
-pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut condition: F) -> anyhow::Result<T>
+pub async fn wait_for<T, F, Fut>(
+    what: &str,
+    deadline: Duration,
+    mut condition: F,
+) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,

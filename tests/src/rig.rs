@@ -186,7 +186,12 @@ impl Rig {
                     kept.push(doc);
                 }
             }
-            write_documents(&config.path().join(format!("{:02}-{index}.yaml", index + 10)), &kept)?;
+            write_documents(
+                &config
+                    .path()
+                    .join(format!("{:02}-{index}.yaml", index + 10)),
+                &kept,
+            )?;
             all_docs.extend(kept);
         }
 

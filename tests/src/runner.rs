@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use futures::StreamExt as _;
 
-use crate::cases::{CaseRequest, Distribution, Expect, Suite, TestSpec, distribution_bucket, judge};
+use crate::cases::{
+    CaseRequest, Distribution, Expect, Suite, TestSpec, distribution_bucket, judge,
+};
 use crate::client::{self, TestRequest, TlsSettings, Transport};
 use crate::rig::Rig;
 
@@ -74,7 +76,11 @@ pub async fn run_suite(
 }
 
 async fn run_test(suite_dir: &Path, test: &TestSpec) -> anyhow::Result<Vec<CaseFailure>> {
-    let base_path = suite_dir.join(test.base.as_deref().unwrap_or("manifests/base-manifests.yaml"));
+    let base_path = suite_dir.join(
+        test.base
+            .as_deref()
+            .unwrap_or("manifests/base-manifests.yaml"),
+    );
     let test_path = suite_dir.join(&test.manifest);
     let base = std::fs::read_to_string(&base_path)
         .with_context(|| format!("reading {}", base_path.display()))?;
@@ -109,7 +115,9 @@ async fn run_test(suite_dir: &Path, test: &TestSpec) -> anyhow::Result<Vec<CaseF
     if !failures.is_empty() {
         let log = rig.torhaus.log_tail();
         if let Some(first) = failures.first_mut() {
-            first.got.push_str(&format!("\n    torhaus log tail:\n{log}"));
+            first
+                .got
+                .push_str(&format!("\n    torhaus log tail:\n{log}"));
         }
     }
     Ok(failures)
@@ -133,7 +141,11 @@ fn describe_request(request: &CaseRequest) -> String {
 }
 
 impl CaseRunner<'_> {
-    async fn send(&self, request: &CaseRequest, marker: &str) -> anyhow::Result<client::TestResponse> {
+    async fn send(
+        &self,
+        request: &CaseRequest,
+        marker: &str,
+    ) -> anyhow::Result<client::TestResponse> {
         let port = request.gateway_port();
         let addr = self.rig.torhaus.addr(port)?;
         let authority = request.host.clone().unwrap_or_else(|| addr.to_string());
@@ -148,10 +160,18 @@ impl CaseRunner<'_> {
                 .collect(),
             body: bytes::Bytes::new(),
         };
-        if !request.headers.keys().any(|k| k.eq_ignore_ascii_case("x-echo-set-header")) {
-            test_request.headers.push(("X-Echo-Set-Header".to_owned(), String::new()));
+        if !request
+            .headers
+            .keys()
+            .any(|k| k.eq_ignore_ascii_case("x-echo-set-header"))
+        {
+            test_request
+                .headers
+                .push(("X-Echo-Set-Header".to_owned(), String::new()));
         }
-        test_request.headers.push(("X-Torhaus-Case".to_owned(), marker.to_owned()));
+        test_request
+            .headers
+            .push(("X-Torhaus-Case".to_owned(), marker.to_owned()));
         let transport = if request.is_https() {
             let sni = request.sni.clone().unwrap_or_else(|| {
                 authority
@@ -169,13 +189,22 @@ impl CaseRunner<'_> {
     }
 
     /// The case passes once it has passed 3 times in a row within 30 s.
-    async fn run_case(&self, index: usize, request: &CaseRequest, expect: &Expect) -> Option<CaseFailure> {
+    async fn run_case(
+        &self,
+        index: usize,
+        request: &CaseRequest,
+        expect: &Expect,
+    ) -> Option<CaseFailure> {
         static MARKERS: AtomicU64 = AtomicU64::new(0);
         let start = Instant::now();
         let mut streak = 0;
         let mut last_error = String::from("no attempt");
         while start.elapsed() < MAX_TIME_TO_CONSISTENCY {
-            let marker = format!("{}-{index}-{}", self.test, MARKERS.fetch_add(1, Ordering::SeqCst));
+            let marker = format!(
+                "{}-{index}-{}",
+                self.test,
+                MARKERS.fetch_add(1, Ordering::SeqCst)
+            );
             let verdict = match self.send(request, &marker).await {
                 Ok(response) => match judge(request, expect, &response) {
                     Ok(()) => self.check_mirror(expect, &marker).await,
@@ -212,21 +241,22 @@ impl CaseRunner<'_> {
             return Ok(());
         };
         let pods = self.rig.pods_of(deployment);
-        let seen = crate::process::wait_for("the mirrored copy", Duration::from_secs(2), || async {
-            pods.iter()
-                .any(|pod| {
-                    pod.received().iter().any(|r| {
-                        crate::cases::echo_header(
-                            &serde_json::to_value(r).unwrap_or_default(),
-                            "x-torhaus-case",
-                        )
-                        .as_deref()
-                            == Some(marker)
+        let seen =
+            crate::process::wait_for("the mirrored copy", Duration::from_secs(2), || async {
+                pods.iter()
+                    .any(|pod| {
+                        pod.received().iter().any(|r| {
+                            crate::cases::echo_header(
+                                &serde_json::to_value(r).unwrap_or_default(),
+                                "x-torhaus-case",
+                            )
+                            .as_deref()
+                                == Some(marker)
+                        })
                     })
-                })
-                .then_some(())
-        })
-        .await;
+                    .then_some(())
+            })
+            .await;
         seen.map_err(|_| format!("no pod of {deployment} received the mirrored request {marker}"))
     }
 
@@ -271,7 +301,10 @@ impl CaseRunner<'_> {
     }
 }
 
-fn check_shares(distribution: &Distribution, counts: &BTreeMap<String, usize>) -> Result<(), String> {
+fn check_shares(
+    distribution: &Distribution,
+    counts: &BTreeMap<String, usize>,
+) -> Result<(), String> {
     let total: usize = counts.values().sum();
     let unexpected: Vec<&String> = counts
         .keys()
@@ -291,7 +324,9 @@ fn check_shares(distribution: &Distribution, counts: &BTreeMap<String, usize>) -
             (share - want).abs() <= distribution.tolerance_abs
         };
         if !ok {
-            return Err(format!("{bucket}: share {share:.3}, expected {want}; counts {counts:?}"));
+            return Err(format!(
+                "{bucket}: share {share:.3}, expected {want}; counts {counts:?}"
+            ));
         }
     }
     Ok(())

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use torhaus_tests::runner::run_suite;
 
 fn suite_dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("conformance").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("conformance")
+        .join(name)
 }
 
 async fn run(name: &str) -> anyhow::Result<()> {

@@ -1,0 +1,337 @@
+//! End-to-end behaviour of the torhaus binary: protocols (h2 over TLS, h2c both sides,
+//! WebSocket), hot reload, reload under load, and hostile HTTP/1.1 input.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use futures::{SinkExt as _, StreamExt as _};
+use tokio_tungstenite::tungstenite::Message;
+use torhaus_tests::cases::echo_header;
+use torhaus_tests::client::{
+    self, Connection, TestRequest, TlsSettings, Transport, raw_exchange, raw_status,
+};
+use torhaus_tests::fixtures::{LOCAL_CA_HOST, base_manifests, route};
+use torhaus_tests::process::wait_for;
+use torhaus_tests::rig::Rig;
+
+/// The brief: a change in the config directory is live within a second.
+const RELOAD_DEADLINE: Duration = Duration::from_secs(1);
+const STARTUP_DEADLINE: Duration = Duration::from_secs(15);
+
+async fn rig_with(routes: &[String]) -> anyhow::Result<Rig> {
+    let mut manifests = vec![("base", base_manifests())];
+    for text in routes {
+        manifests.push(("routes", text.clone()));
+    }
+    Rig::start(&manifests).await
+}
+
+/// Waits until `host` answers 200 from the echo backend on `addr` (config loaded).
+async fn until_served(
+    addr: SocketAddr,
+    host: &str,
+    deadline: Duration,
+) -> anyhow::Result<serde_json::Value> {
+    wait_for(&format!("{host} to be served"), deadline, || async {
+        let response = client::send(addr, &Transport::Http1, &TestRequest::get(host, "/"))
+            .await
+            .ok()?;
+        (response.status == 200)
+            .then(|| response.echo().ok())
+            .flatten()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_over_tls_with_local_ca() -> anyhow::Result<()> {
+    let rig = rig_with(&[route("secure", LOCAL_CA_HOST, "echo", None)]).await?;
+    let addr = rig.torhaus.addr(443)?;
+    until_served(rig.torhaus.addr(80)?, LOCAL_CA_HOST, STARTUP_DEADLINE).await?;
+    let ca = rig.torhaus.export_ca()?;
+    let transport = Transport::H2Tls(TlsSettings::new(LOCAL_CA_HOST, &ca)?);
+    let response = wait_for("an h2 answer over TLS", STARTUP_DEADLINE, || async {
+        client::send(addr, &transport, &TestRequest::get(LOCAL_CA_HOST, "/h2"))
+            .await
+            .ok()
+    })
+    .await?;
+    ensure!(response.status == 200, "status {}", response.status);
+    ensure!(
+        response.version == http::Version::HTTP_2,
+        "answered over {:?}",
+        response.version
+    );
+    let echo = response.echo()?;
+    ensure!(echo["path"] == "/h2", "backend saw {echo}");
+    ensure!(
+        echo["pod"].as_str().is_some_and(|p| p.starts_with("echo-")),
+        "served by {echo}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_downstream() -> anyhow::Result<()> {
+    let rig = rig_with(&[route("plain", "plain.example.com", "echo", None)]).await?;
+    let addr = rig.torhaus.addr(80)?;
+    until_served(addr, "plain.example.com", STARTUP_DEADLINE).await?;
+    let mut connection = Connection::open(addr, &Transport::H2c).await?;
+    for n in 0..5 {
+        let path = format!("/h2c/{n}");
+        let response = connection
+            .send(&TestRequest::get("plain.example.com", &path))
+            .await?;
+        ensure!(response.status == 200, "status {}", response.status);
+        ensure!(
+            response.version == http::Version::HTTP_2,
+            "answered over {:?}",
+            response.version
+        );
+        ensure!(
+            response.echo()?["path"] == path.as_str(),
+            "wrong path echoed"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_upstream_by_app_protocol() -> anyhow::Result<()> {
+    let rig = rig_with(&[route("h2c", "h2c.example.com", "echo-h2c", None)]).await?;
+    let echo = until_served(rig.torhaus.addr(80)?, "h2c.example.com", STARTUP_DEADLINE).await?;
+    ensure!(
+        echo["proto"] == "HTTP/2.0",
+        "appProtocol kubernetes.io/h2c must reach the backend over h2c, backend saw {}",
+        echo["proto"]
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_through_torhaus() -> anyhow::Result<()> {
+    let rig = rig_with(&[route("ws", "ws.example.com", "echo", None)]).await?;
+    let addr = rig.torhaus.addr(80)?;
+    until_served(addr, "ws.example.com", STARTUP_DEADLINE).await?;
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let (mut socket, response) = tokio_tungstenite::client_async("ws://ws.example.com/socket", tcp)
+        .await
+        .context("WebSocket handshake through torhaus")?;
+    ensure!(
+        response.status() == 101,
+        "handshake status {}",
+        response.status()
+    );
+    for text in ["hello", "second message", &"x".repeat(70_000)] {
+        socket.send(Message::text(text)).await?;
+        let reply = tokio::time::timeout(Duration::from_secs(5), socket.next())
+            .await
+            .context("no WebSocket echo within 5 s")?
+            .context("WebSocket closed")??;
+        ensure!(
+            reply.to_text()? == text,
+            "echoed {} bytes, sent {}",
+            reply.len(),
+            text.len()
+        );
+    }
+    socket.close(None).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reload_adds_and_changes_routes_within_a_second() -> anyhow::Result<()> {
+    let rig = rig_with(&[route("first", "first.example.com", "echo", None)]).await?;
+    let addr = rig.torhaus.addr(80)?;
+    until_served(addr, "first.example.com", STARTUP_DEADLINE).await?;
+
+    let file = rig.config.path().join("50-added.yaml");
+    std::fs::write(&file, route("added", "added.example.com", "echo", Some(1)))?;
+    let started = Instant::now();
+    until_served(addr, "added.example.com", RELOAD_DEADLINE)
+        .await
+        .with_context(|| format!("added route not live; log:\n{}", rig.torhaus.log_tail()))?;
+    println!("route added: live after {:?}", started.elapsed());
+
+    std::fs::write(&file, route("added", "added.example.com", "echo", Some(2)))?;
+    let started = Instant::now();
+    wait_for("the changed header value", RELOAD_DEADLINE, || async {
+        let echo = until_served(addr, "added.example.com", Duration::from_millis(200))
+            .await
+            .ok()?;
+        (echo_header(&echo, "x-generation").as_deref() == Some("2")).then_some(())
+    })
+    .await?;
+    println!("route changed: live after {:?}", started.elapsed());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_file_keeps_previous_routes_serving() -> anyhow::Result<()> {
+    let rig = rig_with(&[route("stable", "stable.example.com", "echo", None)]).await?;
+    let addr = rig.torhaus.addr(80)?;
+    until_served(addr, "stable.example.com", STARTUP_DEADLINE).await?;
+
+    let bad = rig.config.path().join("60-broken.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: [unclosed\n",
+    )?;
+    // Serve continuously through two reload windows: every request must succeed.
+    let watch_until = Instant::now() + 2 * RELOAD_DEADLINE;
+    let mut served = 0;
+    while Instant::now() < watch_until {
+        let response = client::send(
+            addr,
+            &Transport::Http1,
+            &TestRequest::get("stable.example.com", "/"),
+        )
+        .await?;
+        ensure!(
+            response.status == 200,
+            "after a malformed file the stable route answered {}; log:\n{}",
+            response.status,
+            rig.torhaus.log_tail()
+        );
+        served += 1;
+    }
+    ensure!(served > 0, "no request completed");
+
+    // Reloading still works once the file is fixed.
+    std::fs::write(&bad, route("fixed", "fixed.example.com", "echo", None))?;
+    until_served(addr, "fixed.example.com", RELOAD_DEADLINE)
+        .await
+        .with_context(|| format!("fixed file not picked up; log:\n{}", rig.torhaus.log_tail()))?;
+    until_served(addr, "stable.example.com", Duration::from_millis(200)).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_reloads_under_load_lose_no_request() -> anyhow::Result<()> {
+    const CHANGES: u64 = 1_000;
+    const CLIENTS: usize = 4;
+    let rig = rig_with(&[route("stable", "stable.example.com", "echo", None)]).await?;
+    let addr = rig.torhaus.addr(80)?;
+    until_served(addr, "stable.example.com", STARTUP_DEADLINE).await?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let (stop, ok) = (Arc::clone(&stop), Arc::clone(&ok));
+        clients.push(tokio::spawn(async move {
+            let mut connection = Connection::open(addr, &Transport::Http1).await?;
+            let request = TestRequest::get("stable.example.com", "/stable");
+            while !stop.load(Ordering::SeqCst) {
+                let response = connection.send(&request).await?;
+                if response.status != 200 {
+                    bail!("stable route answered {} during reloads", response.status);
+                }
+                ok.fetch_add(1, Ordering::SeqCst);
+            }
+            anyhow::Ok(())
+        }));
+    }
+
+    let file = rig.config.path().join("70-changing.yaml");
+    let staging = rig.config.path().join(".70-changing.yaml.tmp");
+    for generation in 1..=CHANGES {
+        let mut text = route("changing", "changing.example.com", "echo", Some(generation));
+        if generation % 2 == 0 {
+            // Every other change also adds a second route, so the route table itself changes.
+            text.push_str("---\n");
+            text.push_str(&route(
+                "extra",
+                &format!("extra-{generation}.example.com"),
+                "echo",
+                None,
+            ));
+        }
+        std::fs::write(&staging, text)?;
+        std::fs::rename(&staging, &file)?;
+        // Pace the writer a little so the change stream overlaps many reload cycles.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        if clients.iter().any(|c| c.is_finished()) {
+            break;
+        }
+    }
+    let final_live = wait_for(
+        "generation 1000 to be live",
+        Duration::from_secs(5),
+        || async {
+            let echo = until_served(addr, "changing.example.com", Duration::from_millis(200))
+                .await
+                .ok()?;
+            (echo_header(&echo, "x-generation").as_deref() == Some("1000")).then_some(())
+        },
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        client.await.context("client task panicked")??;
+    }
+    final_live.with_context(|| format!("log:\n{}", rig.torhaus.log_tail()))?;
+    let served = ok.load(Ordering::SeqCst);
+    ensure!(served > 0, "the clients completed no request");
+    println!("{served} requests served across {CHANGES} configuration changes, none failed");
+    Ok(())
+}
+
+/// Sends raw bytes to the stable route's port and returns the status torhaus answered.
+async fn raw_status_of(addr: SocketAddr, bytes: &[u8]) -> anyhow::Result<u16> {
+    let answer = raw_exchange(addr, bytes).await?;
+    raw_status(&answer).with_context(|| {
+        format!(
+            "not an HTTP answer: {:?}",
+            String::from_utf8_lossy(&answer[..answer.len().min(200)])
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_are_refused_before_any_backend() -> anyhow::Result<()> {
+    let rig = rig_with(&[route("victim", "victim.example.com", "victim", None)]).await?;
+    let addr = rig.torhaus.addr(80)?;
+    until_served(addr, "victim.example.com", STARTUP_DEADLINE).await?;
+    let victim = rig.pods_of("victim").first().context("victim pod")?;
+    let seen_before = victim.requests();
+
+    let huge = "a".repeat(2 * 1024 * 1024);
+    let oversized = format!("GET / HTTP/1.1\r\nHost: victim.example.com\r\nX-Huge: {huge}\r\n\r\n");
+    let status = raw_status_of(addr, oversized.as_bytes()).await?;
+    ensure!(
+        status == 431,
+        "oversized headers answered {status}, expected 431"
+    );
+
+    let malformed = b"GET / HTTP/1.1\r\nHost: victim.example.com\r\nthis line has no colon\r\n\r\n";
+    let status = raw_status_of(addr, malformed).await?;
+    ensure!(
+        status == 400,
+        "malformed header answered {status}, expected 400"
+    );
+
+    let smuggle = b"POST / HTTP/1.1\r\nHost: victim.example.com\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG";
+    let status = raw_status_of(addr, smuggle).await?;
+    ensure!(
+        status == 400,
+        "Content-Length with Transfer-Encoding answered {status}, expected 400"
+    );
+
+    // A control request after the hostile ones: it arriving proves the backend path works and
+    // that nothing before it was forwarded.
+    until_served(addr, "victim.example.com", STARTUP_DEADLINE).await?;
+    let seen: Vec<String> = victim
+        .received()
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    ensure!(
+        victim.requests() == seen_before + 1,
+        "the backend received hostile requests: {seen:?}"
+    );
+    Ok(())
+}
