@@ -117,8 +117,13 @@ fn request_host(session: &Session) -> Option<std::borrow::Cow<'_, str>> {
     let request = session.req_header();
     let raw = match request.headers.get(header::HOST) {
         Some(value) => value.to_str().ok()?,
-        None => request.uri.authority()?.as_str(),
+        // HTTP/1.0 may omit Host (HTTP/1.1 without it was refused earlier): only listeners and
+        // routes without hostname can serve it.
+        None => request.uri.authority().map_or("", |a| a.as_str()),
     };
+    if raw.is_empty() {
+        return Some(std::borrow::Cow::Borrowed(""));
+    }
     let already_normal = !raw.is_empty()
         && !raw.ends_with('.')
         && !raw.contains(':')

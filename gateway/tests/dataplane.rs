@@ -10,7 +10,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use http::{HeaderName, HeaderValue};
 use support::*;
 use torhaus_model::*;
@@ -703,7 +703,7 @@ async fn large_bodies_stream_both_ways_with_flat_memory() -> Result<()> {
     while sent < SIZE {
         stream.write_all(&block).await?;
         sent += block.len() as u64;
-        if sent % (16 * 1024 * 1024) == 0 {
+        if sent.is_multiple_of(16 * 1024 * 1024) {
             peak = peak.max(rss_kib());
         }
     }
@@ -753,5 +753,226 @@ async fn a_port_added_later_is_bound_and_a_removed_port_answers_404() -> Result<
     }));
     assert_eq!(get(gateway.addr(80), "a.test", "/").await?.status, 404);
     assert_eq!(get(gateway.addr(8080), "a.test", "/").await?.status, 200);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_http1_framing_is_enforced() -> Result<()> {
+    let app = TestBackend::spawn("app").await;
+    let app_backend = backend("app", vec![app.addr], UpstreamProtocol::Http1);
+    let gateway = Gateway::start(&[80]);
+    gateway.apply(simple(
+        80,
+        vec![rule(vec![prefix("/")], vec![], vec![to(&app_backend, 1)])],
+    ));
+    let addr = gateway.addr(80);
+
+    let rejected: &[(&str, &[u8], u16)] = &[
+        ("two Host headers", b"GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n", 400),
+        // (Longer than the 24-byte h2c preface: pingora waits for that many bytes on h2c ports.)
+        (
+            "no Host on HTTP/1.1",
+            b"GET /no-host HTTP/1.1\r\nuser-agent: test\r\n\r\n",
+            400,
+        ),
+        (
+            "conflicting Content-Length",
+            b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd",
+            400,
+        ),
+        (
+            "repeated identical Content-Length",
+            b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\ncontent-length: 3\r\n\r\nabc",
+            400,
+        ),
+        (
+            "Content-Length with Transfer-Encoding",
+            b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            400,
+        ),
+        ("two spaces in the request line", b"GET  /x HTTP/1.1\r\nhost: a\r\n\r\n", 400),
+        ("garbage request line", b"THIS IS NOT AN HTTP REQUEST AT ALL\r\n\r\n", 400),
+    ];
+    for (what, request, status) in rejected {
+        let before = app.hits();
+        let response = raw(addr, request).await.context(*what)?;
+        assert_eq!(response.status, *status, "{what}");
+        assert_eq!(app.hits(), before, "{what}: the request was forwarded");
+    }
+
+    // 40 KiB of headers is above the 32 KiB limit: 431, not forwarded.
+    let before = app.hits();
+    let big = format!(
+        "GET / HTTP/1.1\r\nhost: a\r\nx-big: {}\r\n\r\n",
+        "v".repeat(40 * 1024)
+    );
+    assert_eq!(raw(addr, big.as_bytes()).await.context("431")?.status, 431);
+    assert_eq!(app.hits(), before);
+
+    // HTTP/1.0 without Host is fine.
+    assert_eq!(
+        raw(addr, b"GET /http10 HTTP/1.0\r\nuser-agent: test\r\n\r\n")
+            .await
+            .context("HTTP/1.0")?
+            .status,
+        200
+    );
+
+    // Two pipelined requests in one write are both answered, in order.
+    let mut client = Client::connect(addr).await;
+    client
+        .send(b"GET /first HTTP/1.1\r\nhost: a\r\n\r\nGET /second HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await?;
+    let first = client.response(false).await.context("first pipelined")?;
+    let second = client.response(false).await.context("second pipelined")?;
+    assert!(first.text().contains("GET /first "), "{}", first.text());
+    assert!(second.text().contains("GET /second "), "{}", second.text());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_accepting_and_lets_in_flight_requests_finish() -> Result<()> {
+    let app = TestBackend::spawn("app").await;
+    let app_backend = backend("app", vec![app.addr], UpstreamProtocol::Http1);
+    let gateway = Gateway::start_with(&[80], Default::default(), |s| {
+        s.grace_period = Duration::from_secs(2);
+    });
+    gateway.apply(simple(
+        80,
+        vec![rule(vec![prefix("/")], vec![], vec![to(&app_backend, 1)])],
+    ));
+    let addr = gateway.addr(80);
+    let in_flight = tokio::spawn(async move { get(addr, "a.test", "/sleep/800").await });
+    eventually("the slow request reached the backend", || async {
+        app.hits() > 0
+    })
+    .await?;
+
+    let dataplane = gateway.dataplane.clone();
+    let started = Instant::now();
+    dataplane.shutdown();
+    let waiter = tokio::task::spawn_blocking(move || dataplane.wait());
+    let response = in_flight.await??;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), "slept");
+    eventually("the port stops accepting", || async {
+        tokio::net::TcpStream::connect(addr).await.is_err()
+    })
+    .await?;
+    tokio::time::timeout(DEADLINE, waiter).await??;
+    // Grace period (2 s) plus pingora's runtime shutdown allowance (1 s), not its 300 s default.
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(matches!(
+        gateway.dataplane.apply(simple(80, vec![])),
+        Err(torhaus_gateway::GatewayError::ShuttingDown)
+    ));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirrors_copy_requests_with_bodies_without_affecting_the_response() -> Result<()> {
+    let app = TestBackend::spawn("app").await;
+    let shadow_one = TestBackend::spawn("shadow-one").await;
+    let shadow_two = TestBackend::spawn("shadow-two").await;
+    let app_backend = backend("app", vec![app.addr], UpstreamProtocol::Http1);
+    let mirror = |b: &TestBackend, name: &str| {
+        Filter::Mirror(Mirror {
+            backend: BackendTarget::Service(backend(name, vec![b.addr], UpstreamProtocol::Http1)),
+            numerator: 100,
+            denominator: 100,
+        })
+    };
+    let dead_port = free_port();
+    let dead_mirror = Filter::Mirror(Mirror {
+        backend: BackendTarget::Service(backend(
+            "dead",
+            vec![format!("127.0.0.1:{dead_port}").parse()?],
+            UpstreamProtocol::Http1,
+        )),
+        numerator: 100,
+        denominator: 100,
+    });
+    let gateway = Gateway::start(&[80]);
+    gateway.apply(simple(
+        80,
+        vec![rule(
+            vec![prefix("/")],
+            vec![
+                mirror(&shadow_one, "s1"),
+                mirror(&shadow_two, "s2"),
+                dead_mirror,
+            ],
+            vec![to(&app_backend, 1)],
+        )],
+    ));
+    let addr = gateway.addr(80);
+    let response = raw(
+        addr,
+        b"POST /upload HTTP/1.1\r\nhost: a.test\r\ncontent-length: 11\r\n\r\nhello world",
+    )
+    .await?;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), "11");
+    eventually("both mirrors received the request", || async {
+        shadow_one.hits() == 1 && shadow_two.hits() == 1
+    })
+    .await?;
+    assert!(shadow_one.last_head().starts_with("POST /upload HTTP/1.1"));
+    assert_eq!(app.hits(), 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_preflight_is_answered_and_responses_get_cors_headers() -> Result<()> {
+    let app = TestBackend::spawn("app").await;
+    let app_backend = backend("app", vec![app.addr], UpstreamProtocol::Http1);
+    let cors = Arc::new(Cors {
+        allow_origins: vec!["https://app.example.com".into()],
+        allow_credentials: false,
+        allow_methods: vec!["GET".into(), "PUT".into()],
+        allow_headers: vec!["x-token".into()],
+        expose_headers: vec![],
+        max_age: 60,
+    });
+    let gateway = Gateway::start(&[80]);
+    gateway.apply(simple(
+        80,
+        vec![rule(
+            vec![prefix("/")],
+            vec![Filter::Cors(cors)],
+            vec![to(&app_backend, 1)],
+        )],
+    ));
+    let addr = gateway.addr(80);
+    let mut client = Client::connect(addr).await;
+    client
+        .send(b"OPTIONS /api HTTP/1.1\r\nhost: a.test\r\norigin: https://app.example.com\r\naccess-control-request-method: PUT\r\naccess-control-request-headers: x-token\r\n\r\n")
+        .await?;
+    let preflight = client.response(false).await?;
+    assert_eq!(preflight.status, 204);
+    assert_eq!(
+        preflight.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert!(
+        preflight
+            .header("access-control-allow-methods")
+            .is_some_and(|m| m.contains("PUT"))
+    );
+    assert_eq!(app.hits(), 0, "the preflight must not reach the backend");
+
+    client
+        .send(b"GET /api HTTP/1.1\r\nhost: a.test\r\norigin: https://app.example.com\r\n\r\n")
+        .await?;
+    let response = client.response(false).await?;
+    assert_eq!(response.status, 200);
+    assert_eq!(
+        response.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
     Ok(())
 }

@@ -329,7 +329,7 @@ impl TestBackend {
             } else if let Some(ms) = path.strip_prefix("/sleep/") {
                 let ms: u64 = ms.parse().context("sleep ms")?;
                 tokio::time::sleep(Duration::from_millis(ms)).await;
-                let reply = format!("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nslept");
+                let reply = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nslept";
                 stream.write_all(reply.as_bytes()).await?;
             } else if let Some(n) = path.strip_prefix("/bytes/") {
                 let total: u64 = n.parse().context("byte count")?;
