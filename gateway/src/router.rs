@@ -134,8 +134,10 @@ impl Hasher for WordHasher {
 #[derive(Debug)]
 struct HostIndex<T> {
     exact: FastMap<T>,
-    /// Wildcard suffixes (with their leading dot), longest first.
-    wildcards: Vec<(Box<str>, T)>,
+    /// Keyed by the wildcard's suffix with its leading dot (`.example.com` for `*.example.com`).
+    /// A lookup probes the host's own suffixes, longest first, so its cost follows the number of
+    /// labels in the host, not the number of wildcard hostnames configured.
+    wildcards: FastMap<T>,
     any: Option<T>,
 }
 
@@ -143,7 +145,7 @@ impl<T> Default for HostIndex<T> {
     fn default() -> Self {
         Self {
             exact: FastMap::default(),
-            wildcards: Vec::new(),
+            wildcards: FastMap::default(),
             any: None,
         }
     }
@@ -153,41 +155,29 @@ impl<T> HostIndex<T> {
     fn entry_or_insert_with(&mut self, pattern: &HostMatch, make: impl FnOnce() -> T) -> &mut T {
         match pattern {
             HostMatch::Exact(host) => self.exact.entry(host.as_str().into()).or_insert_with(make),
-            HostMatch::Wildcard(suffix) => {
-                let position = self.wildcards.iter().position(|(s, _)| **s == **suffix);
-                let index = match position {
-                    Some(index) => index,
-                    None => {
-                        self.wildcards.push((suffix.as_str().into(), make()));
-                        self.wildcards.len() - 1
-                    }
-                };
-                &mut self.wildcards[index].1
-            }
+            HostMatch::Wildcard(suffix) => self
+                .wildcards
+                .entry(suffix.as_str().into())
+                .or_insert_with(make),
             HostMatch::Any => self.any.get_or_insert_with(make),
         }
-    }
-
-    fn sort_wildcards(&mut self) {
-        self.wildcards
-            .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
     }
 
     /// Every entry whose pattern matches `host`, most specific first.
     fn matching<'s>(&'s self, host: &str) -> impl Iterator<Item = &'s T> {
         let exact = self.exact.get(host);
-        let wildcards = self
-            .wildcards
-            .iter()
-            .filter(move |(suffix, _)| host.len() > suffix.len() && host.ends_with(&**suffix))
-            .map(|(_, entry)| entry);
+        // A wildcard needs at least one label before its suffix, hence no suffix at offset 0.
+        let wildcards = host
+            .match_indices('.')
+            .filter(|(offset, _)| *offset > 0 && !self.wildcards.is_empty())
+            .filter_map(|(offset, _)| self.wildcards.get(&host[offset..]));
         exact.into_iter().chain(wildcards).chain(self.any.as_ref())
     }
 
     fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
         self.exact
             .values_mut()
-            .chain(self.wildcards.iter_mut().map(|(_, entry)| entry))
+            .chain(self.wildcards.values_mut())
             .chain(self.any.as_mut())
     }
 }
@@ -460,7 +450,6 @@ impl CompiledPort {
             // The translation guarantees distinct hostnames; keep the first if not.
             by_hostname.entry_or_insert_with(&listener.model.hostname, || index);
         }
-        by_hostname.sort_wildcards();
         CompiledPort {
             port: port.port,
             protocol: port.protocol,
@@ -511,7 +500,6 @@ impl CompiledListener {
                 }
             }
         }
-        tables.sort_wildcards();
         for table in tables.values_mut() {
             table.sort();
         }

@@ -905,3 +905,31 @@ fn upstream_conformance_httproute_query_param_matching() {
         assert_eq!(backend_for(&config, &request), expected, "{target}");
     }
 }
+
+#[test]
+fn many_wildcard_hostnames_pick_the_longest_matching_suffix() {
+    let mut routes = Vec::new();
+    let names: Vec<String> = (0..500).map(|i| format!("*.t{i}.example.com")).collect();
+    for (i, name) in names.iter().enumerate() {
+        routes.push((
+            simple_route(&format!("t{i}"), vec![vec![prefix("/")]]),
+            vec![name.as_str()],
+        ));
+    }
+    routes.push((
+        simple_route("parent", vec![vec![prefix("/")]]),
+        vec!["*.example.com"],
+    ));
+    let config = compile_one(listener("*", routes));
+    assert_eq!(winner(&config, &get("a.t42.example.com", "/")), "t42/0/0");
+    assert_eq!(
+        winner(&config, &get("a.b.t499.example.com", "/")),
+        "t499/0/0"
+    );
+    assert_eq!(winner(&config, &get("t42.example.com", "/")), "parent/0/0");
+    assert_eq!(
+        winner(&config, &get("a.t500.example.com", "/")),
+        "parent/0/0"
+    );
+    assert_eq!(winner(&config, &get("example.com", "/")), "404");
+}
