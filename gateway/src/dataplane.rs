@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
+use pingora::listeners::TcpSocketOptions;
 use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
@@ -39,7 +40,8 @@ const MAX_ATTEMPTS: usize = 8;
 /// How the data plane listens and behaves, from the command line.
 #[derive(Debug, Clone)]
 pub struct GatewaySettings {
-    /// Address to listen on; `0.0.0.0` also serves IPv6 when the host allows (dual-stack `[::]`).
+    /// Address to listen on; `0.0.0.0` also listens on `[::]` (IPv6-only socket) when the host
+    /// has IPv6.
     pub bind: IpAddr,
     /// Declared listener port -> port actually bound.
     pub port_map: HashMap<u16, u16>,
@@ -261,7 +263,12 @@ impl DataPlane {
             proxy,
             &format!("torhaus port {declared_port}"),
         );
-        let addr = bound.to_string();
+        let mut addrs = vec![(bound.to_string(), None)];
+        if let Some(v6) = dual_stack_twin(bound) {
+            let mut v6_only = TcpSocketOptions::default();
+            v6_only.ipv6_only = Some(true);
+            addrs.push((v6.to_string(), Some(v6_only)));
+        }
         match protocol {
             PortProtocol::Http => {
                 if let Some(app) = service.app_logic_mut() {
@@ -269,20 +276,30 @@ impl DataPlane {
                     options.h2c = true;
                     app.server_options = Some(options);
                 }
-                service.add_tcp(&addr);
+                for (addr, options) in addrs {
+                    match options {
+                        Some(options) => service.add_tcp_with_settings(&addr, options),
+                        None => service.add_tcp(&addr),
+                    }
+                }
             }
             PortProtocol::Https => {
-                let resolver = PortCertResolver::new(
-                    declared_port,
-                    Arc::clone(&self.inner.proxy.snapshot),
-                    Arc::clone(&self.inner.on_demand),
-                );
-                let mut tls = TlsSettings::with_callbacks(Box::new(SniRecorder)).map_err(|e| {
-                    GatewayError::Settings(format!("TLS settings for port {declared_port}: {e}"))
-                })?;
-                tls.set_cert_resolver(Arc::new(resolver));
-                tls.enable_h2();
-                service.add_tls_with_settings(&addr, None, tls);
+                for (addr, options) in addrs {
+                    let resolver = PortCertResolver::new(
+                        declared_port,
+                        Arc::clone(&self.inner.proxy.snapshot),
+                        Arc::clone(&self.inner.on_demand),
+                    );
+                    let mut tls =
+                        TlsSettings::with_callbacks(Box::new(SniRecorder)).map_err(|e| {
+                            GatewayError::Settings(format!(
+                                "TLS settings for port {declared_port}: {e}"
+                            ))
+                        })?;
+                    tls.set_cert_resolver(Arc::new(resolver));
+                    tls.enable_h2();
+                    service.add_tls_with_settings(&addr, options, tls);
+                }
             }
         }
         server.add_service(service);
@@ -354,6 +371,19 @@ impl DataPlane {
             }
         }
     }
+}
+
+/// When listening on `0.0.0.0`, the `[::]` address of the same port, if this host can bind it
+/// (IPv6 enabled); bound IPv6-only so the two sockets do not collide.
+fn dual_stack_twin(bound: SocketAddr) -> Option<SocketAddr> {
+    let IpAddr::V4(ip) = bound.ip() else {
+        return None;
+    };
+    if !ip.is_unspecified() {
+        return None;
+    }
+    let v6 = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), bound.port());
+    std::net::TcpListener::bind(v6).ok().map(|_| v6)
 }
 
 /// Polls until the port accepts a TCP connection (pingora binds asynchronously on its thread).

@@ -976,3 +976,23 @@ async fn cors_preflight_is_answered_and_responses_get_cors_headers() -> Result<(
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unspecified_bind_serves_ipv4_and_ipv6() -> Result<()> {
+    let app = TestBackend::spawn("app").await;
+    let app_backend = backend("app", vec![app.addr], UpstreamProtocol::Http1);
+    let gateway = Gateway::start_with(&[80], Default::default(), |s| {
+        s.bind = std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+    });
+    gateway.apply(simple(
+        80,
+        vec![rule(vec![prefix("/")], vec![], vec![to(&app_backend, 1)])],
+    ));
+    let v4 = gateway.addr(80);
+    assert_eq!(get(v4, "a.test", "/").await?.status, 200);
+    if std::net::TcpListener::bind("[::1]:0").is_ok() {
+        let v6 = std::net::SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), v4.port());
+        assert_eq!(get(v6, "a.test", "/").await?.status, 200);
+    }
+    Ok(())
+}
