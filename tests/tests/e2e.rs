@@ -291,47 +291,68 @@ async fn raw_status_of(addr: SocketAddr, bytes: &[u8]) -> anyhow::Result<u16> {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_requests_are_refused_before_any_backend() -> anyhow::Result<()> {
+/// A rig routing `victim.example.com` to the dedicated `victim` backend, once it is served.
+async fn victim_rig() -> anyhow::Result<(Rig, SocketAddr)> {
     let rig = rig_with(&[route("victim", "victim.example.com", "victim", None)]).await?;
     let addr = rig.torhaus.addr(80)?;
     until_served(addr, "victim.example.com", STARTUP_DEADLINE).await?;
+    Ok((rig, addr))
+}
+
+/// Sends `hostile`, expects `want`, then proves with a control request that the backend saw
+/// only that control request.
+async fn refused_and_not_forwarded(hostile: &[u8], want: u16, what: &str) -> anyhow::Result<()> {
+    let (rig, addr) = victim_rig().await?;
     let victim = rig.pods_of("victim").first().context("victim pod")?;
     let seen_before = victim.requests();
-
-    let huge = "a".repeat(2 * 1024 * 1024);
-    let oversized = format!("GET / HTTP/1.1\r\nHost: victim.example.com\r\nX-Huge: {huge}\r\n\r\n");
-    let status = raw_status_of(addr, oversized.as_bytes()).await?;
-    ensure!(
-        status == 431,
-        "oversized headers answered {status}, expected 431"
-    );
-
-    let malformed = b"GET / HTTP/1.1\r\nHost: victim.example.com\r\nthis line has no colon\r\n\r\n";
-    let status = raw_status_of(addr, malformed).await?;
-    ensure!(
-        status == 400,
-        "malformed header answered {status}, expected 400"
-    );
-
-    let smuggle = b"POST / HTTP/1.1\r\nHost: victim.example.com\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG";
-    let status = raw_status_of(addr, smuggle).await?;
-    ensure!(
-        status == 400,
-        "Content-Length with Transfer-Encoding answered {status}, expected 400"
-    );
-
-    // A control request after the hostile ones: it arriving proves the backend path works and
-    // that nothing before it was forwarded.
+    let status = raw_status_of(addr, hostile).await?;
+    ensure!(status == want, "{what} answered {status}, expected {want}");
     until_served(addr, "victim.example.com", STARTUP_DEADLINE).await?;
     let seen: Vec<String> = victim
         .received()
         .iter()
-        .map(|r| format!("{} {}", r.method, r.path))
+        .map(|r| {
+            format!(
+                "{} {} {:?}",
+                r.method,
+                r.path,
+                r.headers.keys().collect::<Vec<_>>()
+            )
+        })
         .collect();
     ensure!(
         victim.requests() == seen_before + 1,
-        "the backend received hostile requests: {seen:?}"
+        "{what}: the backend received more than the control request: {seen:?}"
     );
     Ok(())
+}
+
+async fn oversized_header(bytes: usize) -> anyhow::Result<()> {
+    let huge = "a".repeat(bytes);
+    let request = format!("GET / HTTP/1.1\r\nHost: victim.example.com\r\nX-Huge: {huge}\r\n\r\n");
+    refused_and_not_forwarded(request.as_bytes(), 431, &format!("a {bytes}-byte header")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_get_431() -> anyhow::Result<()> {
+    oversized_header(128 * 1024).await
+}
+
+/// Above pingora's own 1 MiB read cap the answer must still be 431, not a generic 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_above_a_mebibyte_get_431() -> anyhow::Result<()> {
+    oversized_header(2 * 1024 * 1024).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_request_gets_400() -> anyhow::Result<()> {
+    let request = b"GET / HTTP/1.1\r\nHost: victim.example.com\r\nthis line has no colon\r\n\r\n";
+    refused_and_not_forwarded(request, 400, "a header line without a colon").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_length_with_transfer_encoding_gets_400_and_is_never_forwarded()
+-> anyhow::Result<()> {
+    let request = b"POST / HTTP/1.1\r\nHost: victim.example.com\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG";
+    refused_and_not_forwarded(request, 400, "Content-Length with Transfer-Encoding").await
 }
