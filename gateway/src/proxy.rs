@@ -145,7 +145,7 @@ fn client_sni(session: &Session) -> Option<&ClientSni> {
 }
 
 impl PortProxy {
-    /// Routes the request; `Ok(Some(status))` when the gateway answers it itself.
+    /// Routes the request into `ctx`; `Err(status)` when the gateway answers it itself.
     fn route(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), u16> {
         let snapshot = self.shared.snapshot.load_full();
         let port = snapshot
@@ -190,7 +190,6 @@ impl PortProxy {
             .iter()
             .position(|m| std::ptr::eq(m, matched.matched))
             .unwrap_or(0);
-        drop(host);
         ctx.deadline = rule.timeouts.request.map(|t| Instant::now() + t);
         ctx.rule = Some(rule);
         ctx.snapshot = Some(snapshot);

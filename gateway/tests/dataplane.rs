@@ -607,17 +607,21 @@ async fn passive_ejection_and_recovery() -> Result<()> {
     let addr = gateway.addr(80);
 
     // Without retries, requests to the dead endpoint fail with 502 until it is ejected
-    // (2 failures in a row); after that every request goes to the good one.
-    let mut failures = 0;
-    for _ in 0..40 {
-        if get(addr, "a.test", "/").await?.status == 502 {
-            failures += 1;
+    // (2 failures in a row); after that every request goes to the good one for the backoff (3 s).
+    let failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    eventually("the dead endpoint is ejected", || {
+        let failures = failures.clone();
+        async move {
+            if get(addr, "a.test", "/")
+                .await
+                .is_ok_and(|r| r.status == 502)
+            {
+                failures.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            failures.load(std::sync::atomic::Ordering::SeqCst) >= 2
         }
-    }
-    assert!(
-        failures >= 2,
-        "the dead endpoint was never tried ({failures})"
-    );
+    })
+    .await?;
     let good_before = good.hits();
     for _ in 0..20 {
         assert_eq!(get(addr, "a.test", "/").await?.status, 200);

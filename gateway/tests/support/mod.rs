@@ -234,8 +234,8 @@ impl Gateway {
         DataPlaneOptions {
             ejection: EjectionPolicy {
                 consecutive_failures: 2,
-                base_backoff: Duration::from_millis(500),
-                max_backoff: Duration::from_secs(1),
+                base_backoff: Duration::from_secs(3),
+                max_backoff: Duration::from_secs(6),
             },
         }
     }
