@@ -28,6 +28,10 @@ pub struct TestSpec {
     pub name: String,
     /// Manifest applied after the base manifests, relative to the suite directory.
     pub manifest: String,
+    /// The Gateway (`namespace/name`) the test's routes attach to; other base Gateways are
+    /// left out.
+    #[serde(default)]
+    pub gateway: Option<String>,
     /// Extension: the base manifests to use instead of `manifests/base-manifests.yaml`.
     #[serde(default)]
     pub base: Option<String>,

@@ -139,6 +139,17 @@ fn write_documents(path: &Path, docs: &[Value]) -> anyhow::Result<()> {
 impl Rig {
     /// Builds the environment from manifest texts (each may hold `{GATEWAY_CLASS_NAME}`).
     pub async fn start(manifests: &[(&str, String)]) -> anyhow::Result<Self> {
+        Self::start_for_gateway(manifests, None).await
+    }
+
+    /// Like [`Rig::start`], but of the Gateways in the first (base) manifest only `gateway`
+    /// (`namespace/name`) is kept. In a cluster every Gateway gets its own address; torhaus
+    /// serves every Gateway on the same local ports, where the upstream base's several
+    /// catch-all Gateways on port 80 would rightly conflict.
+    pub async fn start_for_gateway(
+        manifests: &[(&str, String)],
+        gateway: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let config = TempDir::new("config")?;
         let class = serde_json::json!({
             "apiVersion": "gateway.networking.k8s.io/v1",
@@ -158,6 +169,19 @@ impl Rig {
             let docs = parse_documents(&text, origin)?;
             let mut kept = Vec::new();
             for doc in docs {
+                if index == 0
+                    && let Some(wanted) = gateway
+                    && str_at(&doc, &["kind"]) == Some("Gateway")
+                {
+                    let this = format!(
+                        "{}/{}",
+                        str_at(&doc, &["metadata", "namespace"]).unwrap_or("default"),
+                        str_at(&doc, &["metadata", "name"]).unwrap_or_default()
+                    );
+                    if this != wanted {
+                        continue;
+                    }
+                }
                 // torhaus reads no Deployments: the rig plays their pods itself.
                 if str_at(&doc, &["kind"]) == Some("Deployment") {
                     let name = str_at(&doc, &["metadata", "name"])

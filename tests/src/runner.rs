@@ -86,7 +86,11 @@ async fn run_test(suite_dir: &Path, test: &TestSpec) -> anyhow::Result<Vec<CaseF
         .with_context(|| format!("reading {}", base_path.display()))?;
     let manifest = std::fs::read_to_string(&test_path)
         .with_context(|| format!("reading {}", test_path.display()))?;
-    let rig = Rig::start(&[("base", base), (test.manifest.as_str(), manifest)]).await?;
+    let rig = Rig::start_for_gateway(
+        &[("base", base), (test.manifest.as_str(), manifest)],
+        test.gateway.as_deref(),
+    )
+    .await?;
     let ca_pem = match test.tls_ca.as_deref() {
         None => None,
         Some("local-ca") => Some(rig.torhaus.export_ca()?),
@@ -138,6 +142,38 @@ fn describe_request(request: &CaseRequest) -> String {
         request.path,
         request.headers
     )
+}
+
+fn describe_expect(expect: &Expect) -> String {
+    let mut parts = vec![format!("status {}", expect.status)];
+    if let Some(backend) = &expect.backend {
+        parts.push(format!("backend {backend}"));
+    }
+    if let Some(request) = &expect.backend_request {
+        parts.push(format!("backend_request {request:?}"));
+    }
+    if let Some(redirect) = &expect.redirect {
+        parts.push(format!("redirect {redirect:?}"));
+    }
+    if !expect.response_headers.is_empty() {
+        parts.push(format!("response_headers {:?}", expect.response_headers));
+    }
+    if !expect.response_header_contains.is_empty() {
+        parts.push(format!(
+            "response_header_contains {:?}",
+            expect.response_header_contains
+        ));
+    }
+    if !expect.absent_response_headers.is_empty() {
+        parts.push(format!(
+            "absent_response_headers {:?}",
+            expect.absent_response_headers
+        ));
+    }
+    if let Some(mirror) = &expect.mirrored_to {
+        parts.push(format!("mirrored_to {mirror}"));
+    }
+    parts.join(", ")
 }
 
 impl CaseRunner<'_> {
@@ -230,7 +266,7 @@ impl CaseRunner<'_> {
             test: self.test.to_owned(),
             case: format!("case {index}"),
             request: describe_request(request),
-            expected: format!("{expect:?}"),
+            expected: describe_expect(expect),
             got: last_error,
         })
     }
