@@ -93,7 +93,22 @@ pub fn listener_for_sni<'a>(
 /// Certificates issued on demand, by server name; shared by every port and snapshot.
 pub struct OnDemandCache {
     issuer: Arc<dyn OnDemandIssuer>,
-    keys: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
+    keys: ArcSwap<HashMap<String, OnDemandEntry>>,
+}
+
+/// A cached on-demand key and when to ask the issuer again: two thirds of the way from caching
+/// to the leaf's notAfter, so an expiring leaf is replaced long before clients would reject it.
+#[derive(Clone)]
+struct OnDemandEntry {
+    key: Arc<CertifiedKey>,
+    refresh_at_unix: i64,
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 impl fmt::Debug for OnDemandCache {
@@ -114,8 +129,11 @@ impl OnDemandCache {
     }
 
     pub fn key_for(&self, server_name: &str) -> Option<Arc<CertifiedKey>> {
-        if let Some(key) = self.keys.load().get(server_name) {
-            return Some(Arc::clone(key));
+        let now = unix_now();
+        if let Some(entry) = self.keys.load().get(server_name)
+            && now < entry.refresh_at_unix
+        {
+            return Some(Arc::clone(&entry.key));
         }
         let certificate = self.issuer.certificate_for(server_name)?;
         let key = match certified_key(&certificate) {
@@ -125,10 +143,15 @@ impl OnDemandCache {
                 return None;
             }
         };
-        if self.keys.load().len() < ON_DEMAND_CACHE_LIMIT {
+        let entry = OnDemandEntry {
+            key: Arc::clone(&key),
+            refresh_at_unix: now + (certificate.not_after_unix - now).max(0) * 2 / 3,
+        };
+        let cached = self.keys.load();
+        if cached.len() < ON_DEMAND_CACHE_LIMIT || cached.contains_key(server_name) {
             self.keys.rcu(|current| {
                 let mut next = HashMap::clone(current);
-                next.insert(server_name.to_owned(), Arc::clone(&key));
+                next.insert(server_name.to_owned(), entry.clone());
                 next
             });
         }
@@ -211,5 +234,64 @@ impl TlsAccept for SniRecorder {
             .and_then(normalize_request_host)
             .map(String::into_boxed_str);
         Some(Arc::new(ClientSni(sni)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+    use super::*;
+
+    /// Issues a fresh self-signed leaf on every call, with a fixed notAfter, and counts calls.
+    #[derive(Debug)]
+    struct CountingIssuer {
+        not_after_unix: i64,
+        calls: AtomicUsize,
+    }
+
+    impl OnDemandIssuer for CountingIssuer {
+        fn certificate_for(&self, server_name: &str) -> Option<Arc<TlsCertificate>> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let key = rcgen::KeyPair::generate().ok()?;
+            let params = rcgen::CertificateParams::new(vec![server_name.to_owned()]).ok()?;
+            let cert = params.self_signed(&key).ok()?;
+            Some(Arc::new(TlsCertificate {
+                source: "test issuer".to_owned(),
+                chain: vec![CertificateDer::from(cert.der().to_vec())],
+                key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+                dns_names: vec![server_name.to_owned()],
+                not_after_unix: self.not_after_unix,
+            }))
+        }
+    }
+
+    fn cache(not_after_unix: i64) -> (Arc<CountingIssuer>, OnDemandCache) {
+        let issuer = Arc::new(CountingIssuer {
+            not_after_unix,
+            calls: AtomicUsize::new(0),
+        });
+        let cache = OnDemandCache::new(Arc::clone(&issuer) as Arc<dyn OnDemandIssuer>);
+        (issuer, cache)
+    }
+
+    #[test]
+    fn a_fresh_on_demand_key_is_cached() {
+        let (issuer, cache) = cache(unix_now() + 7 * 24 * 3600);
+        let first = cache.key_for("app.example.com");
+        let second = cache.key_for("app.example.com");
+        assert!(first.is_some() && second.is_some());
+        assert_eq!(issuer.calls.load(Ordering::SeqCst), 1);
+        assert!(matches!((first, second), (Some(a), Some(b)) if Arc::ptr_eq(&a, &b)));
+    }
+
+    #[test]
+    fn an_expiring_on_demand_key_is_asked_for_again() {
+        let (issuer, cache) = cache(unix_now() - 1);
+        assert!(cache.key_for("app.example.com").is_some());
+        assert!(cache.key_for("app.example.com").is_some());
+        assert_eq!(issuer.calls.load(Ordering::SeqCst), 2);
     }
 }
