@@ -8,7 +8,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "torhaus", version, about = "Edge ingress and identity gateway for self-hosted Kubernetes")]
+#[command(
+    name = "torhaus",
+    version,
+    about = "Edge ingress and identity gateway for self-hosted Kubernetes"
+)]
 pub struct Cli {
     /// Log line format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "TORHAUS_LOG_FORMAT")]
@@ -92,7 +96,9 @@ pub struct RunArgs {
 pub struct PortMap(pub HashMap<u16, u16>);
 
 fn default_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 fn parse_port_map(raw: &str) -> Result<PortMap, String> {

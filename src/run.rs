@@ -11,7 +11,11 @@ use torhaus_k8s::{TranslateOptions, Translation};
 use crate::cli::{CheckArgs, RunArgs, StateDirArg};
 
 pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let state_dir = args.state.state_dir.clone().unwrap_or_else(default_state_dir);
+    let state_dir = args
+        .state
+        .state_dir
+        .clone()
+        .unwrap_or_else(default_state_dir);
     let local_ca = LocalCa::load_or_create(&state_dir)
         .with_context(|| format!("loading the local CA from {}", state_dir.display()))?;
     // The control plane (directory watcher, signal handling) runs on its own small runtime;
@@ -38,7 +42,8 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         grace_period: args.grace_period,
         max_request_header_bytes: args.max_request_header_bytes,
     };
-    let dataplane = DataPlane::start(settings, Arc::new(local_ca)).context("starting the data plane")?;
+    let dataplane =
+        DataPlane::start(settings, Arc::new(local_ca)).context("starting the data plane")?;
     dataplane
         .apply(first.config.clone())
         .context("applying the initial configuration")?;
@@ -93,7 +98,10 @@ fn log_translation(translation: &Translation) {
 
 async fn wait_for_shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}
