@@ -135,7 +135,7 @@ fn main() {
     }
 }
 
-/// Nanoseconds per lookup (listener choice included), over at least ~300 ms of lookups.
+/// Nanoseconds per lookup (listener choice included): the best of five rounds of ~100 ms.
 fn measure(
     config: &CompiledConfig,
     paths: &[String],
@@ -166,23 +166,28 @@ fn measure(
             "{path} routed to {found:?}"
         );
     }
-    let mut lookups = 0u64;
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_millis(300) {
-        for path in paths.iter().cycle().take(100_000) {
-            let request = RequestView {
-                host: black_box(HOST),
-                path,
-                query: None,
-                method: &method,
-                headers,
-            };
-            let found = port
-                .listener_for_host(request.host)
-                .and_then(|listener| listener.route(&request));
-            black_box(found.map(|m| m.rule.index));
+    // The machine is shared: the best of five rounds is the least disturbed one.
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let mut lookups = 0u64;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(100) {
+            for path in paths.iter().cycle().take(20_000) {
+                let request = RequestView {
+                    host: black_box(HOST),
+                    path,
+                    query: None,
+                    method: &method,
+                    headers,
+                };
+                let found = port
+                    .listener_for_host(request.host)
+                    .and_then(|listener| listener.route(&request));
+                black_box(found.map(|m| m.rule.index));
+            }
+            lookups += 20_000;
         }
-        lookups += 100_000;
+        best = best.min(started.elapsed().as_nanos() as f64 / lookups as f64);
     }
-    started.elapsed().as_nanos() as f64 / lookups as f64
+    best
 }

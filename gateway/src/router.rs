@@ -167,10 +167,15 @@ impl<T> HostIndex<T> {
     fn matching<'s>(&'s self, host: &str) -> impl Iterator<Item = &'s T> {
         let exact = self.exact.get(host);
         // A wildcard needs at least one label before its suffix, hence no suffix at offset 0.
-        let wildcards = host
-            .match_indices('.')
-            .filter(|(offset, _)| *offset > 0 && !self.wildcards.is_empty())
-            .filter_map(|(offset, _)| self.wildcards.get(&host[offset..]));
+        // The host is only scanned when there are wildcards at all.
+        let wildcards = (!self.wildcards.is_empty())
+            .then(|| {
+                host.match_indices('.')
+                    .filter(|(offset, _)| *offset > 0)
+                    .filter_map(|(offset, _)| self.wildcards.get(&host[offset..]))
+            })
+            .into_iter()
+            .flatten();
         exact.into_iter().chain(wildcards).chain(self.any.as_ref())
     }
 
