@@ -124,6 +124,11 @@ fn compile_one(listener: Listener) -> CompiledConfig {
     })
 }
 
+/// One route named `r` on a listener without hostname, one rule per match list.
+fn one_route(rules: Vec<Vec<RequestMatch>>) -> CompiledConfig {
+    compile_one(listener("*", vec![(simple_route("r", rules), vec!["*"])]))
+}
+
 struct Request {
     host: String,
     path: String,
@@ -198,21 +203,12 @@ fn winner(config: &CompiledConfig, request: &Request) -> String {
 
 #[test]
 fn exact_path_beats_longer_prefix_and_prefix_is_by_length() {
-    let config = compile_one(listener(
-        "*",
-        vec![(
-            simple_route(
-                "r",
-                vec![
-                    vec![prefix("/")],
-                    vec![prefix("/foo")],
-                    vec![prefix("/foo/bar")],
-                    vec![exact("/foo")],
-                ],
-            ),
-            vec!["*"],
-        )],
-    ));
+    let config = one_route(vec![
+        vec![prefix("/")],
+        vec![prefix("/foo")],
+        vec![prefix("/foo/bar")],
+        vec![exact("/foo")],
+    ]);
     assert_eq!(winner(&config, &get("a.com", "/foo")), "r/3/0");
     assert_eq!(winner(&config, &get("a.com", "/foo/")), "r/1/0");
     assert_eq!(winner(&config, &get("a.com", "/foo/bar/baz")), "r/2/0");
@@ -222,13 +218,7 @@ fn exact_path_beats_longer_prefix_and_prefix_is_by_length() {
 
 #[test]
 fn prefixes_match_whole_segments_only() {
-    let config = compile_one(listener(
-        "*",
-        vec![(
-            simple_route("r", vec![vec![prefix("/v2")], vec![prefix("/api/")]]),
-            vec!["*"],
-        )],
-    ));
+    let config = one_route(vec![vec![prefix("/v2")], vec![prefix("/api/")]]);
     for path in ["/v2", "/v2/", "/v2/x", "/v2//x"] {
         assert_eq!(winner(&config, &get("a.com", path)), "r/0/0", "{path}");
     }
@@ -244,10 +234,7 @@ fn prefixes_match_whole_segments_only() {
 
 #[test]
 fn root_prefix_matches_everything() {
-    let config = compile_one(listener(
-        "*",
-        vec![(simple_route("r", vec![vec![prefix("/")]]), vec!["*"])],
-    ));
+    let config = one_route(vec![vec![prefix("/")]]);
     for path in ["/", "/x", "/x/y/", "*"] {
         assert_eq!(winner(&config, &get("a.com", path)), "r/0/0", "{path}");
     }
@@ -255,10 +242,7 @@ fn root_prefix_matches_everything() {
 
 #[test]
 fn exact_paths_are_not_segment_prefixes() {
-    let config = compile_one(listener(
-        "*",
-        vec![(simple_route("r", vec![vec![exact("/a")]]), vec!["*"])],
-    ));
+    let config = one_route(vec![vec![exact("/a")]]);
     assert_eq!(winner(&config, &get("a.com", "/a")), "r/0/0");
     assert_eq!(winner(&config, &get("a.com", "/a/")), "404");
     assert_eq!(winner(&config, &get("a.com", "/a/b")), "404");
@@ -266,22 +250,13 @@ fn exact_paths_are_not_segment_prefixes() {
 
 #[test]
 fn regex_paths_rank_after_exact_and_before_prefixes() {
-    let config = compile_one(listener(
-        "*",
-        vec![(
-            simple_route(
-                "r",
-                vec![
-                    vec![prefix("/users/admin")],
-                    vec![regex("/users/[a-z]+")],
-                    vec![exact("/users/admin")],
-                    vec![regex("/users/[a-z]+/[0-9]+")],
-                    vec![regex("/.*")],
-                ],
-            ),
-            vec!["*"],
-        )],
-    ));
+    let config = one_route(vec![
+        vec![prefix("/users/admin")],
+        vec![regex("/users/[a-z]+")],
+        vec![exact("/users/admin")],
+        vec![regex("/users/[a-z]+/[0-9]+")],
+        vec![regex("/.*")],
+    ]);
     assert_eq!(winner(&config, &get("a.com", "/users/admin")), "r/2/0");
     assert_eq!(winner(&config, &get("a.com", "/users/bob")), "r/1/0");
     // The longer pattern wins among regexes.
@@ -293,26 +268,17 @@ fn regex_paths_rank_after_exact_and_before_prefixes() {
 
 #[test]
 fn method_then_header_count_then_query_count() {
-    let config = compile_one(listener(
-        "*",
-        vec![(
-            simple_route(
-                "r",
-                vec![
-                    vec![prefix("/p")],
-                    vec![with_query(with_query(prefix("/p"), "a", "1"), "b", "2")],
-                    vec![with_query(with_header(prefix("/p"), "x-a", "1"), "a", "1")],
-                    vec![with_header(
-                        with_header(prefix("/p"), "x-a", "1"),
-                        "x-b",
-                        "2",
-                    )],
-                    vec![with_method(prefix("/p"), Method::POST)],
-                ],
-            ),
-            vec!["*"],
+    let config = one_route(vec![
+        vec![prefix("/p")],
+        vec![with_query(with_query(prefix("/p"), "a", "1"), "b", "2")],
+        vec![with_query(with_header(prefix("/p"), "x-a", "1"), "a", "1")],
+        vec![with_header(
+            with_header(prefix("/p"), "x-a", "1"),
+            "x-b",
+            "2",
         )],
-    ));
+        vec![with_method(prefix("/p"), Method::POST)],
+    ]);
     let all = get("a.com", "/p?a=1&b=2")
         .header("x-a", "1")
         .header("x-b", "2");
@@ -326,22 +292,13 @@ fn method_then_header_count_then_query_count() {
     assert_eq!(winner(&config, &get("a.com", "/p?a=1&b=2")), "r/1/0");
     assert_eq!(winner(&config, &get("a.com", "/p?a=1")), "r/0/0");
     // A longer prefix beats any number of other conditions.
-    let config = compile_one(listener(
-        "*",
-        vec![(
-            simple_route(
-                "r",
-                vec![
-                    vec![with_method(
-                        with_header(prefix("/p"), "x-a", "1"),
-                        Method::GET,
-                    )],
-                    vec![prefix("/p/q")],
-                ],
-            ),
-            vec!["*"],
+    let config = one_route(vec![
+        vec![with_method(
+            with_header(prefix("/p"), "x-a", "1"),
+            Method::GET,
         )],
-    ));
+        vec![prefix("/p/q")],
+    ]);
     assert_eq!(
         winner(&config, &get("a.com", "/p/q").header("x-a", "1")),
         "r/1/0"
@@ -523,19 +480,10 @@ fn headers_match_case_insensitively_by_name_and_exactly_by_value() {
         name: HeaderName::from_static("x-version"),
         value: StringMatch::Regex(Regex::new("^v[0-9]+$").expect("test regex compiles")),
     });
-    let config = compile_one(listener(
-        "*",
-        vec![(
-            simple_route(
-                "r",
-                vec![
-                    vec![with_header(prefix("/"), "x-env", "prod")],
-                    vec![regex_header],
-                ],
-            ),
-            vec!["*"],
-        )],
-    ));
+    let config = one_route(vec![
+        vec![with_header(prefix("/"), "x-env", "prod")],
+        vec![regex_header],
+    ]);
     let mut request = get("a.com", "/");
     request.headers.append(
         HeaderName::from_bytes(b"X-Env").expect("valid name"),
@@ -573,19 +521,10 @@ fn headers_match_case_insensitively_by_name_and_exactly_by_value() {
 
 #[test]
 fn query_params_case_sensitive_names_first_wins_and_decoded() {
-    let config = compile_one(listener(
-        "*",
-        vec![(
-            simple_route(
-                "r",
-                vec![
-                    vec![with_query(prefix("/"), "animal", "whale")],
-                    vec![with_query(prefix("/"), "q", "a b/c")],
-                ],
-            ),
-            vec!["*"],
-        )],
-    ));
+    let config = one_route(vec![
+        vec![with_query(prefix("/"), "animal", "whale")],
+        vec![with_query(prefix("/"), "q", "a b/c")],
+    ]);
     assert_eq!(winner(&config, &get("a.com", "/?animal=whale")), "r/0/0");
     assert_eq!(
         winner(&config, &get("a.com", "/?x=1&animal=whale&y")),
@@ -614,13 +553,7 @@ fn query_params_case_sensitive_names_first_wins_and_decoded() {
 
 #[test]
 fn method_match_is_exact() {
-    let config = compile_one(listener(
-        "*",
-        vec![(
-            simple_route("r", vec![vec![with_method(exact("/m"), Method::POST)]]),
-            vec!["*"],
-        )],
-    ));
+    let config = one_route(vec![vec![with_method(exact("/m"), Method::POST)]]);
     assert_eq!(
         winner(&config, &get("a.com", "/m").method(Method::POST)),
         "r/0/0"
