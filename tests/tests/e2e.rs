@@ -236,6 +236,24 @@ async fn thousand_reloads_under_load_lose_no_request() -> anyhow::Result<()> {
         }));
     }
 
+    // Samples the changing route, to prove reloads really happened while the load ran.
+    let sampler = {
+        let stop = Arc::clone(&stop);
+        tokio::spawn(async move {
+            let mut generations = std::collections::BTreeSet::new();
+            let request = TestRequest::get("changing.example.com", "/");
+            while !stop.load(Ordering::SeqCst) {
+                if let Ok(response) = client::send(addr, &Transport::Http1, &request).await
+                    && let Ok(echo) = response.echo()
+                    && let Some(generation) = echo_header(&echo, "x-generation")
+                {
+                    generations.insert(generation);
+                }
+            }
+            generations.len()
+        })
+    };
+
     let file = rig.config.path().join("70-changing.yaml");
     let staging = rig.config.path().join(".70-changing.yaml.tmp");
     for generation in 1..=CHANGES {
@@ -273,10 +291,18 @@ async fn thousand_reloads_under_load_lose_no_request() -> anyhow::Result<()> {
     for client in clients {
         client.await.context("client task panicked")??;
     }
+    let generations_seen = sampler.await.context("sampler task panicked")?;
     final_live.with_context(|| format!("log:\n{}", rig.torhaus.log_tail()))?;
+    ensure!(
+        generations_seen >= 5,
+        "only {generations_seen} configuration generations were ever served during the changes"
+    );
     let served = ok.load(Ordering::SeqCst);
     ensure!(served > 0, "the clients completed no request");
-    println!("{served} requests served across {CHANGES} configuration changes, none failed");
+    println!(
+        "{served} requests served across {CHANGES} configuration changes ({generations_seen} \
+         generations observed live), none failed"
+    );
     Ok(())
 }
 
