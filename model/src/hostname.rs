@@ -64,7 +64,9 @@ impl HostMatch {
         match self {
             HostMatch::Any => true,
             HostMatch::Exact(exact) => exact == host,
-            HostMatch::Wildcard(suffix) => host.len() > suffix.len() && host.ends_with(suffix.as_str()),
+            HostMatch::Wildcard(suffix) => {
+                host.len() > suffix.len() && host.ends_with(suffix.as_str())
+            }
         }
     }
 
@@ -139,7 +141,9 @@ fn is_dns_label(label: &str) -> bool {
     let bytes = label.as_bytes();
     !bytes.is_empty()
         && bytes.len() <= 63
-        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
         && bytes.first() != Some(&b'-')
         && bytes.last() != Some(&b'-')
 }
@@ -158,12 +162,25 @@ mod tests {
     #[test]
     fn parses_exact_and_wildcard() {
         assert_eq!(h("a.example.com"), HostMatch::Exact("a.example.com".into()));
-        assert_eq!(h("*.example.com"), HostMatch::Wildcard(".example.com".into()));
+        assert_eq!(
+            h("*.example.com"),
+            HostMatch::Wildcard(".example.com".into())
+        );
     }
 
     #[test]
     fn rejects_invalid_hostnames() {
-        for bad in ["", "A.example.com", "*", "a.*.com", "-a.com", "a..com", "10.0.0.1", "a_b.com", "*.*.com"] {
+        for bad in [
+            "",
+            "A.example.com",
+            "*",
+            "a.*.com",
+            "-a.com",
+            "a..com",
+            "10.0.0.1",
+            "a_b.com",
+            "*.*.com",
+        ] {
             assert!(HostMatch::parse(bad).is_err(), "{bad:?} should be rejected");
         }
         assert!(HostMatch::parse(&"a".repeat(254)).is_err());
@@ -180,10 +197,22 @@ mod tests {
 
     #[test]
     fn intersection_follows_the_spec() {
-        assert_eq!(h("*.example.com").intersect(&h("foo.example.com")), Some(h("foo.example.com")));
-        assert_eq!(h("foo.example.com").intersect(&h("*.example.com")), Some(h("foo.example.com")));
-        assert_eq!(h("*.example.com").intersect(&h("*.foo.example.com")), Some(h("*.foo.example.com")));
-        assert_eq!(h("*.foo.example.com").intersect(&h("*.example.com")), Some(h("*.foo.example.com")));
+        assert_eq!(
+            h("*.example.com").intersect(&h("foo.example.com")),
+            Some(h("foo.example.com"))
+        );
+        assert_eq!(
+            h("foo.example.com").intersect(&h("*.example.com")),
+            Some(h("foo.example.com"))
+        );
+        assert_eq!(
+            h("*.example.com").intersect(&h("*.foo.example.com")),
+            Some(h("*.foo.example.com"))
+        );
+        assert_eq!(
+            h("*.foo.example.com").intersect(&h("*.example.com")),
+            Some(h("*.foo.example.com"))
+        );
         assert_eq!(h("foo.example.com").intersect(&h("bar.example.com")), None);
         assert_eq!(h("*.example.com").intersect(&h("example.com")), None);
         assert_eq!(h("*.example.com").intersect(&h("*.example.net")), None);
@@ -195,13 +224,22 @@ mod tests {
     fn specificity_puts_exact_before_longer_wildcards_before_any() {
         let mut v = vec![HostMatch::Any, h("*.com"), h("a.b.com"), h("*.b.com")];
         v.sort_by(|a, b| a.specificity_cmp(b));
-        assert_eq!(v, vec![h("a.b.com"), h("*.b.com"), h("*.com"), HostMatch::Any]);
+        assert_eq!(
+            v,
+            vec![h("a.b.com"), h("*.b.com"), h("*.com"), HostMatch::Any]
+        );
     }
 
     #[test]
     fn normalizes_request_hosts() {
-        assert_eq!(normalize_request_host("Example.COM:8080").as_deref(), Some("example.com"));
-        assert_eq!(normalize_request_host("example.com.").as_deref(), Some("example.com"));
+        assert_eq!(
+            normalize_request_host("Example.COM:8080").as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(
+            normalize_request_host("example.com.").as_deref(),
+            Some("example.com")
+        );
         assert_eq!(normalize_request_host("[::1]:443").as_deref(), Some("::1"));
         assert_eq!(normalize_request_host(""), None);
     }
