@@ -551,8 +551,8 @@ impl ProxyHttp for PortProxy {
             (a, b) => a.or(b),
         };
         // Release the previous attempt's claim before taking a new one.
-        ctx.in_flight = None;
-        let claim = endpoints.pick().ok_or_else(|| {
+        let previous = ctx.in_flight.take().map(|claim| claim.endpoint().addr);
+        let claim = endpoints.pick_excluding(previous).ok_or_else(|| {
             Error::explain(ErrorType::HTTPStatus(503), "backend has no endpoints")
         })?;
         let mut peer = HttpPeer::new(claim.endpoint().addr, false, String::new());

@@ -145,7 +145,8 @@ impl OnDemandCache {
         };
         let entry = OnDemandEntry {
             key: Arc::clone(&key),
-            refresh_at_unix: now + (certificate.not_after_unix - now).max(0) * 2 / 3,
+            refresh_at_unix: now
+                .saturating_add(certificate.not_after_unix.saturating_sub(now).max(0) / 3 * 2),
         };
         let cached = self.keys.load();
         if cached.len() < ON_DEMAND_CACHE_LIMIT || cached.contains_key(server_name) {

@@ -187,6 +187,25 @@ impl EndpointSet {
         Some(InFlight::claim(&endpoints[chosen]))
     }
 
+    /// Like [`EndpointSet::pick`], but a retry should not go back to the endpoint that just
+    /// failed while another one exists: it takes the least loaded of the others, preferring
+    /// endpoints that are not ejected.
+    pub fn pick_excluding(&self, avoid: Option<SocketAddr>) -> Option<InFlight> {
+        let Some(avoid) = avoid else {
+            return self.pick();
+        };
+        let now = now_millis();
+        let alternative = self
+            .endpoints
+            .iter()
+            .filter(|e| e.addr != avoid)
+            .min_by_key(|e| (e.is_ejected_at(now), e.in_flight()));
+        match alternative {
+            Some(endpoint) => Some(InFlight::claim(endpoint)),
+            None => self.pick(),
+        }
+    }
+
     /// Scans from a random start so that, with most endpoints ejected, the survivors share load.
     fn first_available(&self, now_ms: u64) -> Option<usize> {
         let count = self.endpoints.len();
@@ -307,6 +326,23 @@ mod tests {
         }
         drop(held);
         assert_eq!(endpoints.endpoints[0].in_flight(), 0);
+    }
+
+    #[test]
+    fn a_retry_avoids_the_endpoint_that_just_failed() {
+        let endpoints = set(&["127.0.0.1:1", "127.0.0.1:2"]);
+        let failed: SocketAddr = "127.0.0.1:1".parse().expect("test address");
+        for _ in 0..50 {
+            let pick = endpoints.pick_excluding(Some(failed)).expect("non-empty");
+            assert_eq!(pick.endpoint().addr.port(), 2);
+        }
+        let single = set(&["127.0.0.1:1"]);
+        let pick = single.pick_excluding(Some(failed)).expect("non-empty");
+        assert_eq!(
+            pick.endpoint().addr.port(),
+            1,
+            "the only endpoint is still used"
+        );
     }
 
     #[test]
