@@ -81,9 +81,14 @@ impl Drop for EchoServer {
 impl EchoServer {
     /// Binds an ephemeral port on 127.0.0.1 and starts serving.
     pub async fn start(identity: EchoIdentity) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        Self::start_on("127.0.0.1:0".parse()?, identity).await
+    }
+
+    /// Binds `listen` and starts serving (the quickstart's demo backend uses a fixed port).
+    pub async fn start_on(listen: SocketAddr, identity: EchoIdentity) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(listen)
             .await
-            .context("binding the echo backend")?;
+            .with_context(|| format!("binding the echo backend to {listen}"))?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             identity,
