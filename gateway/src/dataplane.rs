@@ -23,7 +23,9 @@ use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use tokio::sync::watch;
 use torhaus_model::{DataPlaneConfig, OnDemandIssuer, PortProtocol};
 
+use crate::access_log::{AccessLog, AccessLogTarget};
 use crate::error::GatewayError;
+use crate::metrics::{Metrics, Observer, StateView};
 use crate::mirror::Mirrors;
 use crate::proxy::{PortProxy, ProxyShared};
 use crate::snapshot::Snapshot;
@@ -53,6 +55,10 @@ pub struct GatewaySettings {
     pub grace_period: Duration,
     /// Request header blocks above this many bytes are answered 431.
     pub max_request_header_bytes: usize,
+    /// Record per-request metrics (off only to measure their cost).
+    pub request_metrics: bool,
+    /// Where to write one JSON line per request; `None` disables access logs.
+    pub access_log: Option<AccessLogTarget>,
 }
 
 impl Default for GatewaySettings {
@@ -64,6 +70,8 @@ impl Default for GatewaySettings {
             trusted_hops: 0,
             grace_period: Duration::from_secs(10),
             max_request_header_bytes: 32 * 1024,
+            request_metrics: true,
+            access_log: None,
         }
     }
 }
@@ -93,6 +101,7 @@ struct Inner {
     proxy: Arc<ProxyShared>,
     on_demand: Arc<OnDemandCache>,
     shutdown: watch::Sender<bool>,
+    metrics: Arc<Metrics>,
     /// Serializes `apply` and `shutdown`; never touched on the request path.
     lifecycle: Mutex<Lifecycle>,
 }
@@ -138,26 +147,54 @@ impl DataPlane {
             ));
         }
         pingora::tls::install_default_crypto_provider();
+        let metrics = Arc::new(Metrics::new()?);
+        let access_log = match &settings.access_log {
+            Some(target) => Some(AccessLog::start(target, metrics.access_log_dropped())?),
+            None => None,
+        };
         let proxy = Arc::new(ProxyShared {
             snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::default())),
             trusted_hops: settings.trusted_hops,
             max_request_header_bytes: settings.max_request_header_bytes,
             ejection: options.ejection,
             mirrors: Mirrors::new(MAX_MIRRORS_IN_FLIGHT),
+            observer: Observer::new(
+                Arc::clone(&metrics),
+                settings.request_metrics,
+                access_log,
+            ),
         });
+        let on_demand = Arc::new(OnDemandCache::new(issuer));
+        metrics.register_state(Arc::clone(&proxy.snapshot), Arc::clone(&on_demand))?;
         let (shutdown, _) = watch::channel(false);
         Ok(DataPlane {
             inner: Arc::new(Inner {
                 settings,
                 proxy,
-                on_demand: Arc::new(OnDemandCache::new(issuer)),
+                on_demand,
                 shutdown,
+                metrics,
                 lifecycle: Mutex::new(Lifecycle {
                     servers: HashMap::new(),
                     shutting_down: false,
                 }),
             }),
         })
+    }
+
+    /// The data plane's metrics registry (also for other components to feed).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// The configuration being served.
+    pub fn config(&self) -> Arc<DataPlaneConfig> {
+        Arc::clone(&self.inner.proxy.snapshot.load().config)
+    }
+
+    /// Route table size, endpoint health and certificates of the configuration being served.
+    pub fn state(&self) -> StateView {
+        StateView::of(&self.inner.proxy.snapshot.load(), &self.inner.on_demand)
     }
 
     /// The address a declared listener port is bound to.
@@ -176,6 +213,12 @@ impl DataPlane {
     /// snapshot serves every bound port even when binding a new one fails (that error is
     /// returned).
     pub fn apply(&self, config: Arc<DataPlaneConfig>) -> Result<(), GatewayError> {
+        let result = self.apply_inner(config);
+        self.inner.metrics.config_reloaded(result.is_ok());
+        result
+    }
+
+    fn apply_inner(&self, config: Arc<DataPlaneConfig>) -> Result<(), GatewayError> {
         let mut lifecycle = self
             .inner
             .lifecycle
@@ -186,7 +229,8 @@ impl DataPlane {
         }
         self.check_port_map(&config)?;
         let previous = self.inner.proxy.snapshot.load_full();
-        let snapshot = Snapshot::build(Arc::clone(&config), &previous);
+        let mut snapshot = Snapshot::build(Arc::clone(&config), &previous);
+        snapshot.series = self.inner.metrics.series_for(&snapshot, &previous.series);
         self.inner.proxy.snapshot.store(Arc::new(snapshot));
 
         let mut first_error = None;
@@ -289,9 +333,11 @@ impl DataPlane {
                         declared_port,
                         Arc::clone(&self.inner.proxy.snapshot),
                         Arc::clone(&self.inner.on_demand),
-                    );
+                    )
+                    .with_metrics(Arc::clone(&self.inner.metrics));
+                    let recorder = SniRecorder::new(Some(Arc::clone(&self.inner.metrics)));
                     let mut tls =
-                        TlsSettings::with_callbacks(Box::new(SniRecorder)).map_err(|e| {
+                        TlsSettings::with_callbacks(Box::new(recorder)).map_err(|e| {
                             GatewayError::Settings(format!(
                                 "TLS settings for port {declared_port}: {e}"
                             ))

@@ -4,7 +4,9 @@
 
 pub mod dataplane;
 pub mod error;
+pub mod access_log;
 pub mod filters;
+pub mod metrics;
 pub mod mirror;
 pub mod proxy;
 pub mod respond;
@@ -16,4 +18,5 @@ pub mod upstream;
 
 pub use dataplane::{DataPlane, DataPlaneOptions, GatewaySettings};
 pub use error::GatewayError;
+pub use metrics::Metrics;
 pub use upstream::EjectionPolicy;

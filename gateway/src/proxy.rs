@@ -25,6 +25,7 @@ use torhaus_model::{
 };
 
 use crate::filters;
+use crate::metrics::{Finished, Observer, RequestObs};
 use crate::mirror::{MirrorBody, MirrorChunk, Mirrors};
 use crate::respond::respond;
 use crate::router::{RequestView, pick_backend};
@@ -47,6 +48,8 @@ pub struct ProxyShared {
     pub max_request_header_bytes: usize,
     pub ejection: EjectionPolicy,
     pub mirrors: Mirrors,
+    /// Metrics and the access log.
+    pub observer: Observer,
 }
 
 /// The proxy of one listener port (as declared by the Gateway).
@@ -75,6 +78,8 @@ pub struct RequestCtx {
     retrying_status: bool,
     /// Body senders of the mirrors of this request.
     mirrors: Vec<MirrorBody>,
+    /// Timings and the listener, for metrics and the access log.
+    obs: RequestObs,
 }
 
 impl RequestCtx {
@@ -156,7 +161,7 @@ impl PortProxy {
         let host = request_host(session).ok_or(400u16)?;
         let listener = port.listener_for_host(&host);
         if self.protocol == PortProtocol::Https
-            && let Some(ClientSni(Some(sni))) = client_sni(session)
+            && let Some(ClientSni(Some(sni), _)) = client_sni(session)
         {
             let by_sni = port.listener_for_host(sni);
             let same = match (listener, by_sni) {
@@ -169,6 +174,7 @@ impl PortProxy {
             }
         }
         let listener = listener.ok_or(404u16)?;
+        ctx.obs.set_listener(listener);
         let request = session.req_header();
         let path_and_query = request.raw_path();
         let path_and_query = std::str::from_utf8(path_and_query).map_err(|_| 400u16)?;
@@ -411,8 +417,9 @@ impl ProxyHttp for PortProxy {
     async fn early_request_filter(
         &self,
         session: &mut Session,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
+        ctx.obs.start(&self.shared.observer);
         // pingora answers a pipelined request only when asked to keep the bytes it read ahead.
         session.set_pipelining_enabled(true);
         Ok(())
@@ -557,6 +564,7 @@ impl ProxyHttp for PortProxy {
         })?;
         let mut peer = HttpPeer::new(claim.endpoint().addr, false, String::new());
         ctx.in_flight = Some(claim);
+        ctx.obs.upstream_started();
         ctx.attempts += 1;
         ctx.retrying_status = false;
         if backend.protocol == UpstreamProtocol::H2c {
@@ -575,6 +583,7 @@ impl ProxyHttp for PortProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
+        ctx.obs.upstream_answered();
         if let Some(claim) = &ctx.in_flight {
             claim.endpoint().record_success();
         }
@@ -634,6 +643,19 @@ impl ProxyHttp for PortProxy {
             e.retry.decide_reuse(client_reused);
         }
         e
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        self.shared.observer.finish(
+            session,
+            &Finished {
+                obs: &ctx.obs,
+                snapshot: ctx.snapshot.as_deref(),
+                rule: ctx.rule.as_ref(),
+                backend_index: ctx.backend_index,
+                upstream: ctx.in_flight.as_ref().map(|claim| claim.endpoint().addr),
+            },
+        );
     }
 
     async fn fail_to_proxy(

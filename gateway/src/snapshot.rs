@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use torhaus_model::DataPlaneConfig;
 
+use crate::metrics::SnapshotSeries;
 use crate::router::{CompiledConfig, CompiledListener};
 use crate::tls::{ServingCertificate, certified_key};
 use crate::upstream::EndpointRegistry;
@@ -18,6 +19,8 @@ pub struct Snapshot {
     /// Keyed by the compiled listener's address: `routes` owns the listeners and never moves
     /// them, so the address is stable for the snapshot's lifetime and the lookup is one probe.
     certificates: HashMap<usize, Box<[ServingCertificate]>>,
+    /// Metric handles of this snapshot's routes, resolved by the data plane after `build`.
+    pub series: SnapshotSeries,
 }
 
 impl Snapshot {
@@ -54,6 +57,7 @@ impl Snapshot {
             routes,
             endpoints,
             certificates,
+            series: SnapshotSeries::default(),
         }
     }
 

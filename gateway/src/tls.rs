@@ -19,6 +19,7 @@ use pingora::tls::{ClientHello, CryptoProvider, ResolvesServerCert};
 use torhaus_model::hostname::normalize_request_host;
 use torhaus_model::{OnDemandIssuer, TlsCertificate};
 
+use crate::metrics::{ConnectionGuard, Metrics};
 use crate::router::{CompiledListener, CompiledPort};
 use crate::snapshot::Snapshot;
 
@@ -102,6 +103,16 @@ pub struct OnDemandCache {
 struct OnDemandEntry {
     key: Arc<CertifiedKey>,
     refresh_at_unix: i64,
+    not_after_unix: i64,
+}
+
+/// A certificate the on-demand issuer handed out, for metrics and the status page.
+#[derive(Debug, Clone)]
+pub struct IssuedCertificate {
+    pub server_name: String,
+    pub not_after_unix: i64,
+    /// When the cache asks the issuer again (the renewal time).
+    pub refresh_at_unix: i64,
 }
 
 fn unix_now() -> i64 {
@@ -128,6 +139,19 @@ impl OnDemandCache {
         }
     }
 
+    /// Every cached certificate (at most the cache's bound), in no particular order.
+    pub fn issued(&self) -> Vec<IssuedCertificate> {
+        self.keys
+            .load()
+            .iter()
+            .map(|(name, entry)| IssuedCertificate {
+                server_name: name.clone(),
+                not_after_unix: entry.not_after_unix,
+                refresh_at_unix: entry.refresh_at_unix,
+            })
+            .collect()
+    }
+
     pub fn key_for(&self, server_name: &str) -> Option<Arc<CertifiedKey>> {
         let now = unix_now();
         if let Some(entry) = self.keys.load().get(server_name)
@@ -145,6 +169,7 @@ impl OnDemandCache {
         };
         let entry = OnDemandEntry {
             key: Arc::clone(&key),
+            not_after_unix: certificate.not_after_unix,
             refresh_at_unix: now
                 .saturating_add(certificate.not_after_unix.saturating_sub(now).max(0) / 3 * 2),
         };
@@ -166,6 +191,7 @@ pub struct PortCertResolver {
     declared_port: u16,
     snapshot: Arc<ArcSwap<Snapshot>>,
     on_demand: Arc<OnDemandCache>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl fmt::Debug for PortCertResolver {
@@ -186,7 +212,14 @@ impl PortCertResolver {
             declared_port,
             snapshot,
             on_demand,
+            metrics: None,
         }
+    }
+
+    /// Counts handshakes that find no certificate in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     fn resolve_name(&self, raw_sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
@@ -212,17 +245,32 @@ impl PortCertResolver {
 
 impl ResolvesServerCert for PortCertResolver {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.resolve_name(client_hello.server_name())
+        let key = self.resolve_name(client_hello.server_name());
+        if key.is_none()
+            && let Some(metrics) = &self.metrics
+        {
+            metrics.tls_handshake_without_certificate();
+        }
+        key
     }
 }
 
-/// The SNI a TLS client sent, normalized; attached to the connection's TLS digest.
-#[derive(Debug, Clone)]
-pub struct ClientSni(pub Option<Box<str>>);
+/// The SNI a TLS client sent, normalized; attached to the connection's TLS digest, which lives
+/// as long as the connection: the second field counts the connection as open until then.
+#[derive(Debug)]
+pub struct ClientSni(pub Option<Box<str>>, pub Option<ConnectionGuard>);
 
-/// Records the client's SNI at the end of the handshake.
+/// Records the client's SNI at the end of the handshake, and counts the handshake.
 #[derive(Debug, Default)]
-pub struct SniRecorder;
+pub struct SniRecorder {
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl SniRecorder {
+    pub fn new(metrics: Option<Arc<Metrics>>) -> Self {
+        Self { metrics }
+    }
+}
 
 #[async_trait]
 impl TlsAccept for SniRecorder {
@@ -234,7 +282,11 @@ impl TlsAccept for SniRecorder {
             .server_name()
             .and_then(normalize_request_host)
             .map(String::into_boxed_str);
-        Some(Arc::new(ClientSni(sni)))
+        let guard = self
+            .metrics
+            .as_ref()
+            .map(|m| m.tls_handshake_completed(tls.version()));
+        Some(Arc::new(ClientSni(sni, guard)))
     }
 }
 
