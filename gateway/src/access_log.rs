@@ -160,7 +160,9 @@ pub fn path_only(target: &str) -> &str {
 /// Now as RFC 3339 with milliseconds, UTC.
 pub fn now_rfc3339() -> String {
     let now = time::OffsetDateTime::now_utc();
-    let now = now.replace_nanosecond(now.millisecond() as u32 * 1_000_000).unwrap_or(now);
+    let now = now
+        .replace_nanosecond(now.millisecond() as u32 * 1_000_000)
+        .unwrap_or(now);
     now.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
@@ -188,11 +190,10 @@ mod tests {
     fn timestamps_are_rfc3339_utc_with_milliseconds() {
         let stamp = now_rfc3339();
         assert!(stamp.ends_with('Z'), "{stamp}");
-        assert!(time::OffsetDateTime::parse(
-            &stamp,
-            &time::format_description::well_known::Rfc3339
-        )
-        .is_ok());
+        assert!(
+            time::OffsetDateTime::parse(&stamp, &time::format_description::well_known::Rfc3339)
+                .is_ok()
+        );
     }
 
     #[test]

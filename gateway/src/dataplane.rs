@@ -158,11 +158,7 @@ impl DataPlane {
             max_request_header_bytes: settings.max_request_header_bytes,
             ejection: options.ejection,
             mirrors: Mirrors::new(MAX_MIRRORS_IN_FLIGHT),
-            observer: Observer::new(
-                Arc::clone(&metrics),
-                settings.request_metrics,
-                access_log,
-            ),
+            observer: Observer::new(Arc::clone(&metrics), settings.request_metrics, access_log),
         });
         let on_demand = Arc::new(OnDemandCache::new(issuer));
         metrics.register_state(Arc::clone(&proxy.snapshot), Arc::clone(&on_demand))?;
@@ -336,12 +332,11 @@ impl DataPlane {
                     )
                     .with_metrics(Arc::clone(&self.inner.metrics));
                     let recorder = SniRecorder::new(Some(Arc::clone(&self.inner.metrics)));
-                    let mut tls =
-                        TlsSettings::with_callbacks(Box::new(recorder)).map_err(|e| {
-                            GatewayError::Settings(format!(
-                                "TLS settings for port {declared_port}: {e}"
-                            ))
-                        })?;
+                    let mut tls = TlsSettings::with_callbacks(Box::new(recorder)).map_err(|e| {
+                        GatewayError::Settings(format!(
+                            "TLS settings for port {declared_port}: {e}"
+                        ))
+                    })?;
                     tls.set_cert_resolver(Arc::new(resolver));
                     tls.enable_h2();
                     service.add_tls_with_settings(&addr, options, tls);

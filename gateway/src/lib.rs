@@ -2,9 +2,9 @@
 //! immutable compiled route table, filters, upstream choice and request metrics.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod dataplane;
 pub mod error;
-pub mod access_log;
 pub mod filters;
 pub mod metrics;
 pub mod mirror;

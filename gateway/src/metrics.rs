@@ -260,7 +260,10 @@ impl Metrics {
             Box::new(metrics.access_log_dropped.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
-            metrics.registry.register(collector).map_err(metrics_error)?;
+            metrics
+                .registry
+                .register(collector)
+                .map_err(metrics_error)?;
         }
         // Series that should exist from the start, so rate() and alerts see them at zero.
         for result in ["applied", "failed"] {
@@ -325,7 +328,9 @@ impl Metrics {
 
     /// For the ACME work: a renewal of `certificate` (its Secret `namespace/name`) failed.
     pub fn certificate_renewal_failed(&self, certificate: &str) {
-        self.renewal_failures.with_label_values(&[certificate]).inc();
+        self.renewal_failures
+            .with_label_values(&[certificate])
+            .inc();
     }
 
     /// For the DNS work: one provider call (`outcome` e.g. `ok`, `error`).
@@ -349,9 +354,10 @@ impl Metrics {
     /// A TLS handshake completed; the returned guard counts the connection as open until the
     /// connection (its TLS digest) is dropped.
     pub(crate) fn tls_handshake_completed(&self, version: Option<&str>) -> ConnectionGuard {
+        // rustls names versions `TLSv1_3`; export the usual spelling.
         let version = match version {
-            Some("TLSv1.3") => "TLSv1.3",
-            Some("TLSv1.2") => "TLSv1.2",
+            Some("TLSv1_3" | "TLSv1.3") => "TLSv1.3",
+            Some("TLSv1_2" | "TLSv1.2") => "TLSv1.2",
             _ => "other",
         };
         self.tls_handshakes
@@ -371,7 +377,11 @@ impl Metrics {
 
     /// Resolves the label values of every (listener, rule) of `snapshot`, reusing the series of
     /// `previous` and deleting those of routes that are gone.
-    pub(crate) fn series_for(&self, snapshot: &Snapshot, previous: &SnapshotSeries) -> SnapshotSeries {
+    pub(crate) fn series_for(
+        &self,
+        snapshot: &Snapshot,
+        previous: &SnapshotSeries,
+    ) -> SnapshotSeries {
         let mut series = SnapshotSeries {
             rules: PtrMap::default(),
             labels: HashSet::new(),
@@ -419,9 +429,9 @@ impl Metrics {
             let _ = self.response_bytes.remove_label_values(&route);
             for backend in previous.backends.iter().map(String::as_str).chain([""]) {
                 for class in STATUS_CLASSES {
-                    let _ = self.requests.remove_label_values(&[
-                        route[0], route[1], route[2], backend, class,
-                    ]);
+                    let _ = self
+                        .requests
+                        .remove_label_values(&[route[0], route[1], route[2], backend, class]);
                 }
             }
         }
@@ -463,12 +473,15 @@ struct Resolved<'a> {
 
 impl<'a> Resolved<'a> {
     fn of(finished: &Finished<'a>) -> Resolved<'a> {
-        let rule = finished.snapshot.zip(finished.rule).and_then(|(snapshot, rule)| {
-            snapshot
-                .series
-                .rules
-                .get(&(finished.obs.listener, rule_key(rule)))
-        });
+        let rule = finished
+            .snapshot
+            .zip(finished.rule)
+            .and_then(|(snapshot, rule)| {
+                snapshot
+                    .series
+                    .rules
+                    .get(&(finished.obs.listener, rule_key(rule)))
+            });
         match rule {
             Some(rule) => Resolved {
                 route: Some(&rule.route),
@@ -493,7 +506,11 @@ pub struct Observer {
 }
 
 impl Observer {
-    pub fn new(metrics: Arc<Metrics>, request_metrics: bool, access_log: Option<AccessLog>) -> Self {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        request_metrics: bool,
+        access_log: Option<AccessLog>,
+    ) -> Self {
         Self {
             metrics,
             request_metrics,
@@ -524,8 +541,7 @@ impl Observer {
             u64::try_from(session.body_bytes_sent()).unwrap_or(u64::MAX),
         );
         if self.request_metrics {
-            self.metrics
-                .record(&resolved, finished.obs, status, bytes);
+            self.metrics.record(&resolved, finished.obs, status, bytes);
         }
         if let Some(log) = &self.access_log {
             let request = session.req_header();
@@ -545,7 +561,11 @@ impl Observer {
                 host: crate::access_log::bounded(host),
                 method: request.method.as_str(),
                 path: crate::access_log::path_only(target),
-                protocol: if session.is_http2() { "HTTP/2" } else { "HTTP/1.1" },
+                protocol: if session.is_http2() {
+                    "HTTP/2"
+                } else {
+                    "HTTP/1.1"
+                },
                 status,
                 gateway: name(0),
                 listener: name(1),
@@ -587,7 +607,8 @@ struct PtrHasher(u64);
 impl Hasher for PtrHasher {
     fn write(&mut self, bytes: &[u8]) {
         for byte in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(*byte)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+            self.0 =
+                (self.0.rotate_left(8) ^ u64::from(*byte)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
         }
     }
 
@@ -863,10 +884,15 @@ impl StateCollector {
                 renewal.with_label_values(&labels).set(renew_at as f64);
             }
         }
-        Ok([route_table.collect(), endpoints.collect(), not_after.collect(), renewal.collect()]
-            .into_iter()
-            .flatten()
-            .collect())
+        Ok([
+            route_table.collect(),
+            endpoints.collect(),
+            not_after.collect(),
+            renewal.collect(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect())
     }
 }
 
@@ -1044,7 +1070,10 @@ mod tests {
             LEADER,
             HTTP_REQUESTS_IN_FLIGHT,
         ] {
-            assert!(text.contains(&format!("\n{name}")), "{name} missing:\n{text}");
+            assert!(
+                text.contains(&format!("\n{name}")),
+                "{name} missing:\n{text}"
+            );
         }
         assert!(text.contains("torhaus_config_reloads_total{result=\"applied\"} 1"));
         assert!(text.contains("torhaus_config_rejected_objects 2"));

@@ -218,6 +218,7 @@ impl Gateway {
             trusted_hops: 0,
             grace_period: Duration::from_secs(1),
             max_request_header_bytes: 32 * 1024,
+            ..GatewaySettings::default()
         };
         tweak(&mut settings);
         let issuer = Arc::new(TestIssuer::default());
