@@ -1,11 +1,12 @@
 //! The command line: subcommands, flags, and parsing of their values.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use torhaus_gateway::access_log::AccessLogTarget;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -89,6 +90,38 @@ pub struct RunArgs {
     pub max_request_header_bytes: usize,
     #[command(flatten)]
     pub state: StateDirArg,
+    #[command(flatten)]
+    pub observability: ObservabilityArgs,
+}
+
+/// The admin listener, metrics and access logs.
+#[derive(Debug, Args)]
+pub struct ObservabilityArgs {
+    /// Address of the admin listener (/metrics, /healthz, /readyz, /debug/config and the status
+    /// page at /), separate from traffic; `off` disables it. In a pod, bind the pod IP (e.g.
+    /// `$(POD_IP):9901`) or `0.0.0.0:9901` so Prometheus can scrape it.
+    #[arg(long, env = "TORHAUS_ADMIN_BIND", value_parser = parse_admin_bind, default_value = "127.0.0.1:9901")]
+    pub admin_bind: AdminBind,
+    /// Write one JSON line per request to `stderr` or to this file (appended). Off by default.
+    #[arg(long, env = "TORHAUS_ACCESS_LOG")]
+    pub access_log: Option<AccessLogTarget>,
+    /// Do not record per-request metrics (for measuring their cost; other metrics stay).
+    #[arg(long)]
+    pub no_request_metrics: bool,
+}
+
+/// Where the admin listener binds, if anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminBind(pub Option<SocketAddr>);
+
+fn parse_admin_bind(raw: &str) -> Result<AdminBind, String> {
+    match raw.trim() {
+        "off" | "none" => Ok(AdminBind(None)),
+        addr => addr
+            .parse()
+            .map(|addr| AdminBind(Some(addr)))
+            .map_err(|_| format!("{addr:?} is not ADDRESS:PORT (e.g. 127.0.0.1:9901) or `off`")),
+    }
 }
 
 /// Declared listener port → port actually bound.
@@ -135,6 +168,17 @@ mod tests {
         assert!(parse_port_map("80:x").is_err());
         assert!(parse_port_map("80:1,80:2").is_err());
         assert!(parse_port_map("70000:1").is_err());
+    }
+
+    #[test]
+    fn admin_bind_parses_addresses_and_off() {
+        assert_eq!(
+            parse_admin_bind("127.0.0.1:9901"),
+            Ok(AdminBind(Some(SocketAddr::from(([127, 0, 0, 1], 9901)))))
+        );
+        assert_eq!(parse_admin_bind("off"), Ok(AdminBind(None)));
+        assert!(parse_admin_bind("localhost").is_err());
+        assert!(parse_admin_bind("10.0.0.1").is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@ use torhaus_acme::{LocalCa, default_state_dir};
 use torhaus_gateway::{DataPlane, GatewaySettings};
 use torhaus_k8s::{TranslateOptions, Translation};
 
+use crate::admin::{self, AdminState};
 use crate::cli::{CheckArgs, RunArgs, StateDirArg};
 
 pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -41,12 +42,25 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         trusted_hops: args.trusted_hops,
         grace_period: args.grace_period,
         max_request_header_bytes: args.max_request_header_bytes,
+        request_metrics: !args.observability.no_request_metrics,
+        access_log: args.observability.access_log.clone(),
     };
     let dataplane =
         DataPlane::start(settings, Arc::new(local_ca)).context("starting the data plane")?;
-    dataplane
-        .apply(first.config.clone())
-        .context("applying the initial configuration")?;
+    // Standalone mode has no election: this process is the only writer there is.
+    dataplane.metrics().set_leader(true);
+    // Readiness is a signal, not a guess: it turns true once the first full configuration
+    // serves; the Kubernetes source can hold it back until its caches have synced.
+    let (ready, ready_signal) = tokio::sync::watch::channel(false);
+    let admin = Arc::new(AdminState::new(dataplane.clone(), ready_signal));
+    if let Some(addr) = args.observability.admin_bind.0 {
+        let bound = control.block_on(admin::serve(addr, Arc::clone(&admin)))?;
+        tracing::info!(%bound, "admin listener (metrics, health, status page)");
+    }
+    let applied = dataplane.apply(first.config.clone());
+    admin.record_load(Arc::clone(&first), applied.as_ref().err().map(ToString::to_string));
+    applied.context("applying the initial configuration")?;
+    ready.send_replace(true);
     tracing::info!(config = %args.config.display(), "serving");
 
     let forwarder = dataplane.clone();
@@ -54,7 +68,12 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         while translations.changed().await.is_ok() {
             let translation = translations.borrow_and_update().clone();
             log_translation(&translation);
-            if let Err(error) = forwarder.apply(translation.config.clone()) {
+            let applied = forwarder.apply(translation.config.clone());
+            admin.record_load(
+                Arc::clone(&translation),
+                applied.as_ref().err().map(ToString::to_string),
+            );
+            if let Err(error) = applied {
                 tracing::error!(%error, "the new configuration could not be applied; the previous one keeps serving");
             }
         }

@@ -875,7 +875,7 @@ impl StateCollector {
                 .with_label_values(&[backend.name.as_str(), "ejected"])
                 .set(backend.ejected);
         }
-        for certificate in &view.certificates {
+        for certificate in view.certificates.iter().filter(|c| c.declared) {
             let labels = [certificate.name.as_str(), certificate.issuer];
             not_after
                 .with_label_values(&labels)
@@ -917,7 +917,7 @@ pub struct StateView {
     pub rules: usize,
     /// Distinct backends, by name.
     pub backends: Vec<BackendHealth>,
-    /// Listener certificates, then on-demand ones issued for exactly declared hostnames.
+    /// Listener certificates and those the local CA issued on demand, by name.
     pub certificates: Vec<CertificateInfo>,
 }
 
@@ -946,6 +946,10 @@ pub struct CertificateInfo {
     pub dns_names: Vec<String>,
     pub not_after_unix: i64,
     pub renew_at_unix: Option<i64>,
+    /// From a listener's certificateRefs, or issued on demand for a hostname a listener or
+    /// route declares exactly. Others were issued for whatever SNI clients sent to a listener
+    /// without hostname: shown on the status page, never exported as metric labels.
+    pub declared: bool,
 }
 
 impl StateView {
@@ -969,6 +973,7 @@ impl StateView {
                             dns_names: certificate.dns_names.clone(),
                             not_after_unix: certificate.not_after_unix,
                             renew_at_unix: None,
+                            declared: true,
                         });
                 }
                 for attached in &listener.routes {
@@ -1019,17 +1024,17 @@ impl StateView {
             }
         }
         for issued in on_demand.issued() {
-            if exact_hosts.contains(issued.server_name.as_str()) {
-                certificates
-                    .entry(format!("local-ca/{}", issued.server_name))
-                    .or_insert_with(|| CertificateInfo {
-                        name: issued.server_name.clone(),
-                        issuer: "local-ca",
-                        dns_names: vec![issued.server_name.clone()],
-                        not_after_unix: issued.not_after_unix,
-                        renew_at_unix: Some(issued.refresh_at_unix),
-                    });
-            }
+            let declared = exact_hosts.contains(issued.server_name.as_str());
+            certificates
+                .entry(format!("local-ca/{}", issued.server_name))
+                .or_insert_with(|| CertificateInfo {
+                    name: issued.server_name.clone(),
+                    issuer: "local-ca",
+                    dns_names: vec![issued.server_name.clone()],
+                    not_after_unix: issued.not_after_unix,
+                    renew_at_unix: Some(issued.refresh_at_unix),
+                    declared,
+                });
         }
         view.backends = backends.into_values().collect();
         view.backends.sort_by(|a, b| a.name.cmp(&b.name));

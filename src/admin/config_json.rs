@@ -1,0 +1,216 @@
+//! `/debug/config`: the configuration being served, as JSON, with endpoint health.
+//!
+//! Built by hand rather than by deriving Serialize on the model: the model holds private keys
+//! (never shown), compiled regexes and header types, and the debug view should be stable for
+//! people reading it whatever the model's internals become. Header values that filters set or
+//! add are replaced by `"(redacted)"`, because a filter may inject credentials for a backend;
+//! certificates are shown by source, names and expiry only.
+
+use serde_json::{Value, json};
+use torhaus_gateway::metrics::StateView;
+use torhaus_model::{
+    BackendTarget, DataPlaneConfig, Filter, HeaderModifier, PathMatch, PathModifier, RequestMatch,
+    Rule, StringMatch,
+};
+
+pub fn describe(config: &DataPlaneConfig, state: &StateView) -> Value {
+    let ports: Vec<Value> = config
+        .ports
+        .iter()
+        .map(|port| {
+            let listeners: Vec<Value> = port
+                .listeners
+                .iter()
+                .map(|listener| {
+                    let tls = listener.tls.as_ref().map(|tls| {
+                        let certificates: Vec<Value> = tls
+                            .certificates
+                            .iter()
+                            .map(|c| {
+                                json!({
+                                    "source": c.source,
+                                    "dnsNames": c.dns_names,
+                                    "notAfterUnix": c.not_after_unix,
+                                })
+                            })
+                            .collect();
+                        json!({
+                            "certificates": certificates,
+                            "localCaFallback": tls.certificates.is_empty(),
+                        })
+                    });
+                    let routes: Vec<Value> = listener
+                        .routes
+                        .iter()
+                        .map(|attached| {
+                            json!({
+                                "route": attached.route.id.to_string(),
+                                "hostnames": attached.hostnames.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                                "rules": attached.route.rules.iter().map(|r| rule(r)).collect::<Vec<_>>(),
+                            })
+                        })
+                        .collect();
+                    json!({
+                        "gateway": listener.id.gateway.to_string(),
+                        "name": listener.id.section,
+                        "hostname": listener.hostname.to_string(),
+                        "tls": tls,
+                        "routes": routes,
+                    })
+                })
+                .collect();
+            json!({
+                "port": port.port,
+                "protocol": port.protocol.to_string(),
+                "listeners": listeners,
+            })
+        })
+        .collect();
+    let backends: Vec<Value> = state
+        .backends
+        .iter()
+        .map(|b| {
+            json!({
+                "backend": b.name,
+                "endpoints": b.endpoints.iter().map(|e| json!({
+                    "address": e.addr.to_string(),
+                    "ejected": e.ejected,
+                    "inFlight": e.in_flight,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "ports": ports,
+        "backends": backends,
+        "routeTable": {
+            "listeners": state.listeners,
+            "routes": state.routes,
+            "rules": state.rules,
+            "backends": state.backends.len(),
+        },
+    })
+}
+
+fn rule(rule: &Rule) -> Value {
+    let backends: Vec<Value> = rule
+        .backends
+        .iter()
+        .map(|weighted| match &weighted.target {
+            BackendTarget::Service(backend) => json!({
+                "backend": backend.id.to_string(),
+                "weight": weighted.weight,
+                "protocol": format!("{:?}", backend.protocol),
+                "endpoints": backend.endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "filters": weighted.filters.iter().map(filter).collect::<Vec<_>>(),
+            }),
+            BackendTarget::Invalid(reason) => json!({
+                "invalid": reason.as_ref(),
+                "weight": weighted.weight,
+            }),
+        })
+        .collect();
+    json!({
+        "index": rule.index,
+        "name": rule.name,
+        "matches": rule.matches.iter().map(request_match).collect::<Vec<_>>(),
+        "filters": rule.filters.iter().map(filter).collect::<Vec<_>>(),
+        "backends": backends,
+        "timeouts": {
+            "request": rule.timeouts.request.map(|d| d.as_secs_f64()),
+            "backendRequest": rule.timeouts.backend_request.map(|d| d.as_secs_f64()),
+        },
+        "retry": rule.retry.as_ref().map(|r| json!({
+            "attempts": r.attempts,
+            "codes": r.codes,
+            "backoff": r.backoff.map(|d| d.as_secs_f64()),
+        })),
+    })
+}
+
+fn request_match(m: &RequestMatch) -> Value {
+    let path = match &m.path {
+        PathMatch::Exact(p) => json!({"type": "Exact", "value": p}),
+        PathMatch::Prefix(p) => json!({"type": "PathPrefix", "value": p}),
+        PathMatch::Regex(r) => json!({"type": "RegularExpression", "value": r.as_str()}),
+    };
+    json!({
+        "path": path,
+        "method": m.method.as_ref().map(ToString::to_string),
+        "headers": m.headers.iter().map(|h| json!({
+            "name": h.name.as_str(),
+            "match": string_match(&h.value),
+        })).collect::<Vec<_>>(),
+        "queryParams": m.query.iter().map(|q| json!({
+            "name": q.name,
+            "match": string_match(&q.value),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn string_match(m: &StringMatch) -> Value {
+    match m {
+        StringMatch::Exact(v) => json!({"type": "Exact", "value": v}),
+        StringMatch::Regex(r) => json!({"type": "RegularExpression", "value": r.as_str()}),
+    }
+}
+
+/// The filter's kind and settings; header values are redacted.
+pub fn filter(filter: &Filter) -> Value {
+    match filter {
+        Filter::RequestHeaders(m) => json!({"type": "RequestHeaderModifier", "headers": modifier(m)}),
+        Filter::ResponseHeaders(m) => {
+            json!({"type": "ResponseHeaderModifier", "headers": modifier(m)})
+        }
+        Filter::Redirect(r) => json!({
+            "type": "RequestRedirect",
+            "scheme": r.scheme.map(|s| s.as_str()),
+            "hostname": r.hostname,
+            "port": r.port,
+            "path": r.path.as_ref().map(path_modifier),
+            "statusCode": r.status,
+        }),
+        Filter::Rewrite(r) => json!({
+            "type": "URLRewrite",
+            "hostname": r.hostname,
+            "path": r.path.as_ref().map(path_modifier),
+        }),
+        Filter::Mirror(m) => json!({
+            "type": "RequestMirror",
+            "backend": match &m.backend {
+                BackendTarget::Service(b) => b.id.to_string(),
+                BackendTarget::Invalid(reason) => format!("invalid: {reason}"),
+            },
+            "fraction": format!("{}/{}", m.numerator, m.denominator),
+        }),
+        Filter::Cors(c) => json!({
+            "type": "CORS",
+            "allowOrigins": c.allow_origins,
+            "allowCredentials": c.allow_credentials,
+            "allowMethods": c.allow_methods,
+            "allowHeaders": c.allow_headers,
+            "exposeHeaders": c.expose_headers,
+            "maxAge": c.max_age,
+        }),
+    }
+}
+
+fn modifier(m: &HeaderModifier) -> Value {
+    let redacted = |list: &[(hyper::http::HeaderName, hyper::http::HeaderValue)]| -> Vec<Value> {
+        list.iter()
+            .map(|(name, _)| json!({"name": name.as_str(), "value": "(redacted)"}))
+            .collect()
+    };
+    json!({
+        "set": redacted(&m.set),
+        "add": redacted(&m.add),
+        "remove": m.remove.iter().map(|n| n.as_str()).collect::<Vec<_>>(),
+    })
+}
+
+fn path_modifier(p: &PathModifier) -> Value {
+    match p {
+        PathModifier::ReplaceFullPath(v) => json!({"type": "ReplaceFullPath", "value": v}),
+        PathModifier::ReplacePrefixMatch(v) => json!({"type": "ReplacePrefixMatch", "value": v}),
+    }
+}
