@@ -6,7 +6,8 @@ purpose=${1:-test}
 packages=(cmake gcc g++ make pkg-config curl openssl ca-certificates)
 case "$purpose" in
   build) ;;
-  test) packages+=() ;;
+  # prometheus: promtool and a real Prometheus scraping torhaus; chromium: the status page test.
+  test) packages+=(prometheus chromium) ;;
   bench) packages+=(nginx-light haproxy wrk nghttp2-client) ;;
   *) echo "usage: $0 build|test|bench" >&2; exit 2 ;;
 esac
@@ -20,5 +21,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if [ "$purpose" = test ]; then
+  # playwright-core drives Debian's chromium (never its own browser download).
+  browser_dir="$(dirname "$0")/../tests/browser"
+  command -v npm >/dev/null || { echo "npm is missing: install Node.js 20 with npm" >&2; exit 1; }
+  if [ ! -d "$browser_dir/node_modules/playwright-core" ]; then
+    echo "installing playwright-core (npm) in tests/browser"
+    (cd "$browser_dir" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
 fi
 command -v cargo >/dev/null || { echo "cargo is missing: install Rust (rustup) first" >&2; exit 1; }

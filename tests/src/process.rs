@@ -113,6 +113,8 @@ pub struct Torhaus {
     ports: Vec<(u16, u16)>,
     state_dir: TempDir,
     log_path: PathBuf,
+    /// The admin listener (metrics, health, status page), unless the test chose its own.
+    admin: Option<SocketAddr>,
 }
 
 impl Torhaus {
@@ -143,6 +145,14 @@ impl Torhaus {
         if !port_map.is_empty() {
             command.arg("--port-map").arg(&port_map);
         }
+        // Never the default 9901: tests run torhaus processes side by side.
+        let admin = if options.extra_args.iter().any(|a| a == "--admin-bind") {
+            None
+        } else {
+            let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+            command.arg("--admin-bind").arg(addr.to_string());
+            Some(addr)
+        };
         command
             .args(&options.extra_args)
             .stdin(Stdio::null())
@@ -156,6 +166,7 @@ impl Torhaus {
             ports,
             state_dir,
             log_path,
+            admin,
         };
         for (declared, bound) in torhaus.ports.clone() {
             let addr = SocketAddr::from(([127, 0, 0, 1], bound));
@@ -186,6 +197,12 @@ impl Torhaus {
             .find(|(d, _)| *d == declared)
             .map(|(_, bound)| SocketAddr::from(([127, 0, 0, 1], *bound)))
             .with_context(|| format!("gateway port {declared} was not mapped"))
+    }
+
+    /// The admin listener's address (picked by the harness).
+    pub fn admin_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.admin
+            .context("this torhaus was started with its own --admin-bind")
     }
 
     pub fn state_dir(&self) -> &Path {
