@@ -58,7 +58,10 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         tracing::info!(%bound, "admin listener (metrics, health, status page)");
     }
     let applied = dataplane.apply(first.config.clone());
-    admin.record_load(Arc::clone(&first), applied.as_ref().err().map(ToString::to_string));
+    admin.record_load(
+        Arc::clone(&first),
+        applied.as_ref().err().map(ToString::to_string),
+    );
     applied.context("applying the initial configuration")?;
     ready.send_replace(true);
     tracing::info!(config = %args.config.display(), "serving");

@@ -158,7 +158,9 @@ fn string_match(m: &StringMatch) -> Value {
 /// The filter's kind and settings; header values are redacted.
 pub fn filter(filter: &Filter) -> Value {
     match filter {
-        Filter::RequestHeaders(m) => json!({"type": "RequestHeaderModifier", "headers": modifier(m)}),
+        Filter::RequestHeaders(m) => {
+            json!({"type": "RequestHeaderModifier", "headers": modifier(m)})
+        }
         Filter::ResponseHeaders(m) => {
             json!({"type": "ResponseHeaderModifier", "headers": modifier(m)})
         }

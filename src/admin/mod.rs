@@ -89,7 +89,13 @@ impl AdminState {
         history.loaded_at = Some(now);
     }
 
-    fn snapshot(&self) -> (Option<Arc<Translation>>, Option<SystemTime>, Vec<RecentError>) {
+    fn snapshot(
+        &self,
+    ) -> (
+        Option<Arc<Translation>>,
+        Option<SystemTime>,
+        Vec<RecentError>,
+    ) {
         let history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
         (
             history.latest.clone(),

@@ -38,7 +38,9 @@ section>div.card{border:1px solid var(--line);border-radius:8px;padding:10px 12p
 .badge{display:inline-block;border-radius:10px;padding:0 8px;margin:2px 4px 2px 0;font-size:.85rem;border:1px solid currentColor}
 .ok{color:var(--ok)}.bad{color:var(--bad)}.warn{color:var(--warn)}.mute{color:var(--mute)}
 table{border-collapse:collapse;width:100%;font-size:.9rem}
-td,th{text-align:left;padding:3px 6px;border-top:1px solid var(--line);vertical-align:top;word-break:break-word}
+td,th{text-align:left;padding:3px 6px;border-top:1px solid var(--line);vertical-align:top;overflow-wrap:anywhere}
+th{white-space:nowrap}
+.listener{border-top:1px solid var(--line);padding:6px 0}
 code{font-size:.88rem;word-break:break-all}
 ul{margin:.3rem 0;padding-left:1.2rem}
 .table-scroll{overflow-x:auto}
@@ -87,7 +89,11 @@ fn summary(page: &mut String, input: &PageInput<'_>) {
     );
 }
 
-fn gateways(page: &mut String, translation: Option<&Translation>, config: Option<&DataPlaneConfig>) {
+fn gateways(
+    page: &mut String,
+    translation: Option<&Translation>,
+    config: Option<&DataPlaneConfig>,
+) {
     page.push_str("<section id=\"gateways\"><h2>Gateways and listeners</h2>");
     let Some(translation) = translation else {
         page.push_str("<p class=\"mute\">No configuration loaded yet.</p></section>");
@@ -108,10 +114,6 @@ fn gateways(page: &mut String, translation: Option<&Translation>, config: Option
             escape(&object.key.name),
             condition_badges(&object.conditions)
         );
-        page.push_str(
-            "<div class=\"table-scroll\"><table><tr><th>listener</th><th>port</th>\
-             <th>hostname</th><th>routes</th><th>conditions</th></tr>",
-        );
         for listener in &object.listeners {
             let served = config.and_then(|c| {
                 c.ports.iter().find_map(|port| {
@@ -129,9 +131,11 @@ fn gateways(page: &mut String, translation: Option<&Translation>, config: Option
                 Some((port, protocol, hostname)) => (format!("{port} {protocol}"), hostname),
                 None => ("—".to_owned(), "—".to_owned()),
             };
+            // One block per listener rather than a table: it stays readable on a phone.
             let _ = write!(
                 page,
-                "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
+                "<div class=\"listener\"><b>{}</b> · port {} · hostname <code>{}</code> · \
+                 {} attached routes<div>{}</div></div>",
                 escape(&listener.name),
                 escape(&port),
                 escape(&hostname),
@@ -139,7 +143,7 @@ fn gateways(page: &mut String, translation: Option<&Translation>, config: Option
                 condition_badges(&listener.conditions)
             );
         }
-        page.push_str("</table></div></div>");
+        page.push_str("</div>");
     }
     if !any {
         page.push_str("<p class=\"mute\">No Gateway of this controller.</p>");
@@ -190,7 +194,8 @@ fn routes(page: &mut String, translation: Option<&Translation>, config: Option<&
             })
         });
         for (port, listener, attached) in attachments {
-            let hostnames: Vec<String> = attached.hostnames.iter().map(ToString::to_string).collect();
+            let hostnames: Vec<String> =
+                attached.hostnames.iter().map(ToString::to_string).collect();
             let _ = write!(
                 page,
                 "<div class=\"mute\">on {} :{} — hostnames <code>{}</code></div>\
@@ -242,7 +247,9 @@ fn routes(page: &mut String, translation: Option<&Translation>, config: Option<&
                     .backends
                     .iter()
                     .map(|b| match &b.target {
-                        BackendTarget::Service(backend) => format!("{} (weight {})", backend.id, b.weight),
+                        BackendTarget::Service(backend) => {
+                            format!("{} (weight {})", backend.id, b.weight)
+                        }
                         BackendTarget::Invalid(reason) => format!("invalid: {reason}"),
                     })
                     .collect();
@@ -250,8 +257,16 @@ fn routes(page: &mut String, translation: Option<&Translation>, config: Option<&
                     page,
                     "<tr><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
                     escape(&matches.join(" | ")),
-                    escape(&if policies.is_empty() { "—".to_owned() } else { policies.join(", ") }),
-                    escape(&if backends.is_empty() { "(answered by a filter)".to_owned() } else { backends.join(", ") })
+                    escape(&if policies.is_empty() {
+                        "—".to_owned()
+                    } else {
+                        policies.join(", ")
+                    }),
+                    escape(&if backends.is_empty() {
+                        "(answered by a filter)".to_owned()
+                    } else {
+                        backends.join(", ")
+                    })
                 );
             }
             page.push_str("</table></div>");
@@ -275,11 +290,18 @@ fn backends(page: &mut String, state: &StateView) {
         } else if backend.ready == 0 {
             "<span class=\"badge bad\">all ejected</span>".to_owned()
         } else if backend.ejected > 0 {
-            format!("<span class=\"badge warn\">{} ready, {} ejected</span>", backend.ready, backend.ejected)
+            format!(
+                "<span class=\"badge warn\">{} ready, {} ejected</span>",
+                backend.ready, backend.ejected
+            )
         } else {
             format!("<span class=\"badge ok\">{} ready</span>", backend.ready)
         };
-        let _ = write!(page, "<div class=\"card\"><h3>{}</h3>{health}<ul>", escape(&backend.name));
+        let _ = write!(
+            page,
+            "<div class=\"card\"><h3>{}</h3>{health}<ul>",
+            escape(&backend.name)
+        );
         for endpoint in &backend.endpoints {
             let _ = write!(
                 page,
@@ -301,7 +323,9 @@ fn backends(page: &mut String, state: &StateView) {
 fn certificates(page: &mut String, state: &StateView, now: SystemTime) {
     page.push_str("<section id=\"certificates\"><h2>Certificates</h2>");
     if state.certificates.is_empty() {
-        page.push_str("<p class=\"mute\">No certificate served yet (the local CA issues on first use).</p>");
+        page.push_str(
+            "<p class=\"mute\">No certificate served yet (the local CA issues on first use).</p>",
+        );
     }
     let now = unix(now);
     // Names clients chose (SNI on a listener without hostname) are listed up to a bound.
@@ -442,6 +466,8 @@ mod tests {
             assert!(page.contains(&format!("id=\"{id}\"")), "{id}");
         }
         assert!(page.contains("not ready"));
-        assert!(!page.contains("<script") && !page.contains("http://") && !page.contains("https://"));
+        assert!(
+            !page.contains("<script") && !page.contains("http://") && !page.contains("https://")
+        );
     }
 }

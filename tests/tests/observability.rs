@@ -86,8 +86,12 @@ impl Quickstart {
         }
         let ca = self.torhaus.export_ca()?;
         let tls = Transport::Http1Tls(TlsSettings::new(name, &ca)?);
-        let response =
-            client::send(self.torhaus.addr(443)?, &tls, &TestRequest::get(name, "/hello")).await?;
+        let response = client::send(
+            self.torhaus.addr(443)?,
+            &tls,
+            &TestRequest::get(name, "/hello"),
+        )
+        .await?;
         ensure!(response.status == 200, "HTTPS answered {}", response.status);
         Ok(())
     }
@@ -100,11 +104,15 @@ impl Quickstart {
         labels: &[&str],
         expected: f64,
     ) -> anyhow::Result<String> {
-        wait_for(&format!("{name} {labels:?} = {expected}"), DEADLINE, || async {
-            let text = body(&self.admin("/metrics").await.ok()?);
-            let value = sample(&text, name, labels)?;
-            (value == expected).then_some(text)
-        })
+        wait_for(
+            &format!("{name} {labels:?} = {expected}"),
+            DEADLINE,
+            || async {
+                let text = body(&self.admin("/metrics").await.ok()?);
+                let value = sample(&text, name, labels)?;
+                (value == expected).then_some(text)
+            },
+        )
         .await
     }
 }
@@ -152,7 +160,11 @@ fn run_with_input(command: &mut Command, stdin: &[u8]) -> anyhow::Result<String>
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    ensure!(output.status.success(), "{command:?} failed ({}):\n{text}", output.status);
+    ensure!(
+        output.status.success(),
+        "{command:?} failed ({}):\n{text}",
+        output.status
+    );
     Ok(text)
 }
 
@@ -197,7 +209,10 @@ async fn admin_endpoints_serve_health_readiness_metrics_and_config() -> anyhow::
     }
     // The quickstart's missing Secret is a rejected reference: counted, and the status page's
     // recent errors list it.
-    assert_eq!(sample(&text, "torhaus_config_rejected_objects", &[]), Some(1.0));
+    assert_eq!(
+        sample(&text, "torhaus_config_rejected_objects", &[]),
+        Some(1.0)
+    );
 
     let config = quickstart.admin("/debug/config").await?;
     assert_eq!(config.status, 200);
@@ -273,7 +288,13 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() -> anyhow::Result<()> 
     let promtool = tool("promtool")?;
     let dir = TempDir::new("rules")?;
     let rules = extract_rules(dir.path())?;
-    let checked = run_with_input(Command::new(&promtool).arg("check").arg("rules").arg(&rules), b"")?;
+    let checked = run_with_input(
+        Command::new(&promtool)
+            .arg("check")
+            .arg("rules")
+            .arg(&rules),
+        b"",
+    )?;
     assert!(checked.contains("SUCCESS"), "{checked}");
     let tests = dir.path().join("alerts.test.yaml");
     std::fs::copy(
@@ -322,14 +343,26 @@ fn dashboard_and_alerts_name_only_metrics_torhaus_defines() -> anyhow::Result<()
         .filter(|p| p["type"] == "row")
         .filter_map(|p| p["title"].as_str())
         .collect();
-    for section in ["Traffic", "Errors", "Latency", "Certificates", "Authentication"] {
-        assert!(titles.contains(&section), "dashboard lacks {section}: {titles:?}");
+    for section in [
+        "Traffic",
+        "Errors",
+        "Latency",
+        "Certificates",
+        "Authentication",
+    ] {
+        assert!(
+            titles.contains(&section),
+            "dashboard lacks {section}: {titles:?}"
+        );
     }
     let rules = std::fs::read_to_string(monitoring.join("prometheus-rule.yaml"))?;
     for (file, text) in [("dashboard", &dashboard), ("rules", &rules)] {
         let used = metric_names(text);
         let unknown: Vec<&String> = used.difference(&defined).collect();
-        assert!(unknown.is_empty(), "{file} uses undefined metrics {unknown:?}");
+        assert!(
+            unknown.is_empty(),
+            "{file} uses undefined metrics {unknown:?}"
+        );
     }
     for monitor in ["service-monitor.yaml", "pod-monitor.yaml"] {
         let text = std::fs::read_to_string(monitoring.join(monitor))?;
@@ -340,7 +373,9 @@ fn dashboard_and_alerts_name_only_metrics_torhaus_defines() -> anyhow::Result<()
             })
             .collect();
         assert!(
-            kinds.iter().any(|k| k == "ServiceMonitor" || k == "PodMonitor"),
+            kinds
+                .iter()
+                .any(|k| k == "ServiceMonitor" || k == "PodMonitor"),
             "{monitor}: {kinds:?}"
         );
     }
@@ -377,7 +412,10 @@ impl Prometheus {
         let log = std::fs::File::create(dir.path().join("prometheus.log"))?;
         let child = Command::new(binary)
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address={addr}"))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -405,7 +443,9 @@ impl Prometheus {
             &self.addr.to_string(),
             &format!("/api/v1/query?query={encoded}"),
         );
-        let response = client::send(self.addr, &Transport::Http1, &request).await.ok()?;
+        let response = client::send(self.addr, &Transport::Http1, &request)
+            .await
+            .ok()?;
         let json: serde_json::Value = serde_json::from_slice(&response.body).ok()?;
         let results = json["data"]["result"].as_array()?;
         if results.len() != 1 {
