@@ -4,7 +4,8 @@
 # hostname-less catch-all that the benchmark traffic hits, the upstream as Service +
 # EndpointSlice, the benchmark certificate as a kubernetes.io/tls Secret) and execs torhaus.
 # Environment from bench.sh: SUBJECT_PORT SUBJECT_TLS_PORT UPSTREAM TLS_CERT TLS_KEY WORKERS.
-# Own knobs: TORHAUS_BIN (required), ROUTES=100, CONFIG_DIR (default: ./torhaus-config).
+# Own knobs: TORHAUS_BIN (required), ROUTES=100, CONFIG_DIR (default: ./torhaus-config),
+# TORHAUS_ARGS (extra flags, word-split; default none: the admin listener binds 127.0.0.1:9901).
 set -euo pipefail
 : "${TORHAUS_BIN:?set TORHAUS_BIN}" "${SUBJECT_PORT:?}" "${SUBJECT_TLS_PORT:?}" "${UPSTREAM:?}"
 : "${TLS_CERT:?}" "${TLS_KEY:?}"
@@ -96,4 +97,5 @@ YAML
 } > "$CONFIG_DIR/10-routes.yaml"
 
 exec "$TORHAUS_BIN" run --config "$CONFIG_DIR" --state-dir "$STATE_DIR" \
-  --port-map "80:$SUBJECT_PORT,443:$SUBJECT_TLS_PORT" --threads "${WORKERS:-1}" --log-format json
+  --port-map "80:$SUBJECT_PORT,443:$SUBJECT_TLS_PORT" --threads "${WORKERS:-1}" --log-format json \
+  ${TORHAUS_ARGS:-}

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# metrics.sh - what per-request metrics and access logs cost: the same torhaus binary and route
+# table (torhaus-subject.sh, ROUTES=100) run three ways side by side, measured interleaved:
+#   off      --no-request-metrics                      (no per-request series, no access log)
+#   metrics  the default                               (per-request series, admin listener)
+#   full     metrics + --access-log FILE               (one JSON line per request to a file)
+# Load: wrk keep-alive HTTP/1.1 against the catch-all route; upstream: nginx `return 200`.
+# Layout as bench.sh's split: wrk on cpu0, torhaus and the upstream on cpu1.
+# Rounds go A B C, then C B A, ...; the table shows medians of req/s and of the proxy's CPU
+# microseconds per request (from /proc/PID/stat), and each variant's ratio to `off`.
+# Goal (issue 6): metrics and access logs cost under 3% of requests per second.
+#
+# Usage: bench/metrics.sh                    # builds torhaus --release first
+#        SKIP_BUILD=1 ROUNDS=7 DUR=5 bench/metrics.sh
+# Knobs: TORHAUS_BIN ROUNDS=5 DUR=4 WARM=1 CONNS=64 THREADS=2 ROUTES=100 BASE_PORT=18500 KEEP_RUN=1
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+ROUNDS=${ROUNDS:-5}; DUR=${DUR:-4}; WARM=${WARM:-1}; CONNS=${CONNS:-64}; THREADS=${THREADS:-2}
+export ROUTES=${ROUTES:-100}
+BASE_PORT=${BASE_PORT:-18500}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/torhaus/target}
+if [ -z "${TORHAUS_BIN:-}" ]; then
+  if [ -z "${SKIP_BUILD:-}" ]; then
+    (cd "$ROOT" && cargo build --release --quiet --bin torhaus)
+  fi
+  TORHAUS_BIN=$CARGO_TARGET_DIR/release/torhaus
+fi
+export TORHAUS_BIN
+for t in wrk nginx openssl taskset curl; do
+  command -v "$t" >/dev/null || { echo "missing $t: scripts/install-deps.sh bench" >&2; exit 1; }
+done
+RUN=$(mktemp -d "${TMPDIR:-/tmp}/torhaus-metrics-bench.XXXXXX")
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  [ -n "${KEEP_RUN:-}" ] || rm -rf "$RUN"
+}
+trap cleanup EXIT
+cd "$RUN"
+
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout key.pem \
+  -out cert.pem -days 7 -subj /CN=localhost -addext "subjectAltName=DNS:localhost" 2>/dev/null
+export TLS_CERT=$RUN/cert.pem TLS_KEY=$RUN/key.pem WORKERS=1
+UP_PORT=$BASE_PORT
+export UPSTREAM=127.0.0.1:$UP_PORT
+BODY=$(head -c 100 /dev/zero | tr '\0' 'x')
+mkdir -p up
+cat > up/nginx.conf <<NGINX
+worker_processes 1; daemon off; pid $RUN/up/nginx.pid; error_log $RUN/up/error.log error;
+events { worker_connections 16384; }
+http {
+  access_log off; keepalive_requests 10000000; keepalive_timeout 300s;
+  client_body_temp_path $RUN/up/body; proxy_temp_path $RUN/up/proxy;
+  server { listen 127.0.0.1:$UP_PORT backlog=4096;
+    location / { default_type text/plain; return 200 "$BODY"; } }
+}
+NGINX
+taskset -c 1 nginx -p "$RUN/up" -c "$RUN/up/nginx.conf" & pids+=($!)
+
+variants=(off metrics full)
+declare -A PORT PID
+i=1
+for v in "${variants[@]}"; do
+  PORT[$v]=$((BASE_PORT + 10 * i)); i=$((i + 1))
+  admin=127.0.0.1:$((PORT[$v] + 2))
+  case $v in
+    off) args="--no-request-metrics --admin-bind off" ;;
+    metrics) args="--admin-bind $admin" ;;
+    full) args="--admin-bind $admin --access-log $RUN/access-full.log" ;;
+  esac
+  mkdir -p "$v"
+  (cd "$v" && SUBJECT_PORT=${PORT[$v]} SUBJECT_TLS_PORT=$((PORT[$v] + 1)) TORHAUS_ARGS=$args \
+    CONFIG_DIR=$RUN/$v/config STATE_DIR=$RUN/$v/state \
+    exec taskset -c 1 "$HERE/torhaus-subject.sh" > "$RUN/$v/log" 2>&1) & PID[$v]=$!; pids+=(${PID[$v]})
+done
+for v in "${variants[@]}"; do
+  for _ in $(seq 100); do
+    curl -fs -o /dev/null "http://127.0.0.1:${PORT[$v]}/" && break
+    sleep 0.1
+  done
+  curl -fs -o /dev/null "http://127.0.0.1:${PORT[$v]}/" || { echo "$v did not start:"; cat "$RUN/$v/log"; exit 1; }
+done
+
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+: > results.csv
+cell() { # variant round
+  local v=$1 pid=${PID[$1]} port=${PORT[$1]}
+  taskset -c 0 wrk -t"$THREADS" -c"$CONNS" -d"${WARM}s" "http://127.0.0.1:$port/" >/dev/null 2>&1
+  local before; before=$(ticks "$pid")
+  local out; out=$(taskset -c 0 wrk -t"$THREADS" -c"$CONNS" -d"${DUR}s" "http://127.0.0.1:$port/")
+  local after; after=$(ticks "$pid")
+  local requests; requests=$(echo "$out" | awk '/requests in/ {print $1}')
+  local rps; rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  local cpu_us; cpu_us=$(awk -v t=$((after - before)) -v hz="$hz" -v n="$requests" 'BEGIN {printf "%.2f", t / hz * 1e6 / n}')
+  echo "$v,$2,$rps,$cpu_us" >> results.csv
+  printf '  round %d %-8s %10.0f req/s %7s us/req\n' "$2" "$v" "$rps" "$cpu_us"
+}
+for round in $(seq "$ROUNDS"); do
+  if [ $((round % 2)) -eq 1 ]; then order=("${variants[@]}"); else order=(full metrics off); fi
+  for v in "${order[@]}"; do cell "$v" "$round"; done
+done
+
+echo
+echo "torhaus $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null), $ROUTES routes, $ROUNDS rounds of ${DUR}s, wrk -c$CONNS, medians:"
+python3 - "$RUN/results.csv" <<'PY'
+import csv, statistics, sys
+rows = list(csv.reader(open(sys.argv[1])))
+med = {}
+for v in ("off", "metrics", "full"):
+    rps = statistics.median(float(r[2]) for r in rows if r[0] == v)
+    cpu = statistics.median(float(r[3]) for r in rows if r[0] == v)
+    med[v] = (rps, cpu)
+print(f"{'variant':<9}{'req/s':>10}{'ratio':>8}{'CPU us/req':>12}{'ratio':>8}")
+for v, (rps, cpu) in med.items():
+    print(f"{v:<9}{rps:>10.0f}{rps / med['off'][0]:>8.3f}{cpu:>12.2f}{cpu / med['off'][1]:>8.3f}")
+loss = 1 - med["full"][0] / med["off"][0]
+print(f"metrics + access log cost {loss * 100:.1f}% of req/s (goal: under 3%)")
+PY
+lines=$(wc -l < "$RUN/access-full.log")
+echo "access log lines written by 'full': $lines"
