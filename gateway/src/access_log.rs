@@ -1,7 +1,7 @@
 //! Access logs: one JSON object per request, written off the request path by a dedicated thread.
 //!
 //! The proxy serializes an [`AccessEntry`] and hands the line to a bounded channel; the writer
-//! thread writes lines in batches and flushes when the channel runs dry. When the writer falls
+//! thread wakes every 25 ms and writes what has queued in one batch. When the writer falls
 //! behind (a slow disk, a blocked pipe), lines are dropped and counted in
 //! `torhaus_access_log_dropped_total` rather than slowing requests down.
 //!
@@ -15,15 +15,20 @@
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
+use std::time::Duration;
 
 use prometheus::IntCounter;
 use serde::Serialize;
 
 use crate::error::GatewayError;
 
-/// Lines waiting for the writer at most; beyond it lines are dropped.
+/// Lines waiting for the writer at most; beyond it lines are dropped. At the write interval
+/// below this absorbs 650k requests per second.
 const QUEUE_LINES: usize = 16 * 1024;
+/// How often the writer wakes to write what has queued: lines reach the file this late at most
+/// (plus the write itself).
+const WRITE_INTERVAL: Duration = Duration::from_millis(25);
 /// Host and path are truncated to this many bytes (on a character boundary).
 pub const MAX_FIELD_BYTES: usize = 2048;
 
@@ -125,18 +130,34 @@ impl AccessLog {
 
 fn write_lines(receiver: Receiver<Vec<u8>>, sink: Box<dyn Write + Send>) {
     let mut out = BufWriter::with_capacity(64 * 1024, sink);
-    while let Ok(line) = receiver.recv() {
-        let mut result = out.write_all(&line);
-        // Write whatever else is queued, then flush once: lines reach the file within one
-        // batch, and a busy gateway makes one write call per batch rather than per line.
-        while result.is_ok()
-            && let Ok(more) = receiver.try_recv()
-        {
-            result = out.write_all(&more);
+    let mut dirty = false;
+    loop {
+        // Polled, not blocked on: a writer parked in `recv` would be woken by every request's
+        // send (a futex wake and a context switch per line, measured at tens of microseconds
+        // per request on a busy core). Polling lets lines accumulate and go out in batches.
+        let mut result = Ok(());
+        loop {
+            match receiver.try_recv() {
+                Ok(line) => {
+                    dirty = true;
+                    if result.is_ok() {
+                        result = out.write_all(&line);
+                    }
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    let _ = out.flush();
+                    return;
+                }
+            }
         }
-        if let Err(error) = result.and_then(|()| out.flush()) {
-            tracing::error!(%error, "writing the access log failed; lines are lost");
+        if dirty {
+            dirty = false;
+            if let Err(error) = result.and_then(|()| out.flush()) {
+                tracing::error!(%error, "writing the access log failed; lines are lost");
+            }
         }
+        std::thread::sleep(WRITE_INTERVAL);
     }
 }
 
