@@ -554,10 +554,10 @@ impl Observer {
             let target = std::str::from_utf8(request.raw_path()).unwrap_or("(not UTF-8)");
             let names = resolved.route.map(|r| &r.labels);
             let name = |index: usize| names.map_or("", |n| n[index].as_str());
-            let time = crate::access_log::now_rfc3339();
+            let time = crate::access_log::Timestamp::now();
             log.write(&AccessEntry {
-                time: &time,
-                client: session.client_addr().map(ToString::to_string),
+                time: time.as_str(),
+                client: session.client_addr().and_then(|a| a.as_inet()).copied(),
                 host: crate::access_log::bounded(host),
                 method: request.method.as_str(),
                 path: crate::access_log::path_only(target),
@@ -571,7 +571,7 @@ impl Observer {
                 listener: name(1),
                 route: name(2),
                 backend: resolved.backend.map_or("", |b| &b.name),
-                upstream: finished.upstream.map(|a| a.to_string()),
+                upstream: finished.upstream,
                 duration_ms: finished.obs.elapsed_seconds() * 1000.0,
                 upstream_ms: finished.obs.upstream_seconds.map(|s| s * 1000.0),
                 request_bytes: bytes.0,
