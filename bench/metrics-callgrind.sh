@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# metrics-callgrind.sh - the cost of metrics and access logs in instructions, which unlike
+# req/s does not depend on what else the machine runs: torhaus (release build, same route table
+# as bench.sh via torhaus-subject.sh) runs under `valgrind --tool=callgrind` for each variant of
+# metrics.sh (off, metrics, full) and serves N, then 2N keep-alive requests from curl; the
+# difference between the two runs' instruction totals, divided by N, is the instructions per
+# request without start-up and shutdown.
+# Usage: SKIP_BUILD=1 bench/metrics-callgrind.sh      Knobs: N=2000 TORHAUS_BIN BASE_PORT=18600
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+N=${N:-2000}
+BASE_PORT=${BASE_PORT:-18600}
+export ROUTES=${ROUTES:-100}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/torhaus/target}
+if [ -z "${TORHAUS_BIN:-}" ]; then
+  [ -n "${SKIP_BUILD:-}" ] || (cd "$ROOT" && cargo build --release --quiet --bin torhaus)
+  TORHAUS_BIN=$CARGO_TARGET_DIR/release/torhaus
+fi
+for t in valgrind nginx curl openssl; do
+  command -v "$t" >/dev/null || { echo "missing $t" >&2; exit 1; }
+done
+RUN=$(mktemp -d "${TMPDIR:-/tmp}/torhaus-callgrind.XXXXXX")
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  [ -n "${KEEP_RUN:-}" ] || rm -rf "$RUN"
+}
+trap cleanup EXIT
+cd "$RUN"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout key.pem \
+  -out cert.pem -days 7 -subj /CN=localhost 2>/dev/null
+export TLS_CERT=$RUN/cert.pem TLS_KEY=$RUN/key.pem WORKERS=1
+export UPSTREAM=127.0.0.1:$BASE_PORT
+mkdir -p up
+cat > up/nginx.conf <<NGINX
+worker_processes 1; daemon off; pid $RUN/up/nginx.pid; error_log $RUN/up/error.log error;
+events { worker_connections 1024; }
+http { access_log off; keepalive_requests 10000000;
+  client_body_temp_path $RUN/up/body; proxy_temp_path $RUN/up/proxy;
+  server { listen $UPSTREAM; location / { return 200 "ok"; } } }
+NGINX
+nginx -p "$RUN/up" -c "$RUN/up/nginx.conf" & pids+=($!)
+cat > valgrind-torhaus <<SH
+#!/bin/sh
+exec valgrind --tool=callgrind --callgrind-out-file=\$CALLGRIND_OUT "$TORHAUS_BIN" "\$@"
+SH
+chmod +x valgrind-torhaus
+
+instructions() { # variant requests
+  local v=$1 n=$2 port=$((BASE_PORT + 10)) args
+  case $v in
+    off) args="--no-request-metrics --admin-bind off" ;;
+    metrics) args="--admin-bind 127.0.0.1:$((BASE_PORT + 2))" ;;
+    full) args="--admin-bind 127.0.0.1:$((BASE_PORT + 2)) --access-log $RUN/access.log" ;;
+  esac
+  mkdir -p "$RUN/$v-$n"
+  (cd "$RUN/$v-$n" && CALLGRIND_OUT=$RUN/$v-$n/callgrind.out TORHAUS_BIN=$RUN/valgrind-torhaus \
+    SUBJECT_PORT=$port SUBJECT_TLS_PORT=$((port + 1)) TORHAUS_ARGS="$args --grace-period 1s" \
+    CONFIG_DIR=$RUN/$v-$n/config STATE_DIR=$RUN/$v-$n/state \
+    exec "$HERE/torhaus-subject.sh" > "$RUN/$v-$n/log" 2>&1) &
+  local pid=$!
+  for _ in $(seq 600); do curl -fs -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
+  curl -fs -o /dev/null "http://127.0.0.1:$port/[1-$n]"
+  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  awk '/^(summary|totals):/ {print $2; exit}' "$RUN/$v-$n/callgrind.out"
+}
+echo "instructions per request (callgrind, $ROUTES routes, keep-alive HTTP/1.1, N=$N):"
+declare -A per
+for v in off metrics full; do
+  one=$(instructions "$v" "$N"); two=$(instructions "$v" $((2 * N)))
+  per[$v]=$(( (two - one) / N ))
+  printf '  %-8s %8d\n' "$v" "${per[$v]}"
+done
+for v in metrics full; do
+  awk -v a="${per[$v]}" -v b="${per[off]}" -v v="$v" 'BEGIN {printf "  %s / off = %.3f (+%.1f%%)\n", v, a / b, (a / b - 1) * 100}'
+done
