@@ -68,7 +68,7 @@ instructions() { # variant requests
 }
 echo "instructions per request (callgrind, $ROUTES routes, keep-alive HTTP/1.1, N=$N):"
 declare -A per
-for v in off metrics full; do
+for v in ${VARIANTS:-off metrics full}; do
   one=$(instructions "$v" "$N"); two=$(instructions "$v" $((2 * N)))
   per[$v]=$(( (two - one) / N ))
   printf '  %-8s %8d\n' "$v" "${per[$v]}"

@@ -59,6 +59,7 @@ pub struct AccessEntry<'a> {
     /// RFC 3339, UTC, milliseconds.
     pub time: &'a str,
     /// `ip:port` of the TCP peer (not X-Forwarded-For).
+    #[serde(serialize_with = "address")]
     pub client: Option<SocketAddr>,
     pub host: &'a str,
     pub method: &'a str,
@@ -73,6 +74,7 @@ pub struct AccessEntry<'a> {
     pub route: &'a str,
     pub backend: &'a str,
     /// The endpoint of the last attempt.
+    #[serde(serialize_with = "address")]
     pub upstream: Option<SocketAddr>,
     pub duration_ms: f64,
     pub upstream_ms: Option<f64>,
@@ -80,6 +82,47 @@ pub struct AccessEntry<'a> {
     pub response_bytes: u64,
     /// The authenticated user, once routes enforce login; null until then.
     pub user: Option<&'a str>,
+}
+
+/// Writes an IPv4 `ip:port` with a few integer operations: `Display` for addresses goes through
+/// the formatting machinery and was, measured with callgrind, most of an access log line's cost.
+fn address<S: serde::Serializer>(addr: &Option<SocketAddr>, out: S) -> Result<S::Ok, S::Error> {
+    match addr {
+        None => out.serialize_none(),
+        Some(SocketAddr::V4(v4)) => {
+            let mut buf = [0u8; 21];
+            let mut len = 0;
+            let push_number = |value: u32, buf: &mut [u8; 21], len: &mut usize| {
+                let mut digits = [0u8; 5];
+                let mut count = 0;
+                let mut rest = value;
+                loop {
+                    digits[count] = b'0' + (rest % 10) as u8;
+                    count += 1;
+                    rest /= 10;
+                    if rest == 0 {
+                        break;
+                    }
+                }
+                for digit in digits[..count].iter().rev() {
+                    buf[*len] = *digit;
+                    *len += 1;
+                }
+            };
+            for (index, octet) in v4.ip().octets().iter().enumerate() {
+                if index > 0 {
+                    buf[len] = b'.';
+                    len += 1;
+                }
+                push_number(u32::from(*octet), &mut buf, &mut len);
+            }
+            buf[len] = b':';
+            len += 1;
+            push_number(u32::from(v4.port()), &mut buf, &mut len);
+            out.serialize_str(std::str::from_utf8(&buf[..len]).unwrap_or_default())
+        }
+        Some(v6) => out.collect_str(v6),
+    }
 }
 
 /// The access log's sending side; cheap to share (one per data plane).
@@ -275,6 +318,28 @@ mod tests {
                 .format(&format)?;
             assert_eq!(Timestamp::at(unix, 123).as_str(), expected, "unix {unix}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn addresses_serialize_like_display() -> Result<(), serde_json::Error> {
+        #[derive(Serialize)]
+        struct Wrapped(#[serde(serialize_with = "address")] Option<SocketAddr>);
+        for text in [
+            "0.0.0.0:0",
+            "127.0.0.1:9080",
+            "10.20.3.4:80",
+            "255.255.255.255:65535",
+            "[::1]:443",
+        ] {
+            let addr: Option<SocketAddr> = text.parse().ok();
+            assert!(addr.is_some(), "{text}");
+            assert_eq!(
+                serde_json::to_string(&Wrapped(addr))?,
+                format!("\"{text}\"")
+            );
+        }
+        assert_eq!(serde_json::to_string(&Wrapped(None))?, "null");
         Ok(())
     }
 
