@@ -73,6 +73,7 @@ for v in ${VARIANTS:-off metrics full}; do
   per[$v]=$(( (two - one) / N ))
   printf '  %-8s %8d\n' "$v" "${per[$v]}"
 done
-for v in metrics full; do
+for v in ${VARIANTS:-off metrics full}; do
+  [ "$v" = off ] && continue
   awk -v a="${per[$v]}" -v b="${per[off]}" -v v="$v" 'BEGIN {printf "  %s / off = %.3f (+%.1f%%)\n", v, a / b, (a / b - 1) * 100}'
 done
