@@ -84,44 +84,167 @@ pub struct AccessEntry<'a> {
     pub user: Option<&'a str>,
 }
 
-/// Writes an IPv4 `ip:port` with a few integer operations: `Display` for addresses goes through
-/// the formatting machinery and was, measured with callgrind, most of an access log line's cost.
+/// Serializes an address as `ip:port` (IPv4 through [`format_v4`]).
 fn address<S: serde::Serializer>(addr: &Option<SocketAddr>, out: S) -> Result<S::Ok, S::Error> {
     match addr {
         None => out.serialize_none(),
         Some(SocketAddr::V4(v4)) => {
             let mut buf = [0u8; 21];
-            let mut len = 0;
-            let push_number = |value: u32, buf: &mut [u8; 21], len: &mut usize| {
-                let mut digits = [0u8; 5];
-                let mut count = 0;
-                let mut rest = value;
-                loop {
-                    digits[count] = b'0' + (rest % 10) as u8;
-                    count += 1;
-                    rest /= 10;
-                    if rest == 0 {
-                        break;
-                    }
-                }
-                for digit in digits[..count].iter().rev() {
-                    buf[*len] = *digit;
-                    *len += 1;
-                }
-            };
-            for (index, octet) in v4.ip().octets().iter().enumerate() {
-                if index > 0 {
-                    buf[len] = b'.';
-                    len += 1;
-                }
-                push_number(u32::from(*octet), &mut buf, &mut len);
-            }
-            buf[len] = b':';
-            len += 1;
-            push_number(u32::from(v4.port()), &mut buf, &mut len);
+            let len = format_v4(v4, &mut buf);
             out.serialize_str(std::str::from_utf8(&buf[..len]).unwrap_or_default())
         }
         Some(v6) => out.collect_str(v6),
+    }
+}
+
+/// Writes an IPv4 `ip:port` into `buf` with a few integer operations and returns its length:
+/// `Display` for addresses goes through the formatting machinery, which was (measured with
+/// callgrind) a large part of an access log line's cost.
+fn format_v4(addr: &std::net::SocketAddrV4, buf: &mut [u8; 21]) -> usize {
+    let mut len = 0;
+    for (index, octet) in addr.ip().octets().iter().enumerate() {
+        if index > 0 {
+            buf[len] = b'.';
+            len += 1;
+        }
+        len += write_decimal(u64::from(*octet), &mut buf[len..]);
+    }
+    buf[len] = b':';
+    len += 1;
+    len + write_decimal(u64::from(addr.port()), &mut buf[len..])
+}
+
+/// Writes `value` in decimal at the start of `out` (which must have room) and returns the
+/// number of digits.
+fn write_decimal(mut value: u64, out: &mut [u8]) -> usize {
+    let mut digits = [0u8; 20];
+    let mut count = 0;
+    loop {
+        digits[count] = b'0' + (value % 10) as u8;
+        count += 1;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    for (slot, digit) in out.iter_mut().zip(digits[..count].iter().rev()) {
+        *slot = *digit;
+    }
+    count
+}
+
+fn json_u64(out: &mut Vec<u8>, value: u64) {
+    let mut buf = [0u8; 20];
+    let len = write_decimal(value, &mut buf);
+    out.extend_from_slice(&buf[..len]);
+}
+
+/// Milliseconds with microsecond precision, e.g. `2.385`.
+fn json_millis(out: &mut Vec<u8>, millis: f64) {
+    let micros = if millis.is_finite() && millis > 0.0 {
+        (millis * 1000.0).round() as u64
+    } else {
+        0
+    };
+    json_u64(out, micros / 1000);
+    let fraction = micros % 1000;
+    out.push(b'.');
+    out.push(b'0' + (fraction / 100) as u8);
+    out.push(b'0' + (fraction / 10 % 10) as u8);
+    out.push(b'0' + (fraction % 10) as u8);
+}
+
+/// A JSON string: quotes, backslashes and control characters escaped; other UTF-8 as is.
+fn json_str(out: &mut Vec<u8>, text: &str) {
+    out.push(b'"');
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    for (index, &byte) in bytes.iter().enumerate() {
+        let escape: &[u8] = match byte {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            0x00..=0x1f | 0x7f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..index]);
+        if escape.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(byte >> 4)]);
+            out.push(HEX[usize::from(byte & 0xf)]);
+        } else {
+            out.extend_from_slice(escape);
+        }
+        start = index + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+fn json_addr(out: &mut Vec<u8>, addr: Option<SocketAddr>) {
+    match addr {
+        None => out.extend_from_slice(b"null"),
+        Some(SocketAddr::V4(v4)) => {
+            let mut buf = [0u8; 21];
+            let len = format_v4(&v4, &mut buf);
+            out.push(b'"');
+            out.extend_from_slice(&buf[..len]);
+            out.push(b'"');
+        }
+        Some(v6) => json_str(out, &v6.to_string()),
+    }
+}
+
+impl AccessEntry<'_> {
+    /// The entry as one JSON object, fields in the order of the `Serialize` derive, written by
+    /// hand: serde_json's generic path was most of a line's cost (bench/RESULTS.md).
+    /// Durations are rounded to the microsecond.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        let text_fields: [(&[u8], &str); 5] = [
+            (b"{\"time\":", self.time),
+            (b",\"host\":", self.host),
+            (b",\"method\":", self.method),
+            (b",\"path\":", self.path),
+            (b",\"protocol\":", self.protocol),
+        ];
+        for (index, (key, value)) in text_fields.iter().enumerate() {
+            out.extend_from_slice(key);
+            json_str(out, value);
+            if index == 0 {
+                out.extend_from_slice(b",\"client\":");
+                json_addr(out, self.client);
+            }
+        }
+        out.extend_from_slice(b",\"status\":");
+        json_u64(out, u64::from(self.status));
+        for (key, value) in [
+            (&b",\"gateway\":"[..], self.gateway),
+            (b",\"listener\":", self.listener),
+            (b",\"route\":", self.route),
+            (b",\"backend\":", self.backend),
+        ] {
+            out.extend_from_slice(key);
+            json_str(out, value);
+        }
+        out.extend_from_slice(b",\"upstream\":");
+        json_addr(out, self.upstream);
+        out.extend_from_slice(b",\"duration_ms\":");
+        json_millis(out, self.duration_ms);
+        out.extend_from_slice(b",\"upstream_ms\":");
+        match self.upstream_ms {
+            Some(ms) => json_millis(out, ms),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"request_bytes\":");
+        json_u64(out, self.request_bytes);
+        out.extend_from_slice(b",\"response_bytes\":");
+        json_u64(out, self.response_bytes);
+        out.extend_from_slice(b",\"user\":");
+        match self.user {
+            Some(user) => json_str(out, user),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.push(b'}');
     }
 }
 
@@ -161,9 +284,7 @@ impl AccessLog {
     /// Queues one line; never blocks.
     pub fn write(&self, entry: &AccessEntry<'_>) {
         let mut line = Vec::with_capacity(384);
-        if serde_json::to_writer(&mut line, entry).is_err() {
-            return;
-        }
+        entry.write_json(&mut line);
         line.push(b'\n');
         match self.lines.try_send(line) {
             Ok(()) => {}
@@ -340,6 +461,39 @@ mod tests {
             );
         }
         assert_eq!(serde_json::to_string(&Wrapped(None))?, "null");
+        Ok(())
+    }
+
+    #[test]
+    fn hand_written_lines_equal_serde_json_for_hostile_text() -> Result<(), serde_json::Error> {
+        let entry = AccessEntry {
+            time: "2026-01-01T00:00:00.000Z",
+            client: "[2001:db8::1]:5000".parse().ok(),
+            host: "h\u{7f}st\\\"x",
+            method: "GET",
+            path: "/ä/\u{0}\n\t\r\u{1f}\"'</script>",
+            protocol: "HTTP/2",
+            status: 0,
+            gateway: "",
+            listener: "l",
+            route: "r",
+            backend: "b",
+            upstream: None,
+            duration_ms: 12.345,
+            upstream_ms: None,
+            request_bytes: u64::MAX,
+            response_bytes: 0,
+            user: Some("alice \"admin\""),
+        };
+        let mut line = Vec::new();
+        entry.write_json(&mut line);
+        let parsed: serde_json::Value = serde_json::from_slice(&line)?;
+        assert_eq!(parsed, serde_json::to_value(&entry)?);
+        let keys: Vec<&String> = parsed
+            .as_object()
+            .map(|o| o.keys().collect())
+            .unwrap_or_default();
+        assert_eq!(keys.len(), 17);
         Ok(())
     }
 
