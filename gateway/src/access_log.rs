@@ -158,8 +158,19 @@ fn json_millis(out: &mut Vec<u8>, millis: f64) {
 fn json_str(out: &mut Vec<u8>, text: &str) {
     out.push(b'"');
     let bytes = text.as_bytes();
+    // Skip clean 8-byte words at once (almost every host and path is clean), then go byte by
+    // byte from the first word that holds something to escape.
+    let mut clean = 0;
+    while let Some(chunk) = bytes.get(clean..clean + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        if needs_escape(u64::from_le_bytes(word)) {
+            break;
+        }
+        clean += 8;
+    }
     let mut start = 0;
-    for (index, &byte) in bytes.iter().enumerate() {
+    for (index, &byte) in bytes.iter().enumerate().skip(clean) {
         let escape: &[u8] = match byte {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -179,6 +190,19 @@ fn json_str(out: &mut Vec<u8>, text: &str) {
     }
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
+}
+
+/// Whether any byte of `word` is a control character, DEL, `"` or `\\` (exact: the usual
+/// "has a byte less than n" and "has a zero byte" word tricks).
+fn needs_escape(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let below_space = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
+    let quote = has_zero(word ^ (ONES * u64::from(b'"')));
+    let backslash = has_zero(word ^ (ONES * u64::from(b'\\')));
+    let del = has_zero(word ^ (ONES * 0x7f));
+    below_space | quote | backslash | del != 0
 }
 
 fn json_addr(out: &mut Vec<u8>, addr: Option<SocketAddr>) {
@@ -494,6 +518,22 @@ mod tests {
             .map(|o| o.keys().collect())
             .unwrap_or_default();
         assert_eq!(keys.len(), 17);
+        Ok(())
+    }
+
+    #[test]
+    fn strings_escape_at_every_offset_like_serde_json() -> Result<(), serde_json::Error> {
+        for special in [
+            "\"", "\\", "\u{0}", "\u{1f}", "\u{7f}", "\n", "é", "\u{80}", " ",
+        ] {
+            for offset in 0..20 {
+                let text = format!("{}{special}{}", "a".repeat(offset), "b".repeat(20 - offset));
+                let mut out = Vec::new();
+                json_str(&mut out, &text);
+                let parsed: String = serde_json::from_slice(&out)?;
+                assert_eq!(parsed, text, "{special:?} at {offset}");
+            }
+        }
         Ok(())
     }
 
