@@ -4,16 +4,18 @@
 
 pub mod report;
 pub mod source;
+pub mod status;
 pub mod translate;
 
 pub use source::{
-    DirectorySource, KubeObject, ObjectKey, ObjectKind, ObjectSet, Problem, Severity, SourceError,
+    DEFAULT_DEBOUNCE, DirectorySource, KubeObject, KubeSnapshot, KubernetesOptions,
+    KubernetesSource, ObjectKey, ObjectKind, ObjectSet, Problem, Severity, SourceError,
     SourceLocation, Sourced, WatchMode, load_directory, parse_manifests, spawn_directory_source,
-    spawn_directory_source_with,
+    spawn_directory_source_with, spawn_kubernetes_source,
 };
 
 pub use report::{
-    Condition, ConditionStatus, ListenerStatus, ObjectStatus, ParentReference, ParentStatus,
+    Condition, ConditionStatus, GatewayAddress, ListenerStatus, ObjectStatus, ParentReference, ParentStatus,
     Report, RouteGroupKind,
 };
 pub use translate::{TranslateOptions, Translation, translate};

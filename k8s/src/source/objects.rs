@@ -265,6 +265,25 @@ impl ObjectSet {
             self.problems.push(Problem::error(Some(location), message));
             return;
         }
+        self.put(object, location);
+    }
+
+    /// Adds or replaces an object (the Kubernetes source: the API server keeps identities unique).
+    /// Returns whether anything changed, judged by `metadata.resourceVersion` when both copies
+    /// have one, so a relist of unchanged objects does not cause a new translation.
+    pub fn upsert(&mut self, object: KubeObject, location: SourceLocation) -> bool {
+        let key = object.key();
+        let version = object.metadata().resource_version.clone();
+        if version.is_some() && self.resource_version(&key) == version {
+            return false;
+        }
+        self.put(object, location);
+        true
+    }
+
+    /// Stores an object under its identity, replacing any previous copy.
+    fn put(&mut self, object: KubeObject, location: SourceLocation) {
+        let key = object.key();
         let name = ObjectName::new(key.namespace, key.name);
         match object {
             KubeObject::GatewayClass(o) => {
@@ -295,18 +314,71 @@ impl ObjectSet {
         }
     }
 
-    /// Where the object with this identity was read from, if it is present.
-    pub fn location_of(&self, key: &ObjectKey) -> Option<&SourceLocation> {
+    /// Removes the object with this identity; returns whether it was present.
+    pub fn remove(&mut self, key: &ObjectKey) -> bool {
         let name = ObjectName::new(key.namespace.clone(), key.name.clone());
         match key.kind {
-            ObjectKind::GatewayClass => self.gateway_classes.get(&key.name).map(|o| &o.location),
-            ObjectKind::Gateway => self.gateways.get(&name).map(|o| &o.location),
-            ObjectKind::HttpRoute => self.http_routes.get(&name).map(|o| &o.location),
-            ObjectKind::ReferenceGrant => self.reference_grants.get(&name).map(|o| &o.location),
-            ObjectKind::Service => self.services.get(&name).map(|o| &o.location),
-            ObjectKind::EndpointSlice => self.endpoint_slices.get(&name).map(|o| &o.location),
-            ObjectKind::Secret => self.secrets.get(&name).map(|o| &o.location),
-            ObjectKind::Namespace => self.namespaces.get(&key.name).map(|o| &o.location),
+            ObjectKind::GatewayClass => self.gateway_classes.remove(&key.name).is_some(),
+            ObjectKind::Gateway => self.gateways.remove(&name).is_some(),
+            ObjectKind::HttpRoute => self.http_routes.remove(&name).is_some(),
+            ObjectKind::ReferenceGrant => self.reference_grants.remove(&name).is_some(),
+            ObjectKind::Service => self.services.remove(&name).is_some(),
+            ObjectKind::EndpointSlice => self.endpoint_slices.remove(&name).is_some(),
+            ObjectKind::Secret => self.secrets.remove(&name).is_some(),
+            ObjectKind::Namespace => self.namespaces.remove(&key.name).is_some(),
+        }
+    }
+
+    /// The identities of every object of one kind.
+    pub fn keys_of(&self, kind: ObjectKind) -> Vec<ObjectKey> {
+        let cluster = |name: &String| ObjectKey {
+            kind,
+            namespace: String::new(),
+            name: name.clone(),
+        };
+        let namespaced = |name: &ObjectName| ObjectKey {
+            kind,
+            namespace: name.namespace.clone(),
+            name: name.name.clone(),
+        };
+        match kind {
+            ObjectKind::GatewayClass => self.gateway_classes.keys().map(cluster).collect(),
+            ObjectKind::Namespace => self.namespaces.keys().map(cluster).collect(),
+            ObjectKind::Gateway => self.gateways.keys().map(namespaced).collect(),
+            ObjectKind::HttpRoute => self.http_routes.keys().map(namespaced).collect(),
+            ObjectKind::ReferenceGrant => self.reference_grants.keys().map(namespaced).collect(),
+            ObjectKind::Service => self.services.keys().map(namespaced).collect(),
+            ObjectKind::EndpointSlice => self.endpoint_slices.keys().map(namespaced).collect(),
+            ObjectKind::Secret => self.secrets.keys().map(namespaced).collect(),
+        }
+    }
+
+    /// The `metadata.resourceVersion` of the object with this identity, if present.
+    pub fn resource_version(&self, key: &ObjectKey) -> Option<String> {
+        self.entry(key)
+            .and_then(|(_, meta)| meta.resource_version.clone())
+    }
+
+    /// Where the object with this identity was read from, if it is present.
+    pub fn location_of(&self, key: &ObjectKey) -> Option<&SourceLocation> {
+        self.entry(key).map(|(location, _)| location)
+    }
+
+    /// The origin and metadata of the object with this identity.
+    fn entry(&self, key: &ObjectKey) -> Option<(&SourceLocation, &ObjectMeta)> {
+        fn parts<T: kube::Resource>(o: &Sourced<T>) -> (&SourceLocation, &ObjectMeta) {
+            (&o.location, o.object.meta())
+        }
+        let name = ObjectName::new(key.namespace.clone(), key.name.clone());
+        match key.kind {
+            ObjectKind::GatewayClass => self.gateway_classes.get(&key.name).map(parts),
+            ObjectKind::Gateway => self.gateways.get(&name).map(parts),
+            ObjectKind::HttpRoute => self.http_routes.get(&name).map(parts),
+            ObjectKind::ReferenceGrant => self.reference_grants.get(&name).map(parts),
+            ObjectKind::Service => self.services.get(&name).map(parts),
+            ObjectKind::EndpointSlice => self.endpoint_slices.get(&name).map(parts),
+            ObjectKind::Secret => self.secrets.get(&name).map(parts),
+            ObjectKind::Namespace => self.namespaces.get(&key.name).map(parts),
         }
     }
 

@@ -13,7 +13,7 @@ use gateway_api::experimental::constants::{
     GatewayConditionType, ListenerConditionReason, ListenerConditionType,
 };
 use gateway_api::experimental::gateways::{
-    GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom, GatewayListenersTlsMode,
+    Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom, GatewayListenersTlsMode,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use torhaus_model::{
@@ -23,7 +23,7 @@ use torhaus_model::{
 
 use crate::CONTROLLER_NAME;
 use crate::report::{
-    Condition, ListenerStatus, ObjectStatus, ParentReference, ParentStatus, Report, RouteGroupKind,
+    Condition, GatewayAddress, ListenerStatus, ObjectStatus, ParentReference, ParentStatus, Report, RouteGroupKind,
 };
 use crate::source::{ObjectKey, ObjectKind, ObjectSet, Problem, SourceLocation};
 use refs::{
@@ -38,12 +38,16 @@ use tls::{CertificateCache, certificate_from_secret};
 pub struct TranslateOptions {
     /// GatewayClasses with this `spec.controllerName` are served; others are ignored.
     pub controller_name: String,
+    /// The addresses torhaus serves on (the VIP or the node addresses), published in every
+    /// served Gateway's `status.addresses`.
+    pub addresses: Vec<GatewayAddress>,
 }
 
 impl Default for TranslateOptions {
     fn default() -> Self {
         Self {
             controller_name: CONTROLLER_NAME.to_owned(),
+            addresses: Vec::new(),
         }
     }
 }
@@ -93,6 +97,8 @@ struct GatewayState {
     name: ObjectName,
     /// Why the Gateway as a whole cannot be accepted (e.g. an unsupported address type).
     rejected: Option<Failure>,
+    /// Why a requested `spec.addresses` value cannot be served (Programmed=False).
+    unusable_address: Option<String>,
     created_unix: i64,
     generation: Option<i64>,
     location: SourceLocation,
@@ -141,6 +147,7 @@ pub fn translate(objects: &ObjectSet, options: &TranslateOptions) -> Translation
                 ),
             ],
             listeners: Vec::new(),
+            addresses: Vec::new(),
             parents: Vec::new(),
         });
     }
@@ -186,9 +193,11 @@ pub fn translate(objects: &ObjectSet, options: &TranslateOptions) -> Translation
                 listener.accepted = Err(("Invalid", format!("the Gateway is not accepted: {why}")));
             }
         }
+        let unusable_address = unusable_address(&gateway.object, &options.addresses);
         gateways.push(GatewayState {
             name: name.clone(),
             rejected,
+            unusable_address,
             created_unix: created_unix(&gateway.object.metadata),
             generation: gateway.object.metadata.generation,
             location: gateway.location.clone(),
@@ -219,6 +228,7 @@ pub fn translate(objects: &ObjectSet, options: &TranslateOptions) -> Translation
                 generation: route.object.metadata.generation,
                 conditions: Vec::new(),
                 listeners: Vec::new(),
+                addresses: Vec::new(),
                 parents,
             });
         }
@@ -226,7 +236,7 @@ pub fn translate(objects: &ObjectSet, options: &TranslateOptions) -> Translation
 
     let mut ports: BTreeMap<u16, PortConfig> = BTreeMap::new();
     for gateway in &mut gateways {
-        let status = gateway_status(gateway);
+        let status = gateway_status(gateway, &options.addresses);
         for listener in &mut gateway.listeners {
             let Some(protocol) = listener.protocol.filter(|_| listener.usable()) else {
                 continue;
@@ -275,6 +285,30 @@ pub fn translate(objects: &ObjectSet, options: &TranslateOptions) -> Translation
             problems,
         },
     }
+}
+
+/// A requested address torhaus does not serve on. Only judged when the served addresses are
+/// configured (Kubernetes mode); an empty value asks for any address and is always satisfied.
+fn unusable_address(gateway: &Gateway, served: &[GatewayAddress]) -> Option<String> {
+    if served.is_empty() {
+        return None;
+    }
+    gateway
+        .spec
+        .addresses
+        .iter()
+        .flatten()
+        .enumerate()
+        .find_map(|(i, requested)| {
+            let value = requested.value.as_deref().filter(|v| !v.is_empty())?;
+            (!served.iter().any(|a| a.value == value)).then(|| {
+                let served: Vec<&str> = served.iter().map(|a| a.value.as_str()).collect();
+                format!(
+                    "spec.addresses[{i}] {value:?} is not an address torhaus serves on ({}); remove it or add it with --gateway-address",
+                    served.join(", ")
+                )
+            })
+        })
 }
 
 fn created_unix(metadata: &ObjectMeta) -> i64 {
@@ -752,7 +786,7 @@ fn resolved_condition(compiled: &CompiledRoute) -> Condition {
     }
 }
 
-fn gateway_status(gateway: &GatewayState) -> ObjectStatus {
+fn gateway_status(gateway: &GatewayState, addresses: &[GatewayAddress]) -> ObjectStatus {
     let mut listeners = Vec::new();
     let mut valid = 0;
     for listener in &gateway.listeners {
@@ -826,68 +860,54 @@ fn gateway_status(gateway: &GatewayState) -> ObjectStatus {
         });
     }
     let total = gateway.listeners.len();
-    if let Some((reason, message)) = &gateway.rejected {
-        let accepted = Condition::new(
-            GatewayConditionType::Accepted,
-            false,
-            reason,
-            message.clone(),
-        );
-        let programmed = Condition::new(
-            GatewayConditionType::Programmed,
-            false,
-            GatewayConditionReason::Invalid,
-            "the Gateway is not accepted",
-        );
-        return ObjectStatus {
-            key: ObjectKey {
-                kind: ObjectKind::Gateway,
-                namespace: gateway.name.namespace.clone(),
-                name: gateway.name.name.clone(),
-            },
-            location: gateway.location.clone(),
-            generation: gateway.generation,
-            conditions: vec![accepted, programmed],
-            listeners,
-            parents: Vec::new(),
+    let (accepted, programmed) = if let Some((reason, message)) = &gateway.rejected {
+        (
+            (false, *reason, message.clone()),
+            (
+                false,
+                GatewayConditionReason::Invalid.to_string(),
+                "the Gateway is not accepted; see its Accepted condition".to_owned(),
+            ),
+        )
+    } else {
+        let accepted = if valid == total {
+            (true, "Accepted", "Gateway accepted".to_owned())
+        } else if valid > 0 {
+            (
+                true,
+                "ListenersNotValid",
+                format!(
+                    "{} of {total} listeners are not valid; see their Accepted and Conflicted conditions",
+                    total - valid
+                ),
+            )
+        } else {
+            (
+                false,
+                "ListenersNotValid",
+                "no listener is valid; see their Accepted and Conflicted conditions".to_owned(),
+            )
         };
-    }
-    let accepted = if valid == total {
-        Condition::new(
-            GatewayConditionType::Accepted,
-            true,
-            GatewayConditionReason::Accepted,
-            "Gateway accepted",
-        )
-    } else if valid > 0 {
-        Condition::new(
-            GatewayConditionType::Accepted,
-            true,
-            GatewayConditionReason::ListenersNotValid,
-            format!("{} of {total} listeners are not valid", total - valid),
-        )
-    } else {
-        Condition::new(
-            GatewayConditionType::Accepted,
-            false,
-            GatewayConditionReason::ListenersNotValid,
-            "no listener is valid",
-        )
-    };
-    let programmed = if valid > 0 {
-        Condition::new(
-            GatewayConditionType::Programmed,
-            true,
-            GatewayConditionReason::Programmed,
-            "Gateway programmed",
-        )
-    } else {
-        Condition::new(
-            GatewayConditionType::Programmed,
-            false,
-            GatewayConditionReason::Invalid,
-            "no listener can be programmed",
-        )
+        let programmed = if valid == 0 {
+            (
+                false,
+                GatewayConditionReason::Invalid.to_string(),
+                "no listener can be programmed".to_owned(),
+            )
+        } else if let Some(message) = &gateway.unusable_address {
+            (
+                false,
+                GatewayConditionReason::AddressNotUsable.to_string(),
+                message.clone(),
+            )
+        } else {
+            (
+                true,
+                GatewayConditionReason::Programmed.to_string(),
+                "Gateway programmed".to_owned(),
+            )
+        };
+        (accepted, programmed)
     };
     ObjectStatus {
         key: ObjectKey {
@@ -897,8 +917,22 @@ fn gateway_status(gateway: &GatewayState) -> ObjectStatus {
         },
         location: gateway.location.clone(),
         generation: gateway.generation,
-        conditions: vec![accepted, programmed],
+        conditions: vec![
+            Condition::new(
+                GatewayConditionType::Accepted,
+                accepted.0,
+                accepted.1,
+                accepted.2,
+            ),
+            Condition::new(
+                GatewayConditionType::Programmed,
+                programmed.0,
+                programmed.1,
+                programmed.2,
+            ),
+        ],
         listeners,
+        addresses: addresses.to_vec(),
         parents: Vec::new(),
     }
 }
