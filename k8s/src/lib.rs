@@ -15,8 +15,8 @@ pub use source::{
 };
 
 pub use report::{
-    Condition, ConditionStatus, GatewayAddress, ListenerStatus, ObjectStatus, ParentReference, ParentStatus,
-    Report, RouteGroupKind,
+    Condition, ConditionStatus, GatewayAddress, ListenerStatus, ObjectStatus, ParentReference,
+    ParentStatus, Report, RouteGroupKind,
 };
 pub use translate::{TranslateOptions, Translation, translate};
 

@@ -24,8 +24,8 @@ use gateway_api::experimental::httproutes::HttpRoute;
 use gateway_api::experimental::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
@@ -75,8 +75,7 @@ impl KubernetesSource {
     /// A channel of translations only, for the data plane.
     pub fn translations(&self) -> watch::Receiver<Arc<Translation>> {
         let mut snapshots = self.snapshots.clone();
-        let (sender, receiver) =
-            watch::channel(snapshots.borrow_and_update().translation.clone());
+        let (sender, receiver) = watch::channel(snapshots.borrow_and_update().translation.clone());
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -327,7 +326,8 @@ impl Index {
             }
             Change::Applied(object) => {
                 if self.owned_by(&feed, &object.key()) {
-                    self.dirty |= Arc::make_mut(&mut self.objects).upsert(object, SourceLocation::Api);
+                    self.dirty |=
+                        Arc::make_mut(&mut self.objects).upsert(object, SourceLocation::Api);
                 }
             }
             Change::Deleted(key) => {

@@ -147,7 +147,10 @@ async fn try_acquire_or_renew(
     observed: &mut Option<Observed>,
 ) -> Result<bool, kube::Error> {
     let now = MicroTime(Timestamp::now());
-    let duration_seconds = i32::try_from(settings.lease_duration.as_secs()).unwrap_or(i32::MAX);
+    // Rounded up: a Lease must never look shorter to others than its holder assumes.
+    let whole_seconds =
+        settings.lease_duration.as_secs() + u64::from(settings.lease_duration.subsec_nanos() > 0);
+    let duration_seconds = i32::try_from(whole_seconds).unwrap_or(i32::MAX);
     let Some(mut lease) = api.get_opt(&settings.name).await? else {
         let lease = Lease {
             metadata: ObjectMeta {
@@ -206,7 +209,10 @@ async fn try_acquire_or_renew(
     }
     lease.spec = Some(new_spec);
     // `replace` sends the resourceVersion read above: a concurrent change makes it fail (409).
-    match api.replace(&settings.name, &PostParams::default(), &lease).await {
+    match api
+        .replace(&settings.name, &PostParams::default(), &lease)
+        .await
+    {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
         Err(error) => Err(error),

@@ -63,7 +63,14 @@ pub fn plan_status_patches(
                     .iter()
                     .filter(|p| ours.parent(&p.parent))
                     .collect();
-                route_patch(objects, key, &parents, status.generation, controller_name, now)
+                route_patch(
+                    objects,
+                    key,
+                    &parents,
+                    status.generation,
+                    controller_name,
+                    now,
+                )
             }
             _ => None,
         };

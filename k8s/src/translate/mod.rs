@@ -23,7 +23,8 @@ use torhaus_model::{
 
 use crate::CONTROLLER_NAME;
 use crate::report::{
-    Condition, GatewayAddress, ListenerStatus, ObjectStatus, ParentReference, ParentStatus, Report, RouteGroupKind,
+    Condition, GatewayAddress, ListenerStatus, ObjectStatus, ParentReference, ParentStatus, Report,
+    RouteGroupKind,
 };
 use crate::source::{ObjectKey, ObjectKind, ObjectSet, Problem, SourceLocation};
 use refs::{
