@@ -1,4 +1,4 @@
-//! Wiring for each subcommand: the directory source feeds translations to the data plane.
+//! Wiring for each subcommand: the directory or Kubernetes source feeds translations to the data plane.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -26,11 +26,20 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the control runtime")?;
-    let mut translations = control
-        .block_on(async {
-            torhaus_k8s::spawn_directory_source(args.config.clone(), TranslateOptions::default())
-        })
-        .with_context(|| format!("reading {}", args.config.display()))?;
+    let (mut translations, mut controller) = match &args.config {
+        Some(config) => {
+            let translations = control
+                .block_on(async {
+                    torhaus_k8s::spawn_directory_source(config.clone(), TranslateOptions::default())
+                })
+                .with_context(|| format!("reading {}", config.display()))?;
+            (translations, None)
+        }
+        None => {
+            let (translations, controller) = control.block_on(start_controller(&args))?;
+            (translations, Some(controller))
+        }
+    };
     let first = translations.borrow_and_update().clone();
     log_translation(&first);
 
@@ -47,7 +56,10 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     dataplane
         .apply(first.config.clone())
         .context("applying the initial configuration")?;
-    tracing::info!(config = %args.config.display(), "serving");
+    match &args.config {
+        Some(config) => tracing::info!(config = %config.display(), "serving"),
+        None => tracing::info!("serving the cluster's Gateway API objects"),
+    }
 
     let forwarder = dataplane.clone();
     control.spawn(async move {
@@ -63,11 +75,53 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     control.spawn(async move {
         wait_for_shutdown_signal().await;
         tracing::info!("shutting down: draining connections");
+        if let Some(controller) = controller.take() {
+            // Hand the status Lease over first, so another replica writes status at once.
+            controller.shutdown().await;
+        }
         stopper.shutdown();
     });
     dataplane.wait();
     control.shutdown_background();
     Ok(ExitCode::SUCCESS)
+}
+
+/// Kubernetes mode: connects, waits for the first full sync (the replica is not ready before)
+/// and returns the translations and the controller.
+async fn start_controller(
+    args: &RunArgs,
+) -> anyhow::Result<(
+    tokio::sync::watch::Receiver<Arc<Translation>>,
+    torhaus_k8s::Controller,
+)> {
+    let mut addresses = args.kube.gateway_addresses.clone();
+    if addresses.is_empty()
+        && let Ok(pod_ip) = std::env::var("POD_IP")
+    {
+        addresses.push(pod_ip);
+    }
+    let identity = args
+        .kube
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("torhaus-{}", std::process::id()));
+    let settings = torhaus_k8s::ControllerSettings {
+        addresses: addresses
+            .iter()
+            .filter(|a| !a.trim().is_empty())
+            .map(|a| torhaus_k8s::GatewayAddress::parse(a))
+            .collect(),
+        lease_namespace: args.kube.lease_namespace.clone(),
+        lease_name: args.kube.lease_name.clone(),
+        identity,
+    };
+    let mut controller = torhaus_k8s::Controller::start(settings).await?;
+    let translations = controller
+        .translations()
+        .await
+        .context("the Kubernetes source stopped before its first sync")?;
+    Ok((translations, controller))
 }
 
 pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {

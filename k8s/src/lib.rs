@@ -2,6 +2,7 @@
 //! configuration, and the per-object conditions that translation reports.
 #![forbid(unsafe_code)]
 
+pub mod controller;
 pub mod report;
 pub mod source;
 pub mod status;
@@ -14,6 +15,7 @@ pub use source::{
     spawn_directory_source_with, spawn_kubernetes_source,
 };
 
+pub use controller::{Controller, ControllerError, ControllerSettings, DEFAULT_LEASE_NAME};
 pub use report::{
     Condition, ConditionStatus, GatewayAddress, ListenerStatus, ObjectStatus, ParentReference,
     ParentStatus, Report, RouteGroupKind,

@@ -168,6 +168,15 @@ enum Feed {
     Secret(ObjectName),
 }
 
+impl std::fmt::Display for Feed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Feed::Kind(kind) => write!(f, "{kind}"),
+            Feed::Secret(name) => write!(f, "Secret {name}"),
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Change {
     /// A (re)list starts: the objects until `InitDone` replace the feed's objects.
@@ -309,8 +318,10 @@ impl Index {
 
     fn apply(&mut self, update: Update) {
         let Update { feed, change } = update;
-        if !matches!(change, Change::Failed(_)) && self.failing.remove(&feed).is_some() {
-            tracing::info!(?feed, "the Kubernetes API answers again");
+        // `Init` comes before the list is even tried: it proves nothing.
+        let answered = !matches!(change, Change::Failed(_) | Change::Init);
+        if answered && self.failing.remove(&feed).is_some() {
+            tracing::info!(%feed, "the Kubernetes API answers again");
         }
         match change {
             Change::Init => {
@@ -337,7 +348,7 @@ impl Index {
             }
             Change::Failed(error) => {
                 if self.failing.get(&feed) != Some(&error) {
-                    tracing::warn!(?feed, %error, "watching the Kubernetes API failed; serving the last known state and retrying with backoff");
+                    tracing::warn!(%feed, %error, "watching the Kubernetes API failed; serving the last known state and retrying with backoff");
                     self.failing.insert(feed, error);
                 }
             }

@@ -100,8 +100,14 @@ async fn campaign(
 ) {
     let mut observed: Option<Observed> = None;
     let mut last_renewal: Option<Instant> = None;
+    let mut unreachable = false;
     loop {
-        match try_acquire_or_renew(&api, &settings, &mut observed).await {
+        let result = try_acquire_or_renew(&api, &settings, &mut observed).await;
+        if result.is_ok() && unreachable {
+            unreachable = false;
+            tracing::info!(lease = %settings.name, "the Lease is reachable again");
+        }
+        match result {
             Ok(true) => {
                 last_renewal = Some(Instant::now());
                 if !*leader.borrow() {
@@ -118,7 +124,10 @@ async fn campaign(
             }
             Err(error) => {
                 let expired = last_renewal.is_none_or(|at| at.elapsed() >= settings.renew_deadline);
-                tracing::warn!(%error, "cannot reach the Lease");
+                if !unreachable {
+                    unreachable = true;
+                    tracing::warn!(lease = %settings.name, %error, "cannot reach the Lease; retrying");
+                }
                 if expired && *leader.borrow() {
                     tracing::warn!(identity = %settings.identity, "could not renew the Lease in time: no longer writing status");
                     leader.send_replace(false);
