@@ -59,9 +59,11 @@ impl Controller {
             .lease_namespace
             .clone()
             .unwrap_or_else(|| client.default_namespace().to_owned());
+        let crd_bundle_version = crd_bundle_version(&client).await;
         let options = KubernetesOptions {
             translate: TranslateOptions {
                 addresses: settings.addresses,
+                crd_bundle_version,
                 ..TranslateOptions::default()
             },
             ..KubernetesOptions::default()
@@ -109,5 +111,30 @@ impl Controller {
     /// Hands the Lease over (if held) so another replica writes status at once.
     pub async fn shutdown(self) {
         self.election.release().await;
+    }
+}
+
+/// The annotation the Gateway API release puts on its CRDs.
+const BUNDLE_VERSION: &str = "gateway.networking.k8s.io/bundle-version";
+
+/// The release of the installed Gateway API CRDs, read once at start from the Gateway CRD
+/// (GatewayClass SupportedVersion reports it). Best effort: without permission to read CRDs
+/// the version is unknown and assumed supported.
+async fn crd_bundle_version(client: &kube::Client) -> Option<String> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api = kube::Api::<CustomResourceDefinition>::all(client.clone());
+    match api.get_metadata("gateways.gateway.networking.k8s.io").await {
+        Ok(crd) => {
+            let version = crd
+                .metadata
+                .annotations
+                .and_then(|mut a| a.remove(BUNDLE_VERSION));
+            tracing::info!(version = ?version, "Gateway API CRDs found");
+            version
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the Gateway CRD; its bundle version is unknown");
+            None
+        }
     }
 }

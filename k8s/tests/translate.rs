@@ -1098,7 +1098,7 @@ fn odd_inputs_never_panic_and_are_reported() {
     }
     assert_eq!(
         cond(&gw.listener("c").expect("l").conditions, "Accepted"),
-        f("Invalid")
+        f("UnsupportedValue")
     );
     let out = run(&[BASE, GATEWAY, odd[2]]);
     let gw = status(&out.report, ObjectKind::Gateway, "infra", "g");

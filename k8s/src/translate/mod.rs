@@ -42,6 +42,8 @@ pub struct TranslateOptions {
     /// The addresses torhaus serves on (the VIP or the node addresses), published in every
     /// served Gateway's `status.addresses`.
     pub addresses: Vec<GatewayAddress>,
+    /// The `gateway.networking.k8s.io/bundle-version` of the installed CRDs, when known.
+    pub crd_bundle_version: Option<String>,
 }
 
 impl Default for TranslateOptions {
@@ -49,6 +51,7 @@ impl Default for TranslateOptions {
         Self {
             controller_name: CONTROLLER_NAME.to_owned(),
             addresses: Vec::new(),
+            crd_bundle_version: None,
         }
     }
 }
@@ -117,13 +120,52 @@ pub fn translate(objects: &ObjectSet, options: &TranslateOptions) -> Translation
         if class.object.spec.controller_name != options.controller_name {
             continue;
         }
-        our_classes.insert(name.as_str());
-        let message = match &class.object.spec.parameters_ref {
-            Some(p) => format!(
-                "handled by torhaus; parametersRef {}/{} is ignored",
-                p.kind, p.name
+        let version = supported_version(options.crd_bundle_version.as_deref());
+        let accepted = match (&version, &class.object.spec.parameters_ref) {
+            (Err(why), _) => Err((GatewayClassConditionReason::UnsupportedVersion, why.clone())),
+            // torhaus has no parameters kind: a reference cannot point at anything it reads.
+            (Ok(_), Some(p)) => Err((
+                GatewayClassConditionReason::InvalidParameters,
+                format!(
+                    "spec.parametersRef {}/{} {:?}: torhaus takes no parameters; remove spec.parametersRef",
+                    if p.group.is_empty() {
+                        "core"
+                    } else {
+                        p.group.as_str()
+                    },
+                    p.kind,
+                    p.name
+                ),
+            )),
+            (Ok(_), None) => Ok(()),
+        };
+        if accepted.is_ok() {
+            our_classes.insert(name.as_str());
+        }
+        let accepted = match accepted {
+            Ok(()) => Condition::new(
+                GatewayClassConditionType::Accepted,
+                true,
+                GatewayClassConditionReason::Accepted,
+                "handled by torhaus",
             ),
-            None => "handled by torhaus".to_owned(),
+            Err((reason, message)) => {
+                Condition::new(GatewayClassConditionType::Accepted, false, reason, message)
+            }
+        };
+        let supported = match version {
+            Ok(message) => Condition::new(
+                GatewayClassConditionType::SupportedVersion,
+                true,
+                GatewayClassConditionReason::SupportedVersion,
+                message,
+            ),
+            Err(message) => Condition::new(
+                GatewayClassConditionType::SupportedVersion,
+                false,
+                GatewayClassConditionReason::UnsupportedVersion,
+                message,
+            ),
         };
         statuses.push(ObjectStatus {
             key: ObjectKey {
@@ -133,20 +175,7 @@ pub fn translate(objects: &ObjectSet, options: &TranslateOptions) -> Translation
             },
             location: class.location.clone(),
             generation: class.object.metadata.generation,
-            conditions: vec![
-                Condition::new(
-                    GatewayClassConditionType::Accepted,
-                    true,
-                    GatewayClassConditionReason::Accepted,
-                    message,
-                ),
-                Condition::new(
-                    GatewayClassConditionType::SupportedVersion,
-                    true,
-                    GatewayClassConditionReason::SupportedVersion,
-                    "Gateway API v1 is supported",
-                ),
-            ],
+            conditions: vec![accepted, supported],
             listeners: Vec::new(),
             addresses: Vec::new(),
             parents: Vec::new(),
@@ -191,7 +220,10 @@ pub fn translate(objects: &ObjectSet, options: &TranslateOptions) -> Translation
             });
         if let Some((_, why)) = &rejected {
             for listener in &mut listeners {
-                listener.accepted = Err(("Invalid", format!("the Gateway is not accepted: {why}")));
+                listener.accepted = Err((
+                    "UnsupportedValue",
+                    format!("the Gateway is not accepted: {why}"),
+                ));
             }
         }
         let unusable_address = unusable_address(&gateway.object, &options.addresses);
@@ -288,6 +320,26 @@ pub fn translate(objects: &ObjectSet, options: &TranslateOptions) -> Translation
     }
 }
 
+/// Whether the installed Gateway API release is one torhaus serves: any v1.x, since v1
+/// releases only add optional fields (which are tolerated). The message says which.
+fn supported_version(bundle_version: Option<&str>) -> Result<String, String> {
+    let Some(version) = bundle_version else {
+        return Ok("Gateway API v1 is supported".to_owned());
+    };
+    let major = version
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse::<u32>().ok());
+    if major == Some(1) {
+        Ok(format!("Gateway API {version} is supported"))
+    } else {
+        Err(format!(
+            "the installed Gateway API CRDs are version {version}; torhaus serves the v1 releases: install the CRDs of a Gateway API v1.x release"
+        ))
+    }
+}
+
 /// A requested address torhaus does not serve on. Only judged when the served addresses are
 /// configured (Kubernetes mode); an empty value asks for any address and is always satisfied.
 fn unusable_address(gateway: &Gateway, served: &[GatewayAddress]) -> Option<String> {
@@ -371,7 +423,7 @@ fn listener_state(
     if let Some(hostname) = &spec.hostname {
         match HostMatch::parse(hostname) {
             Ok(parsed) => state.hostname = parsed,
-            Err(e) => reject(&mut state, "Invalid", format!("hostname: {e}")),
+            Err(e) => reject(&mut state, "UnsupportedValue", format!("hostname: {e}")),
         }
     }
     if let Some(allowed) = &spec.allowed_routes {
@@ -427,7 +479,7 @@ fn listener_state(
                         Some(Err(e)) => {
                             reject(
                                 &mut state,
-                                "Invalid",
+                                "UnsupportedValue",
                                 format!("allowedRoutes.namespaces.selector: {e}"),
                             );
                             NamespacePolicy::Same
@@ -435,7 +487,7 @@ fn listener_state(
                         None => {
                             reject(
                                 &mut state,
-                                "Invalid",
+                                "UnsupportedValue",
                                 "allowedRoutes.namespaces.from is Selector but no selector is set"
                                     .to_owned(),
                             );
