@@ -69,7 +69,7 @@ pub struct RunArgs {
     #[arg(long, env = "TORHAUS_CONFIG", required_unless_present = "kubernetes")]
     pub config: Option<PathBuf>,
     #[command(flatten)]
-    pub kube: KubernetesArgs,
+    pub kube: Box<KubernetesArgs>,
     /// Bind listener ports elsewhere than the Gateway declares, e.g. `80:8080,443:8443`, for tests
     /// and unprivileged runs. Redirects still use the declared ports.
     #[arg(long, value_parser = parse_port_map, default_value = "")]
