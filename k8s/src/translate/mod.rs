@@ -796,11 +796,13 @@ fn attach_to_listeners(
             continue;
         }
         any = true;
-        // A route listed twice (two parentRefs to one listener) is served once.
+        // A route listed twice (two parentRefs to one listener) is served once. Routes attach
+        // one after the other, so an earlier copy of this one can only be the last entry
+        // (checking the whole list made translation quadratic in routes per listener).
         if listener
             .routes
-            .iter()
-            .any(|r| r.route.id == compiled.route.id)
+            .last()
+            .is_some_and(|r| r.route.id == compiled.route.id)
         {
             continue;
         }
