@@ -724,3 +724,82 @@ async fn real_cluster_syncs_and_accepts_the_gateway_class() {
         Some("True".to_owned())
     );
 }
+
+/// Against a real cluster with the Gateway API CRDs and torhaus's GatewayClass
+/// (`TORHAUS_TEST_GATEWAY_CLASS`, default `torhaus`): creates a namespace with a Service, a
+/// Gateway and an HTTPRoute, runs the source, the election and the writer as one replica, and
+/// waits for the spec's status on all of them. Deletes the namespace afterwards.
+#[tokio::test]
+#[ignore = "needs cluster"]
+async fn real_cluster_gets_status_written_by_the_leader() {
+    use gateway_api::experimental::gateways::Gateway;
+    use gateway_api::experimental::httproutes::HttpRoute;
+    use k8s_openapi::api::core::v1::{Namespace, Service};
+    use kube::Api;
+    use kube::api::{DeleteParams, PostParams};
+
+    let client = kube::Client::try_default()
+        .await
+        .expect("a kubeconfig or in-cluster config");
+    let class = std::env::var("TORHAUS_TEST_GATEWAY_CLASS").unwrap_or_else(|_| "torhaus".into());
+    let ns = format!("torhaus-test-{}", std::process::id());
+    let create = PostParams::default();
+    Api::<Namespace>::all(client.clone())
+        .create(&create, &serde_json::from_value(namespace(&ns)).expect("namespace"))
+        .await
+        .expect("create the namespace");
+    Api::<Service>::namespaced(client.clone(), &ns)
+        .create(&create, &serde_json::from_value(service(&ns, "web")).expect("service"))
+        .await
+        .expect("create the Service");
+    Api::<Gateway>::namespaced(client.clone(), &ns)
+        .create(
+            &create,
+            &serde_json::from_value(gateway(&ns, "edge", &class, http_listener())).expect("gw"),
+        )
+        .await
+        .expect("create the Gateway");
+    Api::<HttpRoute>::namespaced(client.clone(), &ns)
+        .create(
+            &create,
+            &serde_json::from_value(route(&ns, "app", &ns, "edge", "web")).expect("route"),
+        )
+        .await
+        .expect("create the HTTPRoute");
+
+    let source = spawn_kubernetes_source(client.clone(), options());
+    let election = spawn_leader_election(
+        client.clone(),
+        LeaseSettings::new(&ns, "torhaus-test", "test-replica"),
+    );
+    let _stats = spawn_status_writer(
+        client.clone(),
+        source.snapshots.clone(),
+        election.is_leader.clone(),
+        StatusWriterOptions::default(),
+    );
+    let routes = Api::<HttpRoute>::namespaced(client.clone(), &ns);
+    let accepted = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if let Ok(route) = routes.get("app").await {
+                let accepted = route
+                    .status
+                    .iter()
+                    .flat_map(|s| &s.parents)
+                    .filter(|p| p.controller_name == CONTROLLER_NAME)
+                    .flat_map(|p| &p.conditions)
+                    .any(|c| c.type_ == "Accepted" && c.status == "True");
+                if accepted {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await;
+    election.release().await;
+    let _ = Api::<Namespace>::all(client)
+        .delete(&ns, &DeleteParams::default())
+        .await;
+    assert!(accepted.is_ok(), "the HTTPRoute was not Accepted within 60 s");
+}
