@@ -28,12 +28,16 @@ fn cluster(routes: usize) -> Result<ObjectSet, serde_json::Error> {
         set.insert(object(value)?, SourceLocation::Api);
         Ok(())
     };
-    add(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
-        "metadata": {"name": "torhaus"}, "spec": {"controllerName": torhaus_k8s::CONTROLLER_NAME}}))?;
-    add(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+    add(
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+        "metadata": {"name": "torhaus"}, "spec": {"controllerName": torhaus_k8s::CONTROLLER_NAME}}),
+    )?;
+    add(
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
         "metadata": {"name": "edge", "namespace": "infra"},
         "spec": {"gatewayClassName": "torhaus", "listeners": [
-            {"name": "http", "port": 80, "protocol": "HTTP", "allowedRoutes": {"namespaces": {"from": "All"}}}]}}))?;
+            {"name": "http", "port": 80, "protocol": "HTTP", "allowedRoutes": {"namespaces": {"from": "All"}}}]}}),
+    )?;
     for i in 0..routes {
         let namespace = format!("team-{}", i % 50);
         let name = format!("app-{i}");
@@ -43,16 +47,20 @@ fn cluster(routes: usize) -> Result<ObjectSet, serde_json::Error> {
         let endpoints: Vec<Value> = (0..10)
             .map(|e| json!({"addresses": [format!("10.{}.{}.{e}", i / 250 % 250, i % 250)], "conditions": {"ready": true}}))
             .collect();
-        add(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        add(
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": format!("{name}-1"), "namespace": namespace,
                          "labels": {"kubernetes.io/service-name": name}},
-            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}], "endpoints": endpoints}))?;
-        add(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}], "endpoints": endpoints}),
+        )?;
+        add(
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
             "metadata": {"name": name, "namespace": namespace},
             "spec": {"parentRefs": [{"name": "edge", "namespace": "infra"}],
                      "hostnames": [format!("{name}.example.com")],
                      "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
-                                "backendRefs": [{"name": name, "port": 80}]}]}}))?;
+                                "backendRefs": [{"name": name, "port": 80}]}]}}),
+        )?;
     }
     Ok(set)
 }

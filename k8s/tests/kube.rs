@@ -745,11 +745,17 @@ async fn real_cluster_gets_status_written_by_the_leader() {
     let ns = format!("torhaus-test-{}", std::process::id());
     let create = PostParams::default();
     Api::<Namespace>::all(client.clone())
-        .create(&create, &serde_json::from_value(namespace(&ns)).expect("namespace"))
+        .create(
+            &create,
+            &serde_json::from_value(namespace(&ns)).expect("namespace"),
+        )
         .await
         .expect("create the namespace");
     Api::<Service>::namespaced(client.clone(), &ns)
-        .create(&create, &serde_json::from_value(service(&ns, "web")).expect("service"))
+        .create(
+            &create,
+            &serde_json::from_value(service(&ns, "web")).expect("service"),
+        )
         .await
         .expect("create the Service");
     Api::<Gateway>::namespaced(client.clone(), &ns)
@@ -801,5 +807,8 @@ async fn real_cluster_gets_status_written_by_the_leader() {
     let _ = Api::<Namespace>::all(client)
         .delete(&ns, &DeleteParams::default())
         .await;
-    assert!(accepted.is_ok(), "the HTTPRoute was not Accepted within 60 s");
+    assert!(
+        accepted.is_ok(),
+        "the HTTPRoute was not Accepted within 60 s"
+    );
 }

@@ -6,14 +6,17 @@
     reason = "a broken test fixture should fail the test loudly"
 )]
 
-use std::path::Path;
+#[path = "support/manifests.rs"]
+mod manifests;
+
 use std::sync::Arc;
 
+use manifests::objects;
 use serde_json::{Value, json};
 use torhaus_k8s::status::plan_status_patches;
 use torhaus_k8s::{
     CONTROLLER_NAME, ConditionStatus, GatewayAddress, KubeSnapshot, ObjectKind, ObjectSet,
-    TranslateOptions, Translation, parse_manifests, translate,
+    TranslateOptions, Translation, translate,
 };
 
 const CLASSES: &str = r#"
@@ -64,18 +67,6 @@ spec:
   parentRefs: [{name: foreign, namespace: infra}]
   rules: [{backendRefs: [{name: web, port: 80}]}]
 "#;
-
-fn objects(documents: &[&str]) -> ObjectSet {
-    let mut set = ObjectSet::default();
-    for (i, text) in documents.iter().enumerate() {
-        let (parsed, problems) = parse_manifests(text, Path::new(&format!("inline-{i}.yaml")));
-        assert!(problems.is_empty(), "fixture {i}: {problems:?}");
-        for (object, location) in parsed {
-            set.insert(object, location);
-        }
-    }
-    set
-}
 
 fn with(options: TranslateOptions, documents: &[&str]) -> Translation {
     translate(&objects(documents), &options)
