@@ -257,15 +257,18 @@ fn apply(objects: &mut ObjectSet, patches: &[torhaus_k8s::status::StatusPatch]) 
                     .gateway_classes
                     .get_mut(&patch.key.name)
                     .expect("class");
-                class.object.status = serde_json::from_value(status).expect("class status");
+                std::sync::Arc::make_mut(&mut class.object).status =
+                    serde_json::from_value(status).expect("class status");
             }
             ObjectKind::Gateway => {
                 let gateway = objects.gateways.get_mut(&name).expect("gateway");
-                gateway.object.status = serde_json::from_value(status).expect("gateway status");
+                std::sync::Arc::make_mut(&mut gateway.object).status =
+                    serde_json::from_value(status).expect("gateway status");
             }
             ObjectKind::HttpRoute => {
                 let route = objects.http_routes.get_mut(&name).expect("route");
-                route.object.status = serde_json::from_value(status).expect("route status");
+                std::sync::Arc::make_mut(&mut route.object).status =
+                    serde_json::from_value(status).expect("route status");
             }
             other => panic!("a patch of {other}"),
         }

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use gateway_api::experimental::gatewayclasses::GatewayClass;
 use gateway_api::experimental::gateways::Gateway;
@@ -190,7 +191,9 @@ impl KubeObject {
 /// A value together with the place it was read from.
 #[derive(Debug, Clone)]
 pub struct Sourced<T> {
-    pub object: T,
+    /// Shared: the Kubernetes index copies its object set for every snapshot, and copying
+    /// pointers instead of whole objects keeps that cheap.
+    pub object: Arc<T>,
     pub location: SourceLocation,
 }
 
@@ -400,7 +403,10 @@ impl ObjectSet {
 }
 
 fn sourced<T>(object: T, location: SourceLocation) -> Sourced<T> {
-    Sourced { object, location }
+    Sourced {
+        object: Arc::new(object),
+        location,
+    }
 }
 
 /// Parses the text of one manifest file (YAML with any number of documents, or JSON; `kind:
