@@ -307,6 +307,38 @@ async fn watchers_feed_the_index_and_every_change_reaches_the_translation() {
 }
 
 #[tokio::test]
+async fn a_burst_of_events_becomes_one_translation() {
+    let api = FakeApi::new();
+    seed(&api);
+    let mut source = spawn_kubernetes_source(
+        api.client(0),
+        KubernetesOptions {
+            debounce: Duration::from_millis(500),
+            ..options()
+        },
+    );
+    let first = tokio::time::timeout(DEADLINE, source.first_snapshot())
+        .await
+        .expect("first sync")
+        .expect("source running");
+    // A rollout: 20 EndpointSlice updates in a row.
+    for i in 2..22 {
+        let addresses: Vec<String> = (1..i).map(|n| format!("10.1.0.{n}")).collect();
+        let addresses: Vec<&str> = addresses.iter().map(String::as_str).collect();
+        api.put(slice("apps", "web", &addresses));
+    }
+    let last = wait_for(&mut source.snapshots, "the last update", |s| {
+        endpoints_of_app(s).len() == 20
+    })
+    .await;
+    assert!(
+        last.seq - first.seq <= 3,
+        "20 updates within the debounce window caused {} translations",
+        last.seq - first.seq
+    );
+}
+
+#[tokio::test]
 async fn only_referenced_secrets_are_watched_and_held() {
     let api = FakeApi::new();
     seed(&api);
