@@ -339,6 +339,75 @@ async fn a_burst_of_events_becomes_one_translation() {
 }
 
 #[tokio::test]
+async fn an_unreadable_object_is_reported_and_its_last_good_version_keeps_serving() {
+    let api = FakeApi::new();
+    seed(&api);
+    // A filter type from a newer Gateway API release: the typed model cannot read it.
+    let mut future = route("apps", "future", "infra", "edge", "web");
+    future["spec"]["rules"][0]["filters"] = json!([{"type": "FancyNewFilter"}]);
+    future["spec"]["hostnames"] = json!(["future.example.com"]);
+    api.put(future);
+    let mut source = spawn_kubernetes_source(api.client(0), options());
+    let first = tokio::time::timeout(DEADLINE, source.first_snapshot())
+        .await
+        .expect("one bad object does not stop the first sync")
+        .expect("source running");
+    assert_eq!(
+        endpoints_of_app(&first),
+        ["10.1.0.1:8080"],
+        "the others serve"
+    );
+    let problems: Vec<String> = first
+        .translation
+        .report
+        .problems
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("HTTPRoute apps/future cannot be read")
+                && p.contains("FancyNewFilter")
+                && p.contains("ignored until it is fixed")),
+        "{problems:#?}"
+    );
+
+    // A route that was good and turns unreadable keeps its last good version.
+    let mut broken = route("apps", "app", "infra", "edge", "web");
+    broken["spec"]["rules"][0]["filters"] = json!([{"type": "FancyNewFilter"}]);
+    api.put(broken);
+    let snapshot = wait_for(&mut source.snapshots, "the problem to be reported", |s| {
+        s.translation
+            .report
+            .problems
+            .iter()
+            .any(|p| p.message.contains("HTTPRoute apps/app cannot be read"))
+    })
+    .await;
+    assert_eq!(endpoints_of_app(&snapshot), ["10.1.0.1:8080"]);
+    assert!(
+        snapshot
+            .translation
+            .report
+            .problems
+            .iter()
+            .any(|p| p.message.contains("its last good version keeps serving"))
+    );
+
+    // Fixed, the problem goes.
+    api.put(route("apps", "app", "infra", "edge", "web"));
+    wait_for(&mut source.snapshots, "the problem to go", |s| {
+        !s.translation
+            .report
+            .problems
+            .iter()
+            .any(|p| p.message.contains("apps/app"))
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn only_referenced_secrets_are_watched_and_held() {
     let api = FakeApi::new();
     seed(&api);

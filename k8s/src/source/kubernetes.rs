@@ -14,7 +14,7 @@
 //! cache-invalidation bugs) would buy nothing measurable; at 10,000 routes the debounce still
 //! bounds the work to a few translations a second.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,15 +26,17 @@ use gateway_api::experimental::httproutes::HttpRoute;
 use gateway_api::experimental::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use torhaus_model::ObjectName;
 
-use super::objects::{KubeObject, ObjectKey, ObjectKind, ObjectSet, SourceLocation};
+use super::objects::{
+    KubeObject, ObjectKey, ObjectKind, ObjectSet, Problem, SourceLocation, decode_object,
+};
 use crate::translate::{TranslateOptions, Translation, translate};
 
 /// Events closer together than this become one translation: a rollout changes many
@@ -122,23 +124,13 @@ pub fn spawn_kubernetes_source(client: Client, options: KubernetesOptions) -> Ku
     };
     let mut index = Index::new(options.translate);
     index.tasks = vec![
-        watchers.all::<GatewayClass>(ObjectKind::GatewayClass, |o| {
-            KubeObject::GatewayClass(Box::new(o))
-        }),
-        watchers.all::<Gateway>(ObjectKind::Gateway, |o| KubeObject::Gateway(Box::new(o))),
-        watchers.all::<HttpRoute>(ObjectKind::HttpRoute, |o| {
-            KubeObject::HttpRoute(Box::new(o))
-        }),
-        watchers.all::<ReferenceGrant>(ObjectKind::ReferenceGrant, |o| {
-            KubeObject::ReferenceGrant(Box::new(o))
-        }),
-        watchers.all::<Namespace>(ObjectKind::Namespace, |o| {
-            KubeObject::Namespace(Box::new(o))
-        }),
-        watchers.all::<Service>(ObjectKind::Service, |o| KubeObject::Service(Box::new(o))),
-        watchers.all::<EndpointSlice>(ObjectKind::EndpointSlice, |o| {
-            KubeObject::EndpointSlice(Box::new(o))
-        }),
+        watchers.all::<GatewayClass>(ObjectKind::GatewayClass),
+        watchers.all::<Gateway>(ObjectKind::Gateway),
+        watchers.all::<HttpRoute>(ObjectKind::HttpRoute),
+        watchers.all::<ReferenceGrant>(ObjectKind::ReferenceGrant),
+        watchers.all::<Namespace>(ObjectKind::Namespace),
+        watchers.all::<Service>(ObjectKind::Service),
+        watchers.all::<EndpointSlice>(ObjectKind::EndpointSlice),
     ];
     index.required = [
         ObjectKind::GatewayClass,
@@ -179,13 +171,30 @@ impl std::fmt::Display for Feed {
     }
 }
 
+/// An object as it came from the API: decoded, or why it could not be (an enum value from a
+/// newer Gateway API release, say). One bad object must not stop its whole watcher.
+#[derive(Debug)]
+enum Decoded {
+    Object(KubeObject),
+    Invalid(ObjectKey, String),
+}
+
+impl Decoded {
+    fn key(&self) -> ObjectKey {
+        match self {
+            Decoded::Object(object) => object.key(),
+            Decoded::Invalid(key, _) => key.clone(),
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Change {
     /// A (re)list starts: the objects until `InitDone` replace the feed's objects.
     Init,
-    InitObject(KubeObject),
+    InitObject(Decoded),
     InitDone,
-    Applied(KubeObject),
+    Applied(Decoded),
     Deleted(ObjectKey),
     Failed(String),
 }
@@ -210,15 +219,14 @@ impl Debug for Watchers {
 
 impl Watchers {
     /// Watches every object of a kind in the cluster.
-    fn all<K>(&self, kind: ObjectKind, wrap: fn(K) -> KubeObject) -> JoinHandle<()>
-    where
-        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    {
+    fn all<K: Resource<DynamicType = ()>>(&self, kind: ObjectKind) -> JoinHandle<()> {
+        let resource = ApiResource::erase::<K>(&());
         self.spawn(
-            Api::all(self.client.clone()),
+            Api::all_with(self.client.clone(), &resource),
+            resource,
             watcher::Config::default(),
             Feed::Kind(kind),
-            wrap,
+            kind,
         )
     }
 
@@ -228,24 +236,26 @@ impl Watchers {
     /// memory; per-name watches hold exactly the referenced ones, and a Gateway references
     /// few, so the extra watch connections are cheap.
     fn secret(&self, name: &ObjectName) -> JoinHandle<()> {
+        let resource = ApiResource::erase::<Secret>(&());
         self.spawn(
-            Api::<Secret>::namespaced(self.client.clone(), &name.namespace),
+            Api::namespaced_with(self.client.clone(), &name.namespace, &resource),
+            resource,
             watcher::Config::default().fields(&format!("metadata.name={}", name.name)),
             Feed::Secret(name.clone()),
-            |o| KubeObject::Secret(Box::new(o)),
+            ObjectKind::Secret,
         )
     }
 
-    fn spawn<K>(
+    /// Watches untyped objects and decodes each one on its own, so an object the typed model
+    /// cannot read becomes a problem about that object instead of a failing list.
+    fn spawn(
         &self,
-        api: Api<K>,
+        api: Api<DynamicObject>,
+        resource: ApiResource,
         config: watcher::Config,
         feed: Feed,
-        wrap: fn(K) -> KubeObject,
-    ) -> JoinHandle<()>
-    where
-        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    {
+        kind: ObjectKind,
+    ) -> JoinHandle<()> {
         let sender = self.sender.clone();
         tokio::spawn(async move {
             // Errors are retried by the watcher after an exponential backoff (0.8 s doubling
@@ -254,10 +264,10 @@ impl Watchers {
             while let Some(event) = events.next().await {
                 let change = match event {
                     Ok(Event::Init) => Change::Init,
-                    Ok(Event::InitApply(o)) => Change::InitObject(wrap(slim(o))),
+                    Ok(Event::InitApply(o)) => Change::InitObject(decode(o, &resource, kind)),
                     Ok(Event::InitDone) => Change::InitDone,
-                    Ok(Event::Apply(o)) => Change::Applied(wrap(slim(o))),
-                    Ok(Event::Delete(o)) => Change::Deleted(wrap(o).key()),
+                    Ok(Event::Apply(o)) => Change::Applied(decode(o, &resource, kind)),
+                    Ok(Event::Delete(o)) => Change::Deleted(key_of(&o, kind)),
                     Err(error) => Change::Failed(error.to_string()),
                 };
                 let update = Update {
@@ -272,11 +282,37 @@ impl Watchers {
     }
 }
 
-/// Drops what translation never reads and can be large.
-fn slim<K: Resource>(mut object: K) -> K {
+fn key_of(object: &DynamicObject, kind: ObjectKind) -> ObjectKey {
+    ObjectKey {
+        kind,
+        namespace: if kind.is_namespaced() {
+            object.namespace().unwrap_or_else(|| "default".to_owned())
+        } else {
+            String::new()
+        },
+        name: object.name_any(),
+    }
+}
+
+/// Drops what translation never reads and can be large, then decodes the typed object with
+/// the same checks as a manifest.
+fn decode(mut object: DynamicObject, resource: &ApiResource, kind: ObjectKind) -> Decoded {
+    let key = key_of(&object, kind);
     object.managed_fields_mut().clear();
     object.annotations_mut().remove(LAST_APPLIED);
-    object
+    let mut json = match serde_json::to_value(&object) {
+        Ok(json) => json,
+        Err(error) => return Decoded::Invalid(key, error.to_string()),
+    };
+    // List items of core kinds come without apiVersion and kind.
+    if let Some(map) = json.as_object_mut() {
+        map.insert("apiVersion".to_owned(), resource.api_version.clone().into());
+        map.insert("kind".to_owned(), resource.kind.clone().into());
+    }
+    match decode_object(json, SourceLocation::Api) {
+        Ok(object) => Decoded::Object(object),
+        Err(problem) => Decoded::Invalid(key, problem.message),
+    }
 }
 
 #[derive(Debug)]
@@ -284,7 +320,10 @@ struct Index {
     options: TranslateOptions,
     objects: Arc<ObjectSet>,
     /// Objects of a (re)list in progress, per feed.
-    relists: HashMap<Feed, Vec<KubeObject>>,
+    relists: HashMap<Feed, Vec<Decoded>>,
+    /// Objects the API holds that cannot be read, with why; their last good version (if
+    /// any) stays in `objects`.
+    invalid: BTreeMap<ObjectKey, String>,
     /// Feeds that must have listed once before the first translation.
     required: HashSet<Feed>,
     synced: HashSet<Feed>,
@@ -309,6 +348,7 @@ impl Index {
             options,
             objects: Arc::new(ObjectSet::default()),
             relists: HashMap::new(),
+            invalid: BTreeMap::new(),
             required: HashSet::new(),
             synced: HashSet::new(),
             secret_watches: HashMap::new(),
@@ -337,15 +377,15 @@ impl Index {
                 self.replace_feed(&feed, listed);
                 self.synced.insert(feed);
             }
-            Change::Applied(object) => {
-                if self.owned_by(&feed, &object.key()) {
-                    self.dirty |=
-                        Arc::make_mut(&mut self.objects).upsert(object, SourceLocation::Api);
+            Change::Applied(decoded) => {
+                if self.owned_by(&feed, &decoded.key()) {
+                    self.take(decoded);
                 }
             }
             Change::Deleted(key) => {
                 if self.owned_by(&feed, &key) {
                     self.dirty |= Arc::make_mut(&mut self.objects).remove(&key);
+                    self.dirty |= self.invalid.remove(&key).is_some();
                 }
             }
             Change::Failed(error) => {
@@ -369,27 +409,71 @@ impl Index {
         }
     }
 
+    /// Adds or replaces one object; an unreadable one is recorded and its last good version
+    /// keeps serving.
+    fn take(&mut self, decoded: Decoded) {
+        match decoded {
+            Decoded::Object(object) => {
+                self.dirty |= self.invalid.remove(&object.key()).is_some();
+                self.dirty |= Arc::make_mut(&mut self.objects).upsert(object, SourceLocation::Api);
+            }
+            Decoded::Invalid(key, message) => {
+                if self.invalid.get(&key) != Some(&message) {
+                    tracing::warn!(object = %key, %message, "cannot read an object; its last good version, if any, keeps serving");
+                    self.invalid.insert(key, message);
+                    self.dirty = true;
+                }
+            }
+        }
+    }
+
     /// A finished (re)list: the feed's objects become exactly the listed ones.
-    fn replace_feed(&mut self, feed: &Feed, listed: Vec<KubeObject>) {
-        let listed: Vec<KubeObject> = listed
+    fn replace_feed(&mut self, feed: &Feed, listed: Vec<Decoded>) {
+        let listed: Vec<Decoded> = listed
             .into_iter()
             .filter(|o| self.owned_by(feed, &o.key()))
             .collect();
-        let keep: BTreeSet<ObjectKey> = listed.iter().map(KubeObject::key).collect();
+        let keep: BTreeSet<ObjectKey> = listed.iter().map(Decoded::key).collect();
         let stale: Vec<ObjectKey> = match feed {
             Feed::Kind(kind) => self.objects.keys_of(*kind),
             Feed::Secret(name) => vec![secret_key(name)],
         }
         .into_iter()
+        .chain(
+            self.invalid
+                .keys()
+                .filter(|key| self.owned_by(feed, key))
+                .cloned(),
+        )
         .filter(|key| !keep.contains(key))
         .collect();
-        let objects = Arc::make_mut(&mut self.objects);
         for key in stale {
-            self.dirty |= objects.remove(&key);
+            self.dirty |= Arc::make_mut(&mut self.objects).remove(&key);
+            self.dirty |= self.invalid.remove(&key).is_some();
         }
-        for object in listed {
-            self.dirty |= objects.upsert(object, SourceLocation::Api);
+        for decoded in listed {
+            self.take(decoded);
         }
+    }
+
+    /// The unreadable objects as problems of the object set, for the report and the logs.
+    fn publish_problems(&mut self) {
+        let problems = self
+            .invalid
+            .iter()
+            .map(|(key, message)| {
+                let fallback = if self.objects.location_of(key).is_some() {
+                    "its last good version keeps serving"
+                } else {
+                    "it is ignored until it is fixed"
+                };
+                Problem::error(
+                    Some(SourceLocation::Api),
+                    format!("{key} cannot be read: {message}; {fallback}"),
+                )
+            })
+            .collect();
+        Arc::make_mut(&mut self.objects).problems = problems;
     }
 
     /// Starts watches for newly referenced Secrets and stops (and forgets) the others.
@@ -410,6 +494,7 @@ impl Index {
             self.synced.remove(&feed);
             self.relists.remove(&feed);
             self.dirty |= Arc::make_mut(&mut self.objects).remove(&secret_key(&name));
+            self.invalid.remove(&secret_key(&name));
         }
         for name in wanted {
             if !self.secret_watches.contains_key(&name) {
@@ -511,6 +596,7 @@ async fn run_index(
             }
         }
         unsynced_since = None;
+        index.publish_problems();
         index.dirty = false;
         let objects = index.objects.clone();
         let options = index.options.clone();

@@ -493,6 +493,23 @@ fn parse_document(
     }
 }
 
+/// One object of the API (as JSON with apiVersion and kind) → a typed object, or the problem
+/// naming what is wrong with it; the same checks and messages as for a manifest.
+pub(crate) fn decode_object(
+    json: serde_json::Value,
+    location: SourceLocation,
+) -> Result<KubeObject, Problem> {
+    let mut objects = Vec::new();
+    let mut problems = Vec::new();
+    parse_object(json, location.clone(), &mut objects, &mut problems);
+    match objects.pop() {
+        Some((object, _)) => Ok(object),
+        None => Err(problems
+            .pop()
+            .unwrap_or_else(|| Problem::error(Some(location), "the object cannot be read"))),
+    }
+}
+
 fn parse_object(
     mut json: serde_json::Value,
     location: SourceLocation,
