@@ -1,5 +1,6 @@
 //! Wiring for each subcommand: the directory or Kubernetes source feeds translations to the data plane.
 
+use std::collections::HashSet;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -41,7 +42,9 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let first = translations.borrow_and_update().clone();
-    log_translation(&first);
+    // In Kubernetes mode endpoints change all the time: repeat a problem only when it is new.
+    let mut logged = (controller.is_some()).then(HashSet::new);
+    log_translation(&first, logged.as_mut());
 
     let settings = GatewaySettings {
         bind: args.bind,
@@ -65,7 +68,7 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     control.spawn(async move {
         while translations.changed().await.is_ok() {
             let translation = translations.borrow_and_update().clone();
-            log_translation(&translation);
+            log_translation(&translation, logged.as_mut());
             if let Err(error) = forwarder.apply(translation.config.clone()) {
                 tracing::error!(%error, "the new configuration could not be applied; the previous one keeps serving");
             }
@@ -144,9 +147,22 @@ pub fn export_ca(args: &StateDirArg) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn log_translation(translation: &Translation) {
-    for problem in translation.report.problems() {
-        tracing::warn!("{problem}");
+/// Logs the translation's problems; with `seen`, only those the previous one did not have.
+fn log_translation(translation: &Translation, seen: Option<&mut HashSet<String>>) {
+    let problems: Vec<String> = translation
+        .report
+        .problems()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    match seen {
+        None => problems.iter().for_each(|p| tracing::warn!("{p}")),
+        Some(seen) => {
+            for problem in problems.iter().filter(|p| !seen.contains(*p)) {
+                tracing::warn!("{problem}");
+            }
+            *seen = problems.into_iter().collect();
+        }
     }
 }
 
