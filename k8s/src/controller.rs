@@ -108,9 +108,15 @@ impl Controller {
         }
     }
 
-    /// Hands the Lease over (if held) so another replica writes status at once.
+    /// Hands the Lease over (if held) so another replica writes status at once. Bounded: with
+    /// the API server gone, shutdown must not wait for it (the Lease then simply expires).
     pub async fn shutdown(self) {
-        self.election.release().await;
+        if tokio::time::timeout(Duration::from_secs(3), self.election.release())
+            .await
+            .is_err()
+        {
+            tracing::warn!("could not release the Lease in time; it expires by itself");
+        }
     }
 }
 

@@ -757,6 +757,47 @@ async fn leadership_hands_over_and_only_the_leader_writes() {
 }
 
 #[tokio::test]
+async fn replicas_starting_together_elect_exactly_one_leader() {
+    let api = FakeApi::new();
+    let elections: Vec<LeaderElection> = (0..3)
+        .map(|id| spawn_leader_election(api.client(id), fast_lease(&format!("replica-{id}"))))
+        .collect();
+    let any_leader = elections
+        .iter()
+        .map(|e| e.is_leader.clone())
+        .collect::<Vec<_>>();
+    eventually("a leader", || {
+        let leaders = any_leader.iter().filter(|l| *l.borrow()).count();
+        async move { (leaders > 0).then_some(()) }
+    })
+    .await;
+    // Let every replica campaign a few more rounds, then count again.
+    let before = api.requests().len();
+    eventually("more campaign rounds", || {
+        let api = api.clone();
+        async move { (api.requests().len() >= before + 30).then_some(()) }
+    })
+    .await;
+    let leaders: Vec<usize> = elections
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| *e.is_leader.borrow())
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(leaders.len(), 1, "leaders: {leaders:?}");
+    let lease = api
+        .get("Lease", "torhaus-system", "torhaus-status")
+        .expect("lease exists");
+    assert_eq!(
+        lease["spec"]["holderIdentity"],
+        format!("replica-{}", leaders[0])
+    );
+    for election in elections {
+        election.release().await;
+    }
+}
+
+#[tokio::test]
 async fn an_api_server_outage_keeps_the_last_state_and_reconnects() {
     let api = FakeApi::new();
     seed(&api);
