@@ -954,3 +954,23 @@ async fn real_cluster_gets_status_written_by_the_leader() {
         "the HTTPRoute was not Accepted within 60 s"
     );
 }
+
+#[tokio::test]
+async fn kubernetes_mode_refuses_to_start_without_a_gateway_address() {
+    let settings = torhaus_k8s::ControllerSettings {
+        addresses: Vec::new(),
+        lease_namespace: None,
+        lease_name: torhaus_k8s::DEFAULT_LEASE_NAME.to_owned(),
+        identity: "test".to_owned(),
+    };
+    let error = torhaus_k8s::Controller::start(settings)
+        .await
+        .err()
+        .map(|e| e.to_string());
+    assert_eq!(
+        error.as_deref(),
+        Some(
+            "no Gateway address: set --gateway-address to the VIP or node address torhaus serves on"
+        )
+    );
+}
