@@ -274,7 +274,7 @@ fn conditions_json(
                 "type": condition.type_,
                 "status": status,
                 "reason": condition.reason,
-                "message": condition.message,
+                "message": bounded(&condition.message),
                 "lastTransitionTime": since,
             });
             if let (Some(generation), Some(map)) = (generation, value.as_object_mut()) {
@@ -283,6 +283,21 @@ fn conditions_json(
             value
         })
         .collect()
+}
+
+/// The API refuses condition messages over 32768 bytes: a refused write would be retried
+/// forever, so long messages are cut (at a character boundary) and say so.
+fn bounded(message: &str) -> String {
+    const LIMIT: usize = 32_768;
+    const MARK: &str = " … (truncated)";
+    if message.len() <= LIMIT {
+        return message.to_owned();
+    }
+    let mut end = LIMIT - MARK.len();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{MARK}", &message[..end])
 }
 
 fn parent_ref_json(parent: &ParentReference) -> Value {
@@ -349,4 +364,18 @@ fn route_patch(
         json!({ "parents": wanted }),
         route.object.metadata.resource_version.clone(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bounded;
+
+    #[test]
+    fn long_messages_are_cut_to_what_the_api_accepts() {
+        assert_eq!(bounded("short"), "short");
+        let long = "é".repeat(20_000);
+        let cut = bounded(&long);
+        assert!(cut.len() <= 32_768, "{}", cut.len());
+        assert!(cut.ends_with(" … (truncated)"));
+    }
 }
