@@ -9,7 +9,7 @@ use gateway_api::experimental::gatewayclasses::GatewayClass;
 use gateway_api::experimental::gateways::Gateway;
 use gateway_api::experimental::httproutes::HttpRoute;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::Value;
 use tokio::sync::watch;
@@ -111,27 +111,32 @@ pub fn spawn_status_writer(
     stats
 }
 
+/// Sent untyped: the answer is not read, so an object the typed model cannot decode (a newer
+/// release's fields) never turns a successful write into a failure that is retried forever.
 async fn send(client: &Client, patch: &StatusPatch) -> Result<(), kube::Error> {
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..PatchParams::default()
     };
-    let body = Patch::Merge(&patch.body);
     let key = &patch.key;
-    match key.kind {
-        ObjectKind::GatewayClass => Api::<GatewayClass>::all(client.clone())
-            .patch_status(&key.name, &params, &body)
-            .await
-            .map(drop),
-        ObjectKind::Gateway => Api::<Gateway>::namespaced(client.clone(), &key.namespace)
-            .patch_status(&key.name, &params, &body)
-            .await
-            .map(drop),
-        ObjectKind::HttpRoute => Api::<HttpRoute>::namespaced(client.clone(), &key.namespace)
-            .patch_status(&key.name, &params, &body)
-            .await
-            .map(drop),
+    let api: Api<DynamicObject> = match key.kind {
+        ObjectKind::GatewayClass => {
+            Api::all_with(client.clone(), &ApiResource::erase::<GatewayClass>(&()))
+        }
+        ObjectKind::Gateway => Api::namespaced_with(
+            client.clone(),
+            &key.namespace,
+            &ApiResource::erase::<Gateway>(&()),
+        ),
+        ObjectKind::HttpRoute => Api::namespaced_with(
+            client.clone(),
+            &key.namespace,
+            &ApiResource::erase::<HttpRoute>(&()),
+        ),
         // The planner only produces patches for the kinds above.
-        _ => Ok(()),
-    }
+        _ => return Ok(()),
+    };
+    api.patch_status(&key.name, &params, &Patch::Merge(&patch.body))
+        .await
+        .map(drop)
 }
