@@ -418,13 +418,16 @@ async fn only_referenced_secrets_are_watched_and_held() {
         "metadata": {"name": "db-password", "namespace": "apps"},
         "data": {"password": "aHVudGVyMg=="}
     }));
+    api.put(tls_secret("apps", "stolen", "app.example.com"));
     api.put(gateway(
         "infra",
         "edge",
         "torhaus",
         json!([{"name": "https", "port": 443, "protocol": "HTTPS",
                 "tls": {"certificateRefs": [{"name": "edge-cert"}]},
-                "allowedRoutes": {"namespaces": {"from": "All"}}}]),
+                "allowedRoutes": {"namespaces": {"from": "All"}}},
+               {"name": "other", "port": 443, "protocol": "HTTPS", "hostname": "x.example.com",
+                "tls": {"certificateRefs": [{"name": "stolen", "namespace": "apps"}]}}]),
     ));
     let mut source = spawn_kubernetes_source(api.client(0), options());
     let first = tokio::time::timeout(DEADLINE, source.first_snapshot())
@@ -447,6 +450,11 @@ async fn only_referenced_secrets_are_watched_and_held() {
         .report
         .object(ObjectKind::Gateway, "infra", "edge")
         .expect("gateway status");
+    let other = edge.listener("other").expect("listener status");
+    assert_eq!(
+        other.condition("ResolvedRefs").map(|c| c.reason.clone()),
+        Some("RefNotPermitted".to_owned())
+    );
     let listener = edge.listener("https").expect("listener status");
     assert_eq!(
         listener

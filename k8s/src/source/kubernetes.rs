@@ -37,7 +37,7 @@ use torhaus_model::ObjectName;
 use super::objects::{
     KubeObject, ObjectKey, ObjectKind, ObjectSet, Problem, SourceLocation, decode_object,
 };
-use crate::translate::{TranslateOptions, Translation, translate};
+use crate::translate::{TranslateOptions, Translation, gateway_may_use_secret, translate};
 
 /// Events closer together than this become one translation: a rollout changes many
 /// EndpointSlices within a few milliseconds.
@@ -545,7 +545,16 @@ fn referenced_secrets(objects: &ObjectSet, options: &TranslateOptions) -> BTreeS
                     .namespace
                     .clone()
                     .unwrap_or_else(|| gateway_name.namespace.clone());
-                names.insert(ObjectName::new(namespace, reference.name.clone()));
+                // A Secret the Gateway may not use is never read: referencing a Secret of
+                // another namespace does not get it into torhaus's memory.
+                if gateway_may_use_secret(
+                    objects,
+                    &gateway_name.namespace,
+                    &namespace,
+                    &reference.name,
+                ) {
+                    names.insert(ObjectName::new(namespace, reference.name.clone()));
+                }
             }
         }
     }

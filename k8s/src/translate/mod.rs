@@ -320,6 +320,27 @@ pub fn translate(objects: &ObjectSet, options: &TranslateOptions) -> Translation
     }
 }
 
+/// Whether a Gateway in `gateway_namespace` may use the Secret `namespace/name` (same
+/// namespace, or a ReferenceGrant there allows it): the Kubernetes source watches no other.
+pub(crate) fn gateway_may_use_secret(
+    objects: &ObjectSet,
+    gateway_namespace: &str,
+    namespace: &str,
+    name: &str,
+) -> bool {
+    let from = RefEnd {
+        group: GATEWAY_GROUP,
+        kind: "Gateway",
+        namespace: gateway_namespace,
+    };
+    let to = RefEnd {
+        group: "",
+        kind: "Secret",
+        namespace,
+    };
+    reference_allowed(objects, from, to, name)
+}
+
 /// Whether the installed Gateway API release is one torhaus serves: any v1.x, since v1
 /// releases only add optional fields (which are tolerated). The message says which.
 fn supported_version(bundle_version: Option<&str>) -> Result<String, String> {
@@ -544,17 +565,7 @@ fn resolve_certificate(
             format!("{kind:?} in group {group:?} is not supported (only core Secrets)"),
         ));
     }
-    let from = RefEnd {
-        group: GATEWAY_GROUP,
-        kind: "Gateway",
-        namespace: &gateway.namespace,
-    };
-    let to = RefEnd {
-        group: "",
-        kind: "Secret",
-        namespace,
-    };
-    if !reference_allowed(objects, from, to, &reference.name) {
+    if !gateway_may_use_secret(objects, &gateway.namespace, namespace, &reference.name) {
         return Err((
             "RefNotPermitted",
             format!(
