@@ -55,6 +55,11 @@ impl Controller {
         let client = kube::Client::try_default()
             .await
             .map_err(ControllerError::Connect)?;
+        Ok(Self::start_with_client(client, settings).await)
+    }
+
+    /// [`Controller::start`] with a given client (tests use a mock API server).
+    pub async fn start_with_client(client: kube::Client, settings: ControllerSettings) -> Self {
         let namespace = settings
             .lease_namespace
             .clone()
@@ -80,7 +85,7 @@ impl Controller {
             StatusWriterOptions::default(),
         );
         tracing::info!(lease = %format!("{namespace}/{}", settings.lease_name), identity = %settings.identity, "watching the Kubernetes API");
-        Ok(Self { source, election })
+        Self { source, election }
     }
 
     /// Turns true after the first full sync (every watcher listed, first translation out).

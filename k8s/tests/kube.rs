@@ -982,3 +982,57 @@ async fn kubernetes_mode_refuses_to_start_without_a_gateway_address() {
         )
     );
 }
+
+#[tokio::test]
+async fn the_controller_reads_the_crd_version_serves_writes_and_hands_over() {
+    let api = FakeApi::new();
+    seed(&api);
+    api.put(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "gateways.gateway.networking.k8s.io",
+                     "annotations": {"gateway.networking.k8s.io/bundle-version": "v1.6.1"}}
+    }));
+    let settings = torhaus_k8s::ControllerSettings {
+        addresses: vec![GatewayAddress::parse("192.0.2.10")],
+        lease_namespace: Some("torhaus-system".to_owned()),
+        lease_name: torhaus_k8s::DEFAULT_LEASE_NAME.to_owned(),
+        identity: "pod-a".to_owned(),
+    };
+    let mut controller = torhaus_k8s::Controller::start_with_client(api.client(0), settings).await;
+    let mut translations = tokio::time::timeout(DEADLINE, controller.translations())
+        .await
+        .expect("first sync in time")
+        .expect("source running");
+    assert!(*controller.ready().borrow());
+    let first = translations.borrow_and_update().clone();
+    let supported = first
+        .report
+        .object(ObjectKind::GatewayClass, "", "torhaus")
+        .and_then(|c| c.condition("SupportedVersion"))
+        .map(|c| c.message.clone());
+    assert_eq!(
+        supported.as_deref(),
+        Some("Gateway API v1.6.1 is supported")
+    );
+    let mut leader = controller.is_leader();
+    wait_for(&mut leader, "leadership", |l| *l).await;
+    eventually("the Gateway's status", || {
+        let api = api.clone();
+        async move {
+            let gateway = api.get("Gateway", "infra", "edge")?;
+            (gateway.pointer("/status/addresses/0/value")? == "192.0.2.10").then_some(())
+        }
+    })
+    .await;
+
+    controller.shutdown().await;
+    let lease = api
+        .get("Lease", "torhaus-system", torhaus_k8s::DEFAULT_LEASE_NAME)
+        .expect("lease exists");
+    assert!(
+        lease["spec"]
+            .get("holderIdentity")
+            .is_none_or(Value::is_null),
+        "released on shutdown: {lease}"
+    );
+}
