@@ -155,7 +155,7 @@ enum RefreshFailure {
     Relogin(String),
 }
 
-/// One refresh in flight or recently finished, shared by the requests of one session.
+/// One refresh in flight or recently finished, keyed by the refresh token it spends.
 type RefreshSlot = (Instant, Arc<tokio::sync::OnceCell<RefreshResult>>);
 
 /// Finished refreshes are remembered this long so that requests still carrying the old
@@ -822,7 +822,7 @@ impl Authenticator {
             let mut map = self.refreshing.lock().await;
             map.retain(|_, (t, _)| t.elapsed() < REFRESH_REUSE);
             Arc::clone(
-                &map.entry(session.id.clone())
+                &map.entry(session.refresh_token.clone().unwrap_or_default())
                     .or_insert_with(|| (Instant::now(), Arc::new(tokio::sync::OnceCell::new())))
                     .1,
             )

@@ -233,8 +233,6 @@ impl JwksCache {
 
     /// Fetches the key set now.
     pub async fn refresh(&self) -> Result<Arc<JwkSet>, FetchError> {
-        let mut last = self.last_fetch.lock().await;
-        *last = Some(Instant::now());
         let url = match &self.jwks_uri {
             Some(u) => u.to_string(),
             None => {
@@ -264,15 +262,16 @@ impl JwksCache {
         Ok(set)
     }
 
-    /// Refetches unless a fetch happened within [`KID_REFETCH_INTERVAL`]; concurrent callers
-    /// wait for one fetch instead of each starting their own.
+    /// Refetches because of an unknown key id, unless another such refetch happened within
+    /// [`KID_REFETCH_INTERVAL`] (scheduled refreshes do not count, so a rotation right after
+    /// one is still picked up). Concurrent callers wait for one fetch instead of each starting
+    /// their own.
     pub async fn refresh_rate_limited(&self) -> Result<Option<Arc<JwkSet>>, FetchError> {
-        {
-            let last = self.last_fetch.lock().await;
-            if last.is_some_and(|t| t.elapsed() < KID_REFETCH_INTERVAL) {
-                return Ok(self.keys());
-            }
+        let mut last = self.last_fetch.lock().await;
+        if last.is_some_and(|t| t.elapsed() < KID_REFETCH_INTERVAL) {
+            return Ok(self.keys());
         }
+        *last = Some(Instant::now());
         self.refresh().await.map(Some)
     }
 }

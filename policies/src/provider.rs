@@ -146,8 +146,6 @@ impl Provider {
 
     /// Fetches discovery and JWKS now and swaps them in.
     pub async fn refresh(&self) -> Result<Arc<ProviderSnapshot>, ProviderError> {
-        let mut last = self.last_fetch.lock().await;
-        *last = Some(Instant::now());
         let issuer = IssuerUrl::new(self.oidc.issuer.clone())
             .map_err(|e| ProviderError::Config(e.to_string()))?;
         let metadata = Metadata::discover_async(issuer, &self.http)
@@ -181,16 +179,17 @@ impl Provider {
         }
     }
 
-    /// Refetches unless the last fetch is recent (kid misses, at most every 10 s).
+    /// Refetches because a token did not verify with the cached keys, at most once per
+    /// [`KID_REFETCH_INTERVAL`] (scheduled refreshes do not count); concurrent callers share
+    /// one fetch.
     pub async fn refresh_rate_limited(&self) -> Result<Arc<ProviderSnapshot>, ProviderError> {
+        let mut last = self.last_fetch.lock().await;
+        if last.is_some_and(|t| t.elapsed() < KID_REFETCH_INTERVAL)
+            && let Some(s) = self.current()
         {
-            let last = self.last_fetch.lock().await;
-            if last.is_some_and(|t| t.elapsed() < KID_REFETCH_INTERVAL)
-                && let Some(s) = self.current()
-            {
-                return Ok(s);
-            }
+            return Ok(s);
         }
+        *last = Some(Instant::now());
         self.refresh().await
     }
 
