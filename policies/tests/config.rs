@@ -1,0 +1,409 @@
+//! The AuthPolicy object: parsing, validation errors that name object and field, attachment
+//! precedence, and the decisions that need no provider.
+#![allow(
+    clippy::expect_used,
+    reason = "a broken test fixture should fail the test loudly"
+)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, Method, StatusCode};
+use torhaus_policies::policy::{AttachLevel, Target};
+use torhaus_policies::{
+    AuthContext, AuthPolicy, Authenticator, ConfigError, Decision, Policy, PolicySet, RequestView,
+};
+
+const EXAMPLE: &str = include_str!("../examples/authpolicy.yaml");
+
+fn secrets(ns: &str, name: &str, key: &str) -> Option<Vec<u8>> {
+    match (ns, name, key) {
+        ("monitoring" | "apps", "grafana-oidc", "client-secret") => Some(b"s3cret".to_vec()),
+        ("monitoring" | "apps", "torhaus-session", "key") => Some(vec![7; 32]),
+        ("monitoring" | "apps", "short", "key") => Some(vec![7; 16]),
+        _ => None,
+    }
+}
+
+fn parse(yaml: &str) -> AuthPolicy {
+    serde_yaml::from_str(yaml).expect("parses")
+}
+
+fn validate(yaml: &str) -> Result<Policy, ConfigError> {
+    parse(yaml).validate(&secrets)
+}
+
+/// The example with one line replaced.
+fn example_with(from: &str, to: &str) -> String {
+    assert!(EXAMPLE.contains(from), "example lacks {from:?}");
+    EXAMPLE.replacen(from, to, 1)
+}
+
+fn error_of(yaml: &str) -> ConfigError {
+    validate(yaml).expect_err("must be rejected")
+}
+
+#[test]
+fn the_documented_example_is_valid() {
+    let p = validate(EXAMPLE).expect("valid");
+    assert_eq!(p.key(), "monitoring/grafana-sso");
+    assert_eq!(
+        p.targets,
+        vec![
+            Target::Route {
+                name: "grafana".into()
+            },
+            Target::RouteRule {
+                name: "grafana".into(),
+                rule: "admin".into()
+            }
+        ]
+    );
+    let oidc = p.oidc.as_ref().expect("oidc");
+    assert_eq!(oidc.client_secret, "s3cret");
+    assert_eq!(oidc.refresh_before, Duration::from_secs(60));
+    let session = p.session.as_ref().expect("session");
+    assert_eq!(session.cookie_domain.as_deref(), Some("home.example"));
+    assert_eq!(session.max_age, Duration::from_secs(86_400));
+    assert_eq!(p.rules.groups, vec!["admins", "grafana-users"]);
+    assert_eq!(p.unauthenticated.len(), 2);
+    assert!(p.referenced_claims().contains("department"));
+}
+
+#[test]
+fn unknown_fields_are_rejected() {
+    let e = serde_yaml::from_str::<AuthPolicy>(&example_with("  oidc:\n", "  odic: {}\n  oidc:\n"))
+        .expect_err("typo must fail");
+    assert!(e.to_string().contains("odic"), "{e}");
+    let e = serde_yaml::from_str::<AuthPolicy>(&example_with(
+        "    maxAge: 24h\n",
+        "    maxAge: 24h\n    maxage: 1h\n",
+    ))
+    .expect_err("typo must fail");
+    assert!(e.to_string().contains("maxage"), "{e}");
+}
+
+#[test]
+fn errors_name_the_object_and_the_field() {
+    let cases = [
+        (
+            example_with("key: client-secret", "key: missing"),
+            "spec.oidc.clientSecretRef",
+            "no key",
+        ),
+        (
+            example_with(
+                "https://auth.home.example/application/o/grafana/",
+                "not a url",
+            ),
+            "spec.oidc.issuer",
+            "URL",
+        ),
+        (
+            example_with(
+                "{ name: torhaus-session, key: key }",
+                "{ name: short, key: key }",
+            ),
+            "spec.session.keySecretRefs[0]",
+            "32 bytes",
+        ),
+        (
+            example_with("algorithms: [RS256]", "algorithms: [HS256]"),
+            "spec.jwt.issuers[0].algorithms[0]",
+            "public-key",
+        ),
+        (
+            example_with(
+                "idTokenSigningAlgorithms: [RS256]",
+                "idTokenSigningAlgorithms: [RS256, HS256]",
+            ),
+            "spec.oidc.idTokenSigningAlgorithms",
+            "mix",
+        ),
+        (
+            example_with(
+                "idTokenSigningAlgorithms: [RS256]",
+                "idTokenSigningAlgorithms: [none]",
+            ),
+            "spec.oidc.idTokenSigningAlgorithms[0]",
+            "unsupported",
+        ),
+        (
+            example_with(
+                "idTokenSigningAlgorithms: [RS256]",
+                "idTokenSigningAlgorithms: [HS256]",
+            ),
+            "spec.oidc.clientSecretRef",
+            "32 bytes",
+        ),
+        (
+            example_with("preset: authentik", "preset: traefik"),
+            "spec.identityHeaders.preset",
+            "traefik",
+        ),
+        (
+            example_with("name: X-Department", "name: Authorization"),
+            "spec.identityHeaders.custom[0].name",
+            "may not",
+        ),
+        (
+            example_with(
+                "{ type: Exact, value: /api/health }",
+                "{ type: RegularExpression, value: \"(\" }",
+            ),
+            "spec.unauthenticatedPaths[1].value",
+            "regular expression",
+        ),
+        (
+            example_with(
+                "{ type: PathPrefix, value: /public }",
+                "{ type: Glob, value: /public }",
+            ),
+            "spec.unauthenticatedPaths[0].type",
+            "Glob",
+        ),
+        (
+            example_with(
+                "kind: HTTPRoute\n      name: grafana              #",
+                "kind: Service\n      name: grafana              #",
+            ),
+            "spec.targetRefs[0].kind",
+            "Gateway or HTTPRoute",
+        ),
+        (
+            example_with("maxAge: 24h", "maxAge: soon"),
+            "spec.session.maxAge",
+            "duration",
+        ),
+        (
+            example_with("cookieDomain: home.example", "cookieDomain: localhost"),
+            "spec.session.cookieDomain",
+            "dot",
+        ),
+        (
+            example_with(
+                "emailDomains: [home.example]",
+                "emailDomains: [\"bad domain\"]",
+            ),
+            "spec.authorization.emailDomains[0]",
+            "domain",
+        ),
+        (
+            example_with("audiences: [grafana]", "audiences: []"),
+            "spec.jwt.issuers[0].audiences",
+            "audience",
+        ),
+        (
+            example_with(
+                "logoutPath: /oauth2/sign_out",
+                "logoutPath: /oauth2/callback",
+            ),
+            "spec.oidc",
+            "differ",
+        ),
+        (
+            example_with(
+                "apiVersion: torhaus.dev/v1alpha1",
+                "apiVersion: torhaus.dev/v1",
+            ),
+            "apiVersion",
+            "v1alpha1",
+        ),
+    ];
+    for (yaml, field, needle) in cases {
+        let e = error_of(&yaml);
+        assert_eq!(e.object, "monitoring/grafana-sso", "{e}");
+        assert_eq!(e.field, field, "{e}");
+        assert!(
+            e.to_string().contains(needle),
+            "{e} should mention {needle:?}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("AuthPolicy monitoring/grafana-sso: "),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn a_policy_needs_something_to_enforce() {
+    let yaml = r#"
+apiVersion: torhaus.dev/v1alpha1
+kind: AuthPolicy
+metadata: { name: empty, namespace: apps }
+spec:
+  targetRefs: [{ kind: Gateway, name: gw }]
+"#;
+    assert_eq!(error_of(yaml).field, "spec");
+    let no_session = r#"
+apiVersion: torhaus.dev/v1alpha1
+kind: AuthPolicy
+metadata: { name: x, namespace: apps }
+spec:
+  targetRefs: [{ kind: Gateway, name: gw }]
+  oidc: { issuer: "https://idp.test/", clientID: c, clientSecretRef: { name: grafana-oidc, key: client-secret } }
+"#;
+    assert_eq!(error_of(no_session).field, "spec.session");
+}
+
+fn attached(name: &str, created: &str, targets: &str) -> Arc<Policy> {
+    let yaml = format!(
+        r#"
+apiVersion: torhaus.dev/v1alpha1
+kind: AuthPolicy
+metadata: {{ name: {name}, namespace: apps, creationTimestamp: "{created}" }}
+spec:
+  targetRefs: {targets}
+  jwt: {{ issuers: [{{ issuer: "https://idp.test/", audiences: [a] }}] }}
+"#
+    );
+    Arc::new(validate(&yaml).expect("valid"))
+}
+
+#[test]
+fn precedence_rule_over_route_over_listener_over_gateway() {
+    let set = PolicySet::new(vec![
+        attached(
+            "on-gateway",
+            "2024-01-01T00:00:00Z",
+            "[{ kind: Gateway, name: gw }]",
+        ),
+        attached(
+            "on-listener",
+            "2024-01-01T00:00:00Z",
+            "[{ kind: Gateway, name: gw, sectionName: https }]",
+        ),
+        attached(
+            "on-route",
+            "2024-01-01T00:00:00Z",
+            "[{ kind: HTTPRoute, name: app }]",
+        ),
+        attached(
+            "on-rule",
+            "2024-01-01T00:00:00Z",
+            "[{ kind: HTTPRoute, name: app, sectionName: admin }]",
+        ),
+    ]);
+    let eff = |listener: Option<&str>, route: &str, rule: Option<&str>| {
+        set.effective(("apps", "gw"), listener, ("apps", route), rule)
+            .map(|(l, p)| (l, p.name.clone()))
+    };
+    assert_eq!(
+        eff(Some("https"), "app", Some("admin")),
+        Some((AttachLevel::RouteRule, "on-rule".into()))
+    );
+    assert_eq!(
+        eff(Some("https"), "app", Some("other")),
+        Some((AttachLevel::Route, "on-route".into()))
+    );
+    assert_eq!(
+        eff(Some("https"), "other", None),
+        Some((AttachLevel::Listener, "on-listener".into()))
+    );
+    assert_eq!(
+        eff(Some("http"), "other", None),
+        Some((AttachLevel::Gateway, "on-gateway".into()))
+    );
+    // Another namespace's route is not targeted by these policies' route refs.
+    assert_eq!(
+        set.effective(("apps", "gw"), None, ("other-ns", "app"), Some("admin"))
+            .map(|(l, _)| l),
+        Some(AttachLevel::Gateway)
+    );
+    assert!(
+        set.effective(("infra", "gw2"), None, ("infra", "x"), None)
+            .is_none()
+    );
+}
+
+#[test]
+fn conflicts_at_one_level_go_to_the_oldest_then_the_name() {
+    let set = PolicySet::new(vec![
+        attached(
+            "zeta",
+            "2024-01-01T00:00:00Z",
+            "[{ kind: HTTPRoute, name: app }]",
+        ),
+        attached(
+            "newer",
+            "2025-01-01T00:00:00Z",
+            "[{ kind: HTTPRoute, name: app }]",
+        ),
+        attached(
+            "alpha",
+            "2024-01-01T00:00:00Z",
+            "[{ kind: HTTPRoute, name: app }]",
+        ),
+    ]);
+    let (_, p) = set
+        .effective(("apps", "gw"), None, ("apps", "app"), None)
+        .expect("a policy");
+    assert_eq!(p.name, "alpha");
+}
+
+fn request<'a>(method: &'a Method, pq: &'a str, headers: &'a HeaderMap) -> RequestView<'a> {
+    RequestView {
+        method,
+        scheme: "https",
+        host: "app.home.example",
+        path_and_query: pq,
+        headers,
+    }
+}
+
+#[tokio::test]
+async fn decisions_that_need_no_provider() {
+    let policy = Arc::new(validate(EXAMPLE).expect("valid"));
+    let auth = Authenticator::new(policy, &AuthContext::new().expect("client"));
+    let none = HeaderMap::new();
+    // Public paths pass without identity.
+    for pq in ["/public", "/public/x.css?v=1", "/api/health"] {
+        let d = auth.check(&request(&Method::GET, pq, &none));
+        assert!(
+            matches!(d, Decision::Allow(ref a) if a.upstream_headers.is_empty()),
+            "{pq}: {d:?}"
+        );
+    }
+    // `/publicity` is not under `/public`, `/api/health/x` is not the exact path.
+    for pq in ["/publicity", "/api/health/x"] {
+        assert!(
+            !matches!(
+                auth.check(&request(&Method::GET, pq, &none)),
+                Decision::Allow(_)
+            ),
+            "{pq}"
+        );
+    }
+    // No session, not a browser navigation: 401, never a redirect.
+    let d = auth.check(&request(&Method::POST, "/api/dashboards", &none));
+    assert!(
+        matches!(d, Decision::Reply(ref r) if r.status == StatusCode::UNAUTHORIZED),
+        "{d:?}"
+    );
+    // A browser navigation needs discovery first (network): pending, never allowed.
+    let d = auth.check(&request(&Method::GET, "/", &none));
+    assert!(matches!(d, Decision::Pending(_)), "{d:?}");
+    // The back-channel endpoint only takes POST, and POST needs the body.
+    let d = auth.check(&request(&Method::GET, "/oauth2/backchannel-logout", &none));
+    assert!(matches!(d, Decision::Reply(ref r) if r.status == StatusCode::METHOD_NOT_ALLOWED));
+    match auth.check(&request(&Method::POST, "/oauth2/backchannel-logout", &none)) {
+        Decision::Pending(p) => assert!(p.needs_body()),
+        other => panic!("{other:?}"),
+    }
+    // A garbage bearer token: 401 at once (the issuer is unknown, no fetch).
+    let mut bearer = HeaderMap::new();
+    bearer.insert("authorization", "Bearer not.a.jwt".parse().expect("value"));
+    let d = auth.check(&request(&Method::GET, "/", &bearer));
+    assert!(
+        matches!(d, Decision::Reply(ref r) if r.status == StatusCode::UNAUTHORIZED),
+        "{d:?}"
+    );
+    // Spoofable headers, including the outpost's meta headers, are all on the strip list.
+    assert!(auth.strip_list().iter().any(|h| h == "x-department"));
+    assert!(
+        auth.policy()
+            .headers
+            .must_strip(&http::HeaderName::from_static("x-authentik-meta-provider"))
+    );
+}
