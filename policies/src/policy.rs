@@ -497,6 +497,21 @@ impl AuthPolicy {
                     .as_deref()
                     .map(|u| cx.url("spec.oidc.redirectURL", u))
                     .transpose()?;
+                if let Some(u) = &redirect_url {
+                    // The login-state cookie must reach the callback host, and the session
+                    // cookie must come back to the app's host: both need a shared domain.
+                    let host = u.host_str().unwrap_or_default().to_ascii_lowercase();
+                    let domain = session.as_ref().and_then(|s| s.cookie_domain.as_deref());
+                    let shared = domain.is_some_and(|d| {
+                        host == d || host.strip_suffix(d).is_some_and(|rest| rest.ends_with('.'))
+                    });
+                    if !shared {
+                        return Err(cx.err(
+                            "spec.oidc.redirectURL",
+                            "a central callback host must lie under spec.session.cookieDomain",
+                        ));
+                    }
+                }
                 let callback_path = match &redirect_url {
                     Some(u) => u.path().to_owned(),
                     None => cx.path(

@@ -407,3 +407,18 @@ async fn decisions_that_need_no_provider() {
             .must_strip(&http::HeaderName::from_static("x-authentik-meta-provider"))
     );
 }
+
+#[test]
+fn a_central_callback_host_under_the_cookie_domain() {
+    let p = validate(&example_with(
+        "    callbackPath: /oauth2/callback",
+        "    redirectURL: https://login.home.example/cb",
+    ))
+    .expect("valid");
+    let oidc = p.oidc.expect("oidc");
+    assert_eq!(oidc.callback_path, "/cb");
+    assert_eq!(
+        oidc.redirect_url.map(|u| u.to_string()).as_deref(),
+        Some("https://login.home.example/cb")
+    );
+}

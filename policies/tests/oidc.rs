@@ -74,6 +74,8 @@ fn authenticator(yaml: &str) -> Arc<Authenticator> {
 struct Browser {
     op: reqwest::Client,
     cookies: BTreeMap<String, String>,
+    /// The gateway host this browser talks to.
+    host: String,
 }
 
 impl Browser {
@@ -86,6 +88,7 @@ impl Browser {
         Self {
             op,
             cookies: BTreeMap::new(),
+            host: HOST.to_owned(),
         }
     }
 
@@ -138,7 +141,7 @@ impl Browser {
         let req = RequestView {
             method: &method,
             scheme: "http",
-            host: HOST,
+            host: &self.host,
             path_and_query: pq,
             headers: &headers,
         };
@@ -166,7 +169,7 @@ impl Browser {
     ) -> anyhow::Result<url::Url> {
         let mut url = url::Url::parse(start)?;
         for _ in 0..10 {
-            if url.as_str().starts_with(&format!("http://{HOST}/")) {
+            if url.as_str().starts_with(&format!("http://{}/", self.host)) {
                 return Ok(url);
             }
             let resp = self.op.get(url.clone()).send().await?;
@@ -256,7 +259,10 @@ async fn login(auth: &Authenticator, b: &mut Browser, user: &str) -> anyhow::Res
     let callback = b.through_provider(&to_op, user, user).await?;
     let r = reply(b.get(auth, &path_and_query(&callback)).await);
     assert_eq!(r.status, StatusCode::FOUND, "callback: {}", r.body);
-    assert_eq!(r.header("location"), Some(&*format!("http://{HOST}/app")));
+    assert_eq!(
+        r.header("location"),
+        Some(&*format!("http://{}/app", b.host))
+    );
     Ok(callback)
 }
 
@@ -397,6 +403,7 @@ async fn login_headers_attacks_rp_and_backchannel_logout() -> anyhow::Result<()>
     let mut replay = Browser {
         op: reqwest::Client::new(),
         cookies: login_cookies,
+        host: HOST.to_owned(),
     };
     let r = reply(replay.get(&auth, &path_and_query(&callback)).await);
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
@@ -406,6 +413,7 @@ async fn login_headers_attacks_rp_and_backchannel_logout() -> anyhow::Result<()>
     let mut tampered = Browser {
         op: reqwest::Client::new(),
         cookies: site1.cookies.clone(),
+        host: HOST.to_owned(),
     };
     let value = tampered.cookies.get_mut(COOKIE).context("session cookie")?;
     let flipped = if value.ends_with('A') { 'B' } else { 'A' };
@@ -426,6 +434,7 @@ async fn login_headers_attacks_rp_and_backchannel_logout() -> anyhow::Result<()>
     let mut site2 = Browser {
         op: site1.op.clone(),
         cookies: BTreeMap::new(),
+        host: HOST.to_owned(),
     };
     login(&auth, &mut site2, "no-password-needed").await?;
     let site2_handle = allowed(site2.get(&auth, "/app").await)
@@ -458,6 +467,7 @@ async fn login_headers_attacks_rp_and_backchannel_logout() -> anyhow::Result<()>
     let mut thief = Browser {
         op: reqwest::Client::new(),
         cookies: copied,
+        host: HOST.to_owned(),
     };
     assert!(matches!(thief.get(&auth, "/app").await, Decision::Reply(_)));
 
@@ -849,6 +859,39 @@ async fn bearer_jwts_and_key_rotation() -> anyhow::Result<()> {
             .await,
     );
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_login_for_every_host_under_the_cookie_domain() -> anyhow::Result<()> {
+    let op = OidcProvider::start(OpOptions {
+        redirect_uris: Some("http://a.home.test:8080/oauth2/callback".into()),
+        ..OpOptions::default()
+    })
+    .await?;
+    let yaml = policy_yaml(&op.issuer(), "gateway", "").replace(
+        "    keySecretRefs:",
+        "    cookieDomain: home.test\n    keySecretRefs:",
+    );
+    let auth = authenticator(&yaml);
+    let mut a = Browser::new();
+    a.host = "a.home.test:8080".into();
+    login(&auth, &mut a, "alice").await?;
+    // The session cookie is scoped to the domain, so the browser sends it to b.home.test too.
+    let mut b = Browser {
+        op: a.op.clone(),
+        cookies: a.cookies.clone(),
+        host: "b.home.test:8080".into(),
+    };
+    let allow = allowed(b.get(&auth, "/").await);
+    assert_eq!(header(&allow, "x-authentik-username"), Some("alice"));
+    // The Set-Cookie of the login carried Domain=home.test.
+    let r = reply(Browser::new().get(&auth, "/").await);
+    assert!(
+        set_cookies(&r.headers)
+            .iter()
+            .all(|c| c.contains("Domain=home.test"))
+    );
     Ok(())
 }
 
