@@ -155,6 +155,19 @@ impl Browser {
         d
     }
 
+    /// Whether the pure `check` alone cannot decide a GET of `pq` (refresh, key fetch...).
+    fn needs_network(&self, auth: &Authenticator, pq: &str) -> bool {
+        let headers = self.headers(&[]);
+        let req = RequestView {
+            method: &Method::GET,
+            scheme: "http",
+            host: &self.host,
+            path_and_query: pq,
+            headers: &headers,
+        };
+        matches!(auth.check(&req), Decision::Pending(_))
+    }
+
     async fn get(&mut self, auth: &Authenticator, pq: &str) -> Decision {
         self.gateway(auth, Method::GET, pq, &[]).await
     }
@@ -656,21 +669,12 @@ async fn refresh_after_access_token_expiry_and_relogin_when_refresh_fails() -> a
     login(&auth, &mut b, "alice").await?;
     let first = b.cookies.get(COOKIE).cloned();
     // Wait (bounded) until the session is due for refresh, then let the gateway refresh it.
-    let headers_for = |b: &Browser| b.headers(&[]);
     wait_for(
         "the access token to approach expiry",
         Duration::from_secs(10),
         || {
-            let h = headers_for(&b);
-            let req = RequestView {
-                method: &Method::GET,
-                scheme: "http",
-                host: HOST,
-                path_and_query: "/app",
-                headers: &h,
-            };
-            let pending = matches!(auth.check(&req), Decision::Pending(_));
-            async move { pending.then_some(()) }
+            let due = b.needs_network(&auth, "/app");
+            async move { due.then_some(()) }
         },
     )
     .await?;
@@ -689,16 +693,8 @@ async fn refresh_after_access_token_expiry_and_relogin_when_refresh_fails() -> a
         "the refreshed access token to approach expiry",
         Duration::from_secs(10),
         || {
-            let h = headers_for(&b);
-            let req = RequestView {
-                method: &Method::GET,
-                scheme: "http",
-                host: HOST,
-                path_and_query: "/app",
-                headers: &h,
-            };
-            let pending = matches!(auth.check(&req), Decision::Pending(_));
-            async move { pending.then_some(()) }
+            let due = b.needs_network(&auth, "/app");
+            async move { due.then_some(()) }
         },
     )
     .await?;
