@@ -422,3 +422,133 @@ fn a_central_callback_host_under_the_cookie_domain() {
         Some("https://login.home.example/cb")
     );
 }
+
+fn sealed(session: &torhaus_policies::session::Session) -> String {
+    let codec = torhaus_policies::session::CookieCodec::new(&[vec![7; 32]]);
+    let chunks = torhaus_policies::session::seal_session(&codec, "torhaus_session", session, &[])
+        .expect("seal");
+    assert_eq!(chunks.len(), 1);
+    format!("torhaus_session={}", chunks[0])
+}
+
+fn session_for(
+    groups: &[&str],
+    email: &str,
+    department: Option<&str>,
+) -> torhaus_policies::session::Session {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let mut claims = serde_json::Map::new();
+    if let Some(d) = department {
+        claims.insert("department".into(), d.into());
+    }
+    torhaus_policies::session::Session {
+        id: torhaus_policies::session::random_token(16),
+        sid: None,
+        issued_at: now,
+        expires_at: now + 3600,
+        access_expires_at: Some(now + 600),
+        refresh_token: Some("rt".into()),
+        groups_truncated: false,
+        identity: torhaus_policies::identity::Identity {
+            sub: "u-1".into(),
+            username: Some("alice".into()),
+            email: Some(email.into()),
+            name: Some("Alice".into()),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            claims,
+            raw_token: None,
+        },
+    }
+}
+
+#[tokio::test]
+async fn sessions_are_decided_from_the_cookie_alone() {
+    let ctx = AuthContext::new().expect("client");
+    let auth = Authenticator::new(Arc::new(validate(EXAMPLE).expect("valid")), &ctx);
+    let decide = |cookie: &str, accept: Option<&str>| {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::COOKIE, cookie.parse().expect("cookie"));
+        if let Some(a) = accept {
+            h.insert(http::header::ACCEPT, a.parse().expect("accept"));
+        }
+        let req = RequestView {
+            method: &Method::GET,
+            scheme: "https",
+            host: "app.home.example",
+            path_and_query: "/",
+            headers: &h,
+        };
+        auth.check(&req)
+    };
+    let mut good = session_for(&["admins"], "alice@home.example", Some("ops"));
+    good.sid = Some("op-session".into());
+    match decide(&sealed(&good), None) {
+        Decision::Allow(a) => {
+            let get = |n: &str| {
+                a.upstream_headers
+                    .iter()
+                    .find(|(k, _)| k == n)
+                    .and_then(|(_, v)| v.to_str().ok())
+            };
+            assert_eq!(get("x-authentik-username"), Some("alice"));
+            assert_eq!(get("x-department"), Some("ops"));
+            let handle = a.session.as_ref().expect("handle");
+            assert!(auth.session_active(handle));
+            // Revocation by the provider's session id (back-channel logout) ends it, lock-free.
+            ctx.revocations.revoke(
+                torhaus_policies::revocation::Revoked::ProviderSession("op-session".into()),
+                60,
+            );
+            assert!(!auth.session_active(handle));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Revoked: a login again (pending discovery here), never Allow; JSON clients get 401.
+    assert!(matches!(decide(&sealed(&good), None), Decision::Pending(_)));
+    let r = match decide(&sealed(&good), Some("application/json")) {
+        Decision::Reply(r) => r,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        r.headers
+            .iter()
+            .any(|(k, v)| k == "set-cookie" && v.to_str().is_ok_and(|v| v.contains("Max-Age=0")))
+    );
+
+    // Rules: wrong group, wrong domain, missing claim -> 403 page.
+    for s in [
+        session_for(&["users"], "bob@home.example", Some("ops")),
+        session_for(&["admins"], "bob@elsewhere.example", Some("ops")),
+        session_for(&["admins"], "bob@home.example", None),
+    ] {
+        match decide(&sealed(&s), None) {
+            Decision::Reply(r) => assert_eq!(r.status, StatusCode::FORBIDDEN),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Expired session; access token expired without refresh token; refresh due.
+    let mut expired = session_for(&["admins"], "a@home.example", Some("ops"));
+    expired.expires_at = 1;
+    assert!(
+        matches!(decide(&sealed(&expired), Some("application/json")), Decision::Reply(r) if r.status == StatusCode::UNAUTHORIZED)
+    );
+    let mut no_rt = session_for(&["admins"], "a@home.example", Some("ops"));
+    no_rt.refresh_token = None;
+    no_rt.access_expires_at = Some(1);
+    assert!(
+        matches!(decide(&sealed(&no_rt), Some("application/json")), Decision::Reply(r) if r.status == StatusCode::UNAUTHORIZED)
+    );
+    let mut due = session_for(&["admins"], "a@home.example", Some("ops"));
+    due.access_expires_at = due.access_expires_at.map(|_| due.issued_at + 30);
+    assert!(
+        matches!(
+            decide(&sealed(&due), Some("application/json")),
+            Decision::Pending(_)
+        ),
+        "refresh within 60 s of expiry"
+    );
+}
