@@ -931,3 +931,40 @@ fn base64_payload(s: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
 }
+
+fn kids(jwks: &jsonwebtoken::jwk::JwkSet) -> Vec<String> {
+    jwks.keys
+        .iter()
+        .filter_map(|k| k.common.key_id.clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_background_refresher_picks_up_rotated_keys() -> anyhow::Result<()> {
+    let mut op = OidcProvider::start(OpOptions::default()).await?;
+    let auth = authenticator(&policy_yaml(&op.issuer(), "gateway", ""));
+    let provider = Arc::clone(auth.provider().context("provider")?);
+    let task = auth.spawn_refresher(Duration::from_millis(200));
+    let first = wait_for("the first discovery", Duration::from_secs(10), || {
+        let snap = provider.current();
+        async move { snap.map(|s| kids(&s.jwks)) }
+    })
+    .await?;
+    op.restart(Some(op.temp_path("jwks-next.json"))).await?;
+    let file: jsonwebtoken::jwk::JwkSet =
+        serde_json::from_slice(&std::fs::read(op.temp_path("jwks-next.json"))?)?;
+    let next = kids(&file);
+    assert_ne!(first, next);
+    wait_for(
+        "the refresher to load the rotated key",
+        Duration::from_secs(10),
+        || {
+            let current = provider.current().map(|s| kids(&s.jwks));
+            let want = next.clone();
+            async move { (current == Some(want)).then_some(()) }
+        },
+    )
+    .await?;
+    task.abort();
+    Ok(())
+}
