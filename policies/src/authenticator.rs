@@ -52,11 +52,19 @@ impl RequestView<'_> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
-    /// API clients and XHR get status codes, never login redirects.
+    /// API clients and XHR get status codes, never login redirects: a redirect to the
+    /// provider cannot be followed by `fetch()` (CORS) and only breaks the page's script.
     pub fn wants_json(&self) -> bool {
         if self
             .header("x-requested-with")
             .is_some_and(|v| v.eq_ignore_ascii_case("xmlhttprequest"))
+        {
+            return true;
+        }
+        // Browsers mark fetch()/XHR with `Sec-Fetch-Dest: empty`; navigations say `document`.
+        if self
+            .header("sec-fetch-dest")
+            .is_some_and(|v| v.eq_ignore_ascii_case("empty"))
         {
             return true;
         }

@@ -384,6 +384,15 @@ async fn decisions_that_need_no_provider() {
     // A browser navigation needs discovery first (network): pending, never allowed.
     let d = auth.check(&request(&Method::GET, "/", &none));
     assert!(matches!(d, Decision::Pending(_)), "{d:?}");
+    // fetch() from a page (Sec-Fetch-Dest: empty) gets 401 like XHR, not a redirect.
+    let mut fetch = HeaderMap::new();
+    fetch.insert("sec-fetch-dest", "empty".parse().expect("value"));
+    fetch.insert("accept", "*/*".parse().expect("value"));
+    let d = auth.check(&request(&Method::GET, "/api/x", &fetch));
+    assert!(
+        matches!(d, Decision::Reply(ref r) if r.status == StatusCode::UNAUTHORIZED),
+        "{d:?}"
+    );
     // The back-channel endpoint only takes POST, and POST needs the body.
     let d = auth.check(&request(&Method::GET, "/oauth2/backchannel-logout", &none));
     assert!(matches!(d, Decision::Reply(ref r) if r.status == StatusCode::METHOD_NOT_ALLOWED));
