@@ -359,6 +359,13 @@ def check_bad_values_are_refused() -> None:
     require("terminationGracePeriodSeconds" in message, f"the refusal must name terminationGracePeriodSeconds: {message}")
     message = render_error({"adminBind": "localhost"})
     require("adminBind" in message, f"the refusal must name adminBind: {message}")
+    # values.schema.json: a misspelt or mistyped value fails instead of being silently ignored.
+    message = render_error({"gracePeriod": 10})
+    require("gracePeriod" in message, f"the refusal must name the unknown value gracePeriod: {message}")
+    message = render_error({"logFormat": "yaml"})
+    require("logFormat" in message, f"the refusal must name logFormat: {message}")
+    message = render_error({"rbac": {"create": "yes"}})
+    require("rbac" in message and "create" in message, f"the refusal must name rbac.create: {message}")
 
 
 def check_plain_manifests_match_chart(update: bool) -> None:
