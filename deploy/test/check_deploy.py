@@ -485,6 +485,22 @@ def check_example_translates() -> None:
     require(out.count("(attachedRoutes 1)") == 2, f"each listener must have one route attached:\n{out}")
 
 
+def check_binary_knows_the_chart_flags() -> None:
+    """Every flag the DaemonSet passes exists in `torhaus run` (once Kubernetes mode exists)."""
+    binary = torhaus_binary()
+    if binary is None:
+        raise Skipped("no torhaus binary (build it, or set TORHAUS_BIN)")
+    result = subprocess.run([str(binary), "run", "--help"], capture_output=True, text=True, timeout=30)
+    require(result.returncode == 0, f"torhaus run --help failed:\n{result.stderr}")
+    known = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", result.stdout))
+    if "--kubernetes" not in known:
+        raise Skipped(f"{binary} has no `run --kubernetes` yet")
+    args = container(render())["args"]
+    flags = {arg.split("=", 1)[0] for arg in args if arg.startswith("--")}
+    unknown = sorted(flags - known)
+    require(not unknown, f"the DaemonSet passes {unknown}, which `torhaus run` does not know")
+
+
 def tool(name: str) -> str:
     found = shutil.which(name, path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     require(found is not None, f"{name} is not installed (scripts/deploy-test.sh installs it)")
@@ -522,6 +538,7 @@ CHECKS: list[tuple[str, Callable[..., None]]] = [
     ("every value is documented", check_values_are_documented),
     ("Gateway API and torhaus versions agree", check_versions_agree),
     ("the k3s example translates cleanly", check_example_translates),
+    ("torhaus run knows every flag the chart passes", check_binary_knows_the_chart_flags),
     ("Dockerfile", check_dockerfile),
     ("shell scripts", check_shell_scripts),
 ]
