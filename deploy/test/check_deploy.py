@@ -20,8 +20,9 @@ import subprocess
 import sys
 import tempfile
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import helm_python as helm
 import kubernetes_validate
@@ -71,9 +72,7 @@ def render_files(values: dict[str, Any] | None = None) -> dict[str, str]:
     with helm.Chart.load(str(CHART)) as chart:
         rendered = chart.render(values or {}, name=RELEASE, namespace=NAMESPACE, is_install=True)
     return {
-        Path(path).name: text
-        for path, text in rendered.items()
-        if path.endswith((".yaml", ".yml")) and text.strip()
+        Path(path).name: text for path, text in rendered.items() if path.endswith((".yaml", ".yml")) and text.strip()
     }
 
 
@@ -102,11 +101,13 @@ def plain_manifest() -> str:
     unknown = sorted(set(files) - set(INSTALL_ORDER))
     require(not unknown, f"templates {unknown} are missing from INSTALL_ORDER in {__file__}")
     parts = [
-        "# torhaus: the plain manifests, rendered from charts/torhaus with its default values\n"
-        "# (release torhaus, namespace torhaus, createNamespace=true). Do not edit: change the chart\n"
-        "# and run `scripts/deploy-test.sh --update`; the tests fail while the two differ.\n"
-        "# Install the Gateway API CRDs first (deploy/gateway-api-crds.sh), then:\n"
-        "#   kubectl apply --server-side -f deploy/torhaus.yaml\n"
+        (
+            "# torhaus: the plain manifests, rendered from charts/torhaus with its default values\n"
+            "# (release torhaus, namespace torhaus, createNamespace=true). Do not edit: change the chart\n"
+            "# and run `scripts/deploy-test.sh --update`; the tests fail while the two differ.\n"
+            "# Install the Gateway API CRDs first (deploy/gateway-api-crds.sh), then:\n"
+            "#   kubectl apply --server-side -f deploy/torhaus.yaml\n"
+        )
     ]
     for name in INSTALL_ORDER:
         if name in files:
@@ -160,7 +161,9 @@ def validate_objects(objects: list[dict[str, Any]], origin: str) -> None:
                 kubernetes_validate.validate(obj, version, strict=True)
             except kubernetes_validate.ValidationError as err:
                 path = ".".join(str(p) for p in err.path)
-                raise CheckFailed(f"{where}: invalid for Kubernetes {version} at {path or '(root)'}: {err.message}") from None
+                raise CheckFailed(
+                    f"{where}: invalid for Kubernetes {version} at {path or '(root)'}: {err.message}"
+                ) from None
             except kubernetes_validate.SchemaNotFoundError as err:
                 raise CheckFailed(f"{where}: {err.message}") from None
 
@@ -193,7 +196,9 @@ def check_daemonset_shape(objects: list[dict[str, Any]], values: dict[str, Any])
     csc = c["securityContext"]
     require(csc.get("readOnlyRootFilesystem") is True, "readOnlyRootFilesystem must be true")
     require(csc.get("capabilities", {}).get("drop") == ["ALL"], "capabilities must drop ALL")
-    require(csc.get("capabilities", {}).get("add") == ["NET_BIND_SERVICE"], "capabilities must add only NET_BIND_SERVICE")
+    require(
+        csc.get("capabilities", {}).get("add") == ["NET_BIND_SERVICE"], "capabilities must add only NET_BIND_SERVICE"
+    )
     require(csc.get("privileged") in (None, False), "the container must not be privileged")
 
     mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
@@ -214,14 +219,20 @@ def check_daemonset_shape(objects: list[dict[str, Any]], values: dict[str, Any])
     require("memory" in resources.get("limits", {}), "a memory limit is required")
 
     env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in c["env"]}
-    for name, field in (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace"), ("NODE_NAME", "spec.nodeName")):
+    for name, field in (
+        ("POD_NAME", "metadata.name"),
+        ("POD_NAMESPACE", "metadata.namespace"),
+        ("NODE_NAME", "spec.nodeName"),
+    ):
         require(env.get(name) == field, f"env {name} must come from the field {field}")
 
     selector = ds["spec"]["selector"]["matchLabels"]
     labels = ds["spec"]["template"]["metadata"]["labels"]
     require(selector.items() <= labels.items(), "the DaemonSet selector must match its pod labels")
     rolling = ds["spec"]["updateStrategy"].get("rollingUpdate", {})
-    require(rolling.get("maxSurge", 0) == 0, "maxSurge must be 0: two pods on one node cannot both bind the host's ports")
+    require(
+        rolling.get("maxSurge", 0) == 0, "maxSurge must be 0: two pods on one node cannot both bind the host's ports"
+    )
 
 
 # The complete permission set. Any change must be deliberate: update this table and
@@ -275,14 +286,29 @@ def diff_grants(actual: dict[tuple[str, str], set[str]], expected: dict[tuple[st
 def check_lint() -> None:
     result = helm.lint(str(CHART), strict=True, namespace=NAMESPACE)
     findings = [f"[{m.get('severity')}] {m.get('path')}: {m.get('error')}" for m in result.get("messages", [])]
-    require(not result.get("errors") and not findings, "helm lint --strict: " + "; ".join(findings + list(result.get("errors", []))))
+    require(
+        not result.get("errors") and not findings,
+        "helm lint --strict: " + "; ".join(findings + list(result.get("errors", []))),
+    )
 
 
 def check_default_render_is_valid() -> None:
     objects = render()
     kinds = sorted(o["kind"] for o in objects)
     require(
-        kinds == sorted(["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "GatewayClass", "DaemonSet", "PodDisruptionBudget"]),
+        kinds
+        == sorted(
+            [
+                "ServiceAccount",
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "Role",
+                "RoleBinding",
+                "GatewayClass",
+                "DaemonSet",
+                "PodDisruptionBudget",
+            ]
+        ),
         f"unexpected set of objects: {kinds}",
     )
     validate_objects(objects, "chart (default values)")
@@ -300,14 +326,25 @@ def check_rbac_is_least_privilege() -> None:
     namespaced = flatten_rules(role)
     require(namespaced == EXPECTED_NAMESPACED_RULES, "Role: " + diff_grants(namespaced, EXPECTED_NAMESPACED_RULES))
     sa = one(objects, "ServiceAccount")["metadata"]["name"]
-    require(one(objects, "DaemonSet")["spec"]["template"]["spec"]["serviceAccountName"] == sa,
-            "the DaemonSet must run as the chart's ServiceAccount")
+    require(
+        one(objects, "DaemonSet")["spec"]["template"]["spec"]["serviceAccountName"] == sa,
+        "the DaemonSet must run as the chart's ServiceAccount",
+    )
     for binding_kind, role_kind in (("ClusterRoleBinding", "ClusterRole"), ("RoleBinding", "Role")):
         binding = one(objects, binding_kind)
-        require(binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": one(objects, role_kind)["metadata"]["name"]},
-                f"{binding_kind} must refer to the chart's {role_kind}")
-        require(binding["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}],
-                f"{binding_kind} must bind only the chart's ServiceAccount")
+        require(
+            binding["roleRef"]
+            == {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": role_kind,
+                "name": one(objects, role_kind)["metadata"]["name"],
+            },
+            f"{binding_kind} must refer to the chart's {role_kind}",
+        )
+        require(
+            binding["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}],
+            f"{binding_kind} must bind only the chart's ServiceAccount",
+        )
     no_secret_writes = flatten_rules(one(render({"rbac": {"writeSecrets": False}}), "Role"))
     require(("", "secrets") not in no_secret_writes, "rbac.writeSecrets=false must remove the Secret write rule")
 
@@ -319,24 +356,36 @@ def check_gatewayclass_and_pdb() -> None:
     require(gc["metadata"]["name"] == "torhaus", "the default GatewayClass is named torhaus")
     pdb = one(objects, "PodDisruptionBudget")
     ds = one(objects, "DaemonSet")
-    require(pdb["spec"]["selector"]["matchLabels"] == ds["spec"]["selector"]["matchLabels"], "the PDB must select the DaemonSet's pods")
+    require(
+        pdb["spec"]["selector"]["matchLabels"] == ds["spec"]["selector"]["matchLabels"],
+        "the PDB must select the DaemonSet's pods",
+    )
     require(pdb["spec"].get("maxUnavailable") == 1, "the PDB allows one pod down at a time")
     renamed = one(render({"gatewayClass": {"name": "edge"}}), "GatewayClass")
     require(renamed["metadata"]["name"] == "edge", "gatewayClass.name must name the GatewayClass")
     without = render({"gatewayClass": {"create": False}, "podDisruptionBudget": {"enabled": False}})
-    require(not by_kind(without, "GatewayClass") and not by_kind(without, "PodDisruptionBudget"),
-            "gatewayClass.create=false and podDisruptionBudget.enabled=false must leave them out")
+    require(
+        not by_kind(without, "GatewayClass") and not by_kind(without, "PodDisruptionBudget"),
+        "gatewayClass.create=false and podDisruptionBudget.enabled=false must leave them out",
+    )
 
 
 def check_value_variants() -> None:
     variants: list[dict[str, Any]] = [
         {"adminBind": "[::]:9902", "gracePeriodSeconds": 60, "terminationGracePeriodSeconds": 65},
         {"hostNetwork": False, "createNamespace": True, "prometheusAnnotations": False},
-        {"stateDir": "/state", "stateVolume": {"hostPath": {"path": "/var/lib/torhaus", "type": "DirectoryOrCreate"}},
-         "extraArgs": ["--trusted-hops", "1"], "extraEnv": [{"name": "TZ", "value": "UTC"}],
-         "tolerations": [{"operator": "Exists"}], "nodeSelector": {"torhaus.dev/edge": "true"},
-         "priorityClassName": "system-cluster-critical", "imagePullSecrets": [{"name": "regcred"}],
-         "podAnnotations": {"a": "b"}, "podLabels": {"c": "d"}},
+        {
+            "stateDir": "/state",
+            "stateVolume": {"hostPath": {"path": "/var/lib/torhaus", "type": "DirectoryOrCreate"}},
+            "extraArgs": ["--trusted-hops", "1"],
+            "extraEnv": [{"name": "TZ", "value": "UTC"}],
+            "tolerations": [{"operator": "Exists"}],
+            "nodeSelector": {"torhaus.dev/edge": "true"},
+            "priorityClassName": "system-cluster-critical",
+            "imagePullSecrets": [{"name": "regcred"}],
+            "podAnnotations": {"a": "b"},
+            "podLabels": {"c": "d"},
+        },
     ]
     for values in variants:
         objects = render(values)
@@ -344,19 +393,32 @@ def check_value_variants() -> None:
         check_daemonset_shape(objects, values)
     ns = one(render({"createNamespace": True}), "Namespace")
     require(ns["metadata"]["name"] == NAMESPACE, "the Namespace must be the release namespace")
-    require(ns["metadata"]["labels"].get("pod-security.kubernetes.io/enforce") == "privileged",
-            "the Namespace must admit host-network pods (Pod Security privileged)")
+    require(
+        ns["metadata"]["labels"].get("pod-security.kubernetes.io/enforce") == "privileged",
+        "the Namespace must admit host-network pods (Pod Security privileged)",
+    )
     byo = render({"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "mine"}})
-    require(not [o for o in byo if o["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")],
-            "rbac.create=false and serviceAccount.create=false must render no RBAC objects")
-    require(one(byo, "DaemonSet")["spec"]["template"]["spec"]["serviceAccountName"] == "mine", "serviceAccount.name must be used")
+    require(
+        not [
+            o
+            for o in byo
+            if o["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+        ],
+        "rbac.create=false and serviceAccount.create=false must render no RBAC objects",
+    )
+    require(
+        one(byo, "DaemonSet")["spec"]["template"]["spec"]["serviceAccountName"] == "mine",
+        "serviceAccount.name must be used",
+    )
     annotated = one(render(), "DaemonSet")["spec"]["template"]["metadata"]["annotations"]
     require(annotated.get("prometheus.io/port") == "9901", "the Prometheus port annotation follows adminBind")
 
 
 def check_bad_values_are_refused() -> None:
     message = render_error({"gracePeriodSeconds": 30, "terminationGracePeriodSeconds": 30})
-    require("terminationGracePeriodSeconds" in message, f"the refusal must name terminationGracePeriodSeconds: {message}")
+    require(
+        "terminationGracePeriodSeconds" in message, f"the refusal must name terminationGracePeriodSeconds: {message}"
+    )
     message = render_error({"adminBind": "localhost"})
     require("adminBind" in message, f"the refusal must name adminBind: {message}")
     # values.schema.json: a misspelt or mistyped value fails instead of being silently ignored.
@@ -373,8 +435,10 @@ def check_plain_manifests_match_chart(update: bool) -> None:
     if update:
         PLAIN.write_text(expected)
     require(PLAIN.exists(), f"{PLAIN.relative_to(ROOT)} is missing: run scripts/deploy-test.sh --update")
-    require(PLAIN.read_text() == expected,
-            f"{PLAIN.relative_to(ROOT)} differs from the chart's rendering: run scripts/deploy-test.sh --update")
+    require(
+        PLAIN.read_text() == expected,
+        f"{PLAIN.relative_to(ROOT)} differs from the chart's rendering: run scripts/deploy-test.sh --update",
+    )
     objects = documents(PLAIN.read_text())
     validate_objects(objects, PLAIN.name)
     require(objects[0]["kind"] == "Namespace", "deploy/torhaus.yaml must create its namespace first")
@@ -418,17 +482,25 @@ def check_versions_agree() -> None:
     require(match is not None, "Cargo.lock has no gateway-api package")
     crate = match.group(1)
     require(crate in GATEWAY_API_FOR_CRATE, f"gateway-api {crate}: add the Gateway API release it models to {__file__}")
-    pinned = re.search(r"^GATEWAY_API_VERSION=(v[\d.]+)$", CRDS_SCRIPT.read_text(), re.M)
-    require(pinned is not None and pinned.group(1) == GATEWAY_API_FOR_CRATE[crate],
-            f"deploy/gateway-api-crds.sh must pin {GATEWAY_API_FOR_CRATE[crate]}, the release gateway-api {crate} models")
+    pinned = re.search(r"^GATEWAY_API_VERSION=(v[\d.]+)$", CRDS_SCRIPT.read_text(), re.MULTILINE)
+    require(
+        pinned is not None and pinned.group(1) == GATEWAY_API_FOR_CRATE[crate],
+        f"deploy/gateway-api-crds.sh must pin {GATEWAY_API_FOR_CRATE[crate]}, the release gateway-api {crate} models",
+    )
     version = pinned.group(1)
     for doc in (ROOT / "README.md", ROOT / "deploy" / "README.md", ROOT / "scripts" / "cluster-test.sh"):
         found = set(re.findall(r"gateway-api/releases/download/(v[\d.]+)/", doc.read_text()))
-        require(found <= {version}, f"{doc.relative_to(ROOT)} names Gateway API {sorted(found)}, but the pin is {version}")
+        require(
+            found <= {version}, f"{doc.relative_to(ROOT)} names Gateway API {sorted(found)}, but the pin is {version}"
+        )
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
-    package = re.search(r'^\[package\]\nname = "torhaus"\nversion = "([^"]+)"', (ROOT / "Cargo.toml").read_text(), re.M)
-    require(package is not None and chart["appVersion"] == package.group(1),
-            f"Chart.yaml appVersion {chart['appVersion']} must be the torhaus version in Cargo.toml")
+    package = re.search(
+        r'^\[package\]\nname = "torhaus"\nversion = "([^"]+)"', (ROOT / "Cargo.toml").read_text(), re.MULTILINE
+    )
+    require(
+        package is not None and chart["appVersion"] == package.group(1),
+        f"Chart.yaml appVersion {chart['appVersion']} must be the torhaus version in Cargo.toml",
+    )
 
 
 def torhaus_binary() -> Path | None:
@@ -457,15 +529,38 @@ def check_example_translates() -> None:
         tmpdir = Path(tmp)
         # What the walkthrough's openssl step makes, here with a throwaway key.
         subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-             "-keyout", str(tmpdir / "key.pem"), "-out", str(tmpdir / "cert.pem"), "-days", "1",
-             "-subj", "/CN=whoami.home.arpa", "-addext", "subjectAltName=DNS:whoami.home.arpa"],
-            check=True, capture_output=True,
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                str(tmpdir / "key.pem"),
+                "-out",
+                str(tmpdir / "cert.pem"),
+                "-days",
+                "1",
+                "-subj",
+                "/CN=whoami.home.arpa",
+                "-addext",
+                "subjectAltName=DNS:whoami.home.arpa",
+            ],
+            check=True,
+            capture_output=True,
         )
         secret = {
-            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "kubernetes.io/tls",
             "metadata": {"name": "whoami-tls", "namespace": "default"},
-            "data": {name: base64.b64encode((tmpdir / f).read_bytes()).decode() for name, f in (("tls.crt", "cert.pem"), ("tls.key", "key.pem"))},
+            "data": {
+                name: base64.b64encode((tmpdir / f).read_bytes()).decode()
+                for name, f in (("tls.crt", "cert.pem"), ("tls.key", "key.pem"))
+            },
         }
         (tmpdir / "key.pem").unlink()
         (tmpdir / "cert.pem").unlink()
@@ -476,7 +571,9 @@ def check_example_translates() -> None:
         gateway_class = one(render(), "GatewayClass")
         (config / "cluster.yaml").write_text(yaml.safe_dump_all(services + [secret, gateway_class]))
         shutil.copy(EXAMPLE / "gateway.yaml", config / "gateway.yaml")
-        result = subprocess.run([str(binary), "check", "--config", str(config)], capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [str(binary), "check", "--config", str(config)], capture_output=True, text=True, timeout=60, check=False
+        )
     out = result.stdout + result.stderr
     require(result.returncode == 0, f"torhaus check rejected the example (exit {result.returncode}):\n{out}")
     for needle in ("Gateway default/home", "HTTPRoute default/whoami ", "HTTPRoute default/whoami-https-redirect"):
@@ -490,7 +587,7 @@ def check_binary_knows_the_chart_flags() -> None:
     binary = torhaus_binary()
     if binary is None:
         raise Skipped("no torhaus binary (build it, or set TORHAUS_BIN)")
-    result = subprocess.run([str(binary), "run", "--help"], capture_output=True, text=True, timeout=30)
+    result = subprocess.run([str(binary), "run", "--help"], capture_output=True, text=True, timeout=30, check=False)
     require(result.returncode == 0, f"torhaus run --help failed:\n{result.stderr}")
     known = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", result.stdout))
     if "--kubernetes" not in known:
@@ -508,22 +605,29 @@ def tool(name: str) -> str:
 
 
 def check_dockerfile() -> None:
-    result = subprocess.run([tool("hadolint"), str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    result = subprocess.run([tool("hadolint"), str(ROOT / "Dockerfile")], capture_output=True, text=True, check=False)
     require(result.returncode == 0, f"hadolint:\n{result.stdout}{result.stderr}")
     text = (ROOT / "Dockerfile").read_text()
     require("cargo build --release -p torhaus --locked" in text, "the Dockerfile must build as the project does")
-    require(re.search(r"^USER 65532", text, re.M) is not None, "the image must run as UID 65532")
-    stages = re.findall(r"^FROM ", text, re.M)
+    require(re.search(r"^USER 65532", text, re.MULTILINE) is not None, "the image must run as UID 65532")
+    stages = re.findall(r"^FROM ", text, re.MULTILINE)
     require(len(stages) >= 2, "the Dockerfile must be multi-stage")
     # --locked builds only with an up-to-date Cargo.lock: check it without building.
-    result = subprocess.run(["cargo", "metadata", "--locked", "--format-version", "1", "--no-deps"],
-                            cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        ["cargo", "metadata", "--locked", "--format-version", "1", "--no-deps"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     require(result.returncode == 0, f"cargo metadata --locked (the Dockerfile's --locked would fail):\n{result.stderr}")
 
 
 def check_shell_scripts() -> None:
     scripts = [ROOT / "scripts" / "cluster-test.sh", ROOT / "scripts" / "deploy-test.sh", CRDS_SCRIPT]
-    result = subprocess.run([tool("shellcheck"), "--severity=style", *map(str, scripts)], capture_output=True, text=True)
+    result = subprocess.run(
+        [tool("shellcheck"), "--severity=style", *map(str, scripts)], capture_output=True, text=True, check=False
+    )
     require(result.returncode == 0, f"shellcheck:\n{result.stdout}{result.stderr}")
 
 
@@ -561,7 +665,7 @@ def main() -> int:
         except CheckFailed as why:
             failed += 1
             print(f"FAIL  {name}: {why}")
-        except Exception:  # a crash in a check is a failure, with its traceback
+        except Exception:  # noqa: BLE001 (a crash in a check is a failure, reported with its traceback)
             failed += 1
             print(f"FAIL  {name}:\n{traceback.format_exc()}")
         else:
