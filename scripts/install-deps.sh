@@ -6,8 +6,14 @@ purpose=${1:-test}
 packages=(cmake gcc g++ make pkg-config curl openssl ca-certificates)
 case "$purpose" in
   build) ;;
-  # prometheus: promtool and a real Prometheus scraping torhaus; chromium: the status page test.
-  test) packages+=(prometheus chromium) ;;
+  test)
+    # Node.js and npm run the test OpenID Provider (tests/rigs/oidc) and playwright-core. Checked
+    # by command, not package: a Node.js from another source (which bundles npm) is fine too.
+    command -v node >/dev/null || packages+=(nodejs)
+    command -v npm >/dev/null || packages+=(npm)
+    # prometheus: promtool and a real Prometheus scraping torhaus; chromium: the status page test.
+    packages+=(prometheus chromium)
+    ;;
   bench) packages+=(nginx-light haproxy wrk nghttp2-client) ;;
   *) echo "usage: $0 build|test|bench" >&2; exit 2 ;;
 esac
@@ -22,13 +28,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-if [ "$purpose" = test ]; then
-  # playwright-core drives Debian's chromium (never its own browser download).
-  browser_dir="$(dirname "$0")/../tests/browser"
-  command -v npm >/dev/null || { echo "npm is missing: install Node.js 20 with npm" >&2; exit 1; }
-  if [ ! -d "$browser_dir/node_modules/playwright-core" ]; then
-    echo "installing playwright-core (npm) in tests/browser"
-    (cd "$browser_dir" && npm ci --no-audit --no-fund --loglevel=error)
-  fi
+oidc_rig="$(dirname "$0")/../tests/rigs/oidc"
+if [ "$purpose" = test ] && [ ! -f "$oidc_rig/node_modules/oidc-provider/package.json" ]; then
+  echo "installing the test OpenID Provider (npm ci in tests/rigs/oidc)"
+  (cd "$oidc_rig" && npm ci --no-audit --no-fund --loglevel=error)
+fi
+# playwright-core drives Debian's chromium for the status page test (never its own browser).
+browser_dir="$(dirname "$0")/../tests/browser"
+if [ "$purpose" = test ] && [ ! -d "$browser_dir/node_modules/playwright-core" ]; then
+  echo "installing playwright-core (npm ci in tests/browser)"
+  (cd "$browser_dir" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 command -v cargo >/dev/null || { echo "cargo is missing: install Rust (rustup) first" >&2; exit 1; }

@@ -1,5 +1,6 @@
-//! Wiring for each subcommand: the directory source feeds translations to the data plane.
+//! Wiring for each subcommand: the directory or Kubernetes source feeds translations to the data plane.
 
+use std::collections::HashSet;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -27,13 +28,24 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the control runtime")?;
-    let mut translations = control
-        .block_on(async {
-            torhaus_k8s::spawn_directory_source(args.config.clone(), TranslateOptions::default())
-        })
-        .with_context(|| format!("reading {}", args.config.display()))?;
+    let (mut translations, mut controller) = match &args.config {
+        Some(config) => {
+            let translations = control
+                .block_on(async {
+                    torhaus_k8s::spawn_directory_source(config.clone(), TranslateOptions::default())
+                })
+                .with_context(|| format!("reading {}", config.display()))?;
+            (translations, None)
+        }
+        None => {
+            let (translations, controller) = control.block_on(start_controller(&args))?;
+            (translations, Some(controller))
+        }
+    };
     let first = translations.borrow_and_update().clone();
-    log_translation(&first);
+    // In Kubernetes mode endpoints change all the time: repeat a problem only when it is new.
+    let mut logged = (controller.is_some()).then(HashSet::new);
+    log_translation(&first, logged.as_mut());
 
     let settings = GatewaySettings {
         bind: args.bind,
@@ -47,10 +59,24 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let dataplane =
         DataPlane::start(settings, Arc::new(local_ca)).context("starting the data plane")?;
-    // Standalone mode has no election: this process is the only writer there is.
-    dataplane.metrics().set_leader(true);
+    match &controller {
+        // Standalone mode has no election: this process is the only writer there is.
+        None => dataplane.metrics().set_leader(true),
+        Some(controller) => {
+            let mut leader = controller.is_leader();
+            let metrics = Arc::clone(dataplane.metrics());
+            control.spawn(async move {
+                loop {
+                    metrics.set_leader(*leader.borrow_and_update());
+                    if leader.changed().await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    }
     // Readiness is a signal, not a guess: it turns true once the first full configuration
-    // serves; the Kubernetes source can hold it back until its caches have synced.
+    // serves (in Kubernetes mode the controller has waited for its first full sync).
     let (ready, ready_signal) = tokio::sync::watch::channel(false);
     let admin = Arc::new(AdminState::new(dataplane.clone(), ready_signal));
     if let Some(addr) = args.observability.admin_bind.0 {
@@ -64,13 +90,16 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     );
     applied.context("applying the initial configuration")?;
     ready.send_replace(true);
-    tracing::info!(config = %args.config.display(), "serving");
+    match &args.config {
+        Some(config) => tracing::info!(config = %config.display(), "serving"),
+        None => tracing::info!("serving the cluster's Gateway API objects"),
+    }
 
     let forwarder = dataplane.clone();
     control.spawn(async move {
         while translations.changed().await.is_ok() {
             let translation = translations.borrow_and_update().clone();
-            log_translation(&translation);
+            log_translation(&translation, logged.as_mut());
             let applied = forwarder.apply(translation.config.clone());
             admin.record_load(
                 Arc::clone(&translation),
@@ -85,11 +114,53 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     control.spawn(async move {
         wait_for_shutdown_signal().await;
         tracing::info!("shutting down: draining connections");
+        if let Some(controller) = controller.take() {
+            // Hand the status Lease over first, so another replica writes status at once.
+            controller.shutdown().await;
+        }
         stopper.shutdown();
     });
     dataplane.wait();
     control.shutdown_background();
     Ok(ExitCode::SUCCESS)
+}
+
+/// Kubernetes mode: connects, waits for the first full sync (the replica is not ready before)
+/// and returns the translations and the controller.
+async fn start_controller(
+    args: &RunArgs,
+) -> anyhow::Result<(
+    tokio::sync::watch::Receiver<Arc<Translation>>,
+    torhaus_k8s::Controller,
+)> {
+    let mut addresses = args.kube.gateway_addresses.clone();
+    if addresses.is_empty()
+        && let Ok(pod_ip) = std::env::var("POD_IP")
+    {
+        addresses.push(pod_ip);
+    }
+    let identity = args
+        .kube
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("torhaus-{}", std::process::id()));
+    let settings = torhaus_k8s::ControllerSettings {
+        addresses: addresses
+            .iter()
+            .filter(|a| !a.trim().is_empty())
+            .map(|a| torhaus_k8s::GatewayAddress::parse(a))
+            .collect(),
+        lease_namespace: args.kube.lease_namespace.clone(),
+        lease_name: args.kube.lease_name.clone(),
+        identity,
+    };
+    let mut controller = torhaus_k8s::Controller::start(settings).await?;
+    let translations = controller
+        .translations()
+        .await
+        .context("the Kubernetes source stopped before its first sync")?;
+    Ok((translations, controller))
 }
 
 pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
@@ -112,9 +183,22 @@ pub fn export_ca(args: &StateDirArg) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn log_translation(translation: &Translation) {
-    for problem in translation.report.problems() {
-        tracing::warn!("{problem}");
+/// Logs the translation's problems; with `seen`, only those the previous one did not have.
+fn log_translation(translation: &Translation, seen: Option<&mut HashSet<String>>) {
+    let problems: Vec<String> = translation
+        .report
+        .problems()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    match seen {
+        None => problems.iter().for_each(|p| tracing::warn!("{p}")),
+        Some(seen) => {
+            for problem in problems.iter().filter(|p| !seen.contains(*p)) {
+                tracing::warn!("{problem}");
+            }
+            *seen = problems.into_iter().collect();
+        }
     }
 }
 

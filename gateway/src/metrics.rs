@@ -17,8 +17,9 @@
 //! # Families defined ahead of their producers
 //! ACME orders, DNS provider calls, authentication decisions, certificate renewal failures and
 //! leader status are registered here so dashboards and alerts can name them now. Their producers
-//! (the ACME, DNS, policies and Kubernetes work) feed them through the methods below; until then
-//! they export no series (and `torhaus_leader` is 1 in standalone mode, which has no election).
+//! (the ACME, DNS and policies work) feed them through the methods below; until then they
+//! export no series. `torhaus_leader` follows the Kubernetes controller's Lease, and is 1 in
+//! standalone mode, which has no election.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
