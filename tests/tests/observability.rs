@@ -173,9 +173,13 @@ async fn admin_endpoints_serve_health_readiness_metrics_and_config() -> anyhow::
     let quickstart = Quickstart::start(&[]).await?;
     let healthz = quickstart.admin("/healthz").await?;
     assert_eq!(healthz.status, 200);
-    // The harness returns once the ports listen, which follows the first configuration.
-    let readyz = quickstart.admin("/readyz").await?;
-    assert_eq!(readyz.status, 200, "{}", body(&readyz));
+    // Ready once the first configuration serves (the ports listen a moment before).
+    let readyz = wait_for("/readyz to answer 200", DEADLINE, || async {
+        let response = quickstart.admin("/readyz").await.ok()?;
+        (response.status == 200).then_some(response)
+    })
+    .await?;
+    assert_eq!(body(&readyz), "ready\n");
 
     quickstart.traffic(3, "localhost").await?;
     let text = quickstart
