@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod dataplane;
+pub mod drain;
 pub mod error;
 pub mod filters;
 pub mod mirror;

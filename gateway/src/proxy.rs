@@ -24,6 +24,7 @@ use torhaus_model::{
     Backend, BackendTarget, Filter, PortProtocol, Redirect, Rewrite, Rule, Scheme, UpstreamProtocol,
 };
 
+use crate::drain::{ActiveRequest, InFlightRequests};
 use crate::filters;
 use crate::mirror::{MirrorBody, MirrorChunk, Mirrors};
 use crate::respond::respond;
@@ -47,6 +48,8 @@ pub struct ProxyShared {
     pub max_request_header_bytes: usize,
     pub ejection: EjectionPolicy,
     pub mirrors: Mirrors,
+    /// Requests in flight on every port, for a shutdown that ends once they are done.
+    pub in_flight: Arc<InFlightRequests>,
 }
 
 /// The proxy of one listener port (as declared by the Gateway).
@@ -75,6 +78,8 @@ pub struct RequestCtx {
     retrying_status: bool,
     /// Body senders of the mirrors of this request.
     mirrors: Vec<MirrorBody>,
+    /// Counts this request as in flight until the context is dropped.
+    _active: Option<ActiveRequest>,
 }
 
 impl RequestCtx {
@@ -405,7 +410,10 @@ impl ProxyHttp for PortProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::default()
+        RequestCtx {
+            _active: Some(self.shared.in_flight.enter()),
+            ..RequestCtx::default()
+        }
     }
 
     async fn early_request_filter(

@@ -724,39 +724,119 @@ async fn large_bodies_stream_both_ways_with_flat_memory() -> Result<()> {
     Ok(())
 }
 
+/// One listener on `port` with one route sending everything to `backend`.
+fn open_port(port: u16, protocol: PortProtocol, backend: &Arc<Backend>) -> PortConfig {
+    let routes = vec![route(
+        "r",
+        vec![rule(vec![prefix("/")], vec![], vec![to(backend, 1)])],
+    )];
+    match protocol {
+        PortProtocol::Http => http_port(port, vec![listener("l", HostMatch::Any, None, routes)]),
+        PortProtocol::Https => https_port(port, vec![tls_listener("l", "", vec![], routes)]),
+    }
+}
+
+fn ports(list: Vec<PortConfig>) -> Arc<DataPlaneConfig> {
+    Arc::new(DataPlaneConfig { ports: list })
+}
+
+async fn refused(addr: std::net::SocketAddr) -> bool {
+    tokio::net::TcpStream::connect(addr).await.is_err()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_port_added_later_is_bound_and_a_removed_port_answers_404() -> Result<()> {
+async fn ports_follow_the_configuration_without_disturbing_the_others() -> Result<()> {
+    use PortProtocol::{Http, Https};
     let app = TestBackend::spawn("app").await;
     let app_backend = backend("app", vec![app.addr], UpstreamProtocol::Http1);
     let gateway = Gateway::start(&[80, 8080]);
-    let routes = || {
-        vec![listener(
-            "l",
-            HostMatch::Any,
-            None,
-            vec![route(
-                "r",
-                vec![rule(vec![prefix("/")], vec![], vec![to(&app_backend, 1)])],
-            )],
-        )]
-    };
-    gateway.apply(Arc::new(DataPlaneConfig {
-        ports: vec![http_port(80, routes())],
-    }));
+    let (port_80, port_8080) = (gateway.addr(80), gateway.addr(8080));
+
+    gateway.apply(ports(vec![open_port(80, Http, &app_backend)]));
+    assert!(refused(port_8080).await, "8080 is not declared yet");
+    // Added later: bound by the same apply.
+    gateway.apply(ports(vec![
+        open_port(80, Http, &app_backend),
+        open_port(8080, Http, &app_backend),
+    ]));
+    assert_eq!(get(port_8080, "a.test", "/").await?.status, 200);
+
+    // A kept-alive connection on :80 must survive everything that happens to :8080.
+    let mut kept = Client::connect(port_80).await;
+    assert_eq!(kept.get("a.test", "/before").await?.status, 200);
+
+    // HTTP -> HTTPS on 8080, no restart: TLS now, and plain HTTP no longer answers.
+    gateway.apply(ports(vec![
+        open_port(80, Http, &app_backend),
+        open_port(8080, Https, &app_backend),
+    ]));
+    let mut tls = Client::new(tls_connect(port_8080, Some("secure.test"), &[b"http/1.1"]).await?);
+    assert_eq!(tls.get("secure.test", "/over-tls").await?.status, 200);
     assert!(
-        tokio::net::TcpStream::connect(gateway.addr(8080))
+        raw(port_8080, b"GET / HTTP/1.1\r\nhost: a.test\r\n\r\n")
+            .await
+            .is_err(),
+        "8080 still answers plain HTTP"
+    );
+    assert_eq!(kept.get("a.test", "/during").await?.status, 200);
+
+    // And back to HTTP.
+    gateway.apply(ports(vec![
+        open_port(80, Http, &app_backend),
+        open_port(8080, Http, &app_backend),
+    ]));
+    assert_eq!(get(port_8080, "a.test", "/").await?.status, 200);
+    assert!(
+        tls_connect(port_8080, Some("secure.test"), &[])
             .await
             .is_err()
     );
-    gateway.apply(Arc::new(DataPlaneConfig {
-        ports: vec![http_port(80, routes()), http_port(8080, routes())],
-    }));
-    assert_eq!(get(gateway.addr(8080), "a.test", "/").await?.status, 200);
-    gateway.apply(Arc::new(DataPlaneConfig {
-        ports: vec![http_port(8080, routes())],
-    }));
-    assert_eq!(get(gateway.addr(80), "a.test", "/").await?.status, 404);
-    assert_eq!(get(gateway.addr(8080), "a.test", "/").await?.status, 200);
+
+    // Removed: the socket is closed (connection refused), not left answering 404.
+    gateway.apply(ports(vec![open_port(80, Http, &app_backend)]));
+    assert!(refused(port_8080).await, "8080 is still bound");
+    assert_eq!(kept.get("a.test", "/after").await?.status, 200);
+    // Declared again: bound again.
+    gateway.apply(ports(vec![
+        open_port(80, Http, &app_backend),
+        open_port(8080, Http, &app_backend),
+    ]));
+    assert_eq!(get(port_8080, "a.test", "/").await?.status, 200);
+    // The first port dropped no request of the kept connection along the way.
+    assert_eq!(kept.get("a.test", "/last").await?.status, 200);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_someone_else_listens_on_is_a_bind_error_not_shared() -> Result<()> {
+    let app = TestBackend::spawn("app").await;
+    let app_backend = backend("app", vec![app.addr], UpstreamProtocol::Http1);
+    let first = Gateway::start(&[80]);
+    first.apply(ports(vec![open_port(80, PortProtocol::Http, &app_backend)]));
+    let taken = first.addr(80).port();
+    let second = Gateway::start_with(&[80], Default::default(), |s| {
+        s.port_map = std::collections::HashMap::from([(80, taken)]);
+    });
+    let error = second
+        .dataplane
+        .apply(ports(vec![open_port(80, PortProtocol::Http, &app_backend)]))
+        .expect_err("a second data plane on a taken port must fail");
+    assert!(
+        matches!(
+            error,
+            torhaus_gateway::GatewayError::Bind {
+                declared_port: 80,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(error.to_string().contains(&taken.to_string()), "{error}");
+    // The first keeps every connection: all of these reach it.
+    for _ in 0..20 {
+        assert_eq!(get(first.addr(80), "a.test", "/").await?.status, 200);
+    }
+    assert_eq!(second.dataplane.requests_in_flight(), 0);
     Ok(())
 }
 
@@ -874,6 +954,103 @@ async fn shutdown_stops_accepting_and_lets_in_flight_requests_finish() -> Result
         gateway.dataplane.apply(simple(80, vec![])),
         Err(torhaus_gateway::GatewayError::ShuttingDown)
     ));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_returns_once_nothing_is_in_flight_not_after_the_grace_period() -> Result<()> {
+    let app = TestBackend::spawn("app").await;
+    let app_backend = backend("app", vec![app.addr], UpstreamProtocol::Http1);
+    let grace = Duration::from_secs(60);
+    let gateway = Gateway::start_with(&[80, 8080], Default::default(), |s| {
+        s.grace_period = grace;
+    });
+    gateway.apply(ports(vec![
+        open_port(80, PortProtocol::Http, &app_backend),
+        open_port(8080, PortProtocol::Http, &app_backend),
+    ]));
+    let addr = gateway.addr(80);
+    // An idle kept-alive connection must not hold the shutdown up.
+    let mut idle = Client::connect(gateway.addr(8080)).await;
+    assert_eq!(idle.get("a.test", "/").await?.status, 200);
+    let in_flight = tokio::spawn(async move { get(addr, "a.test", "/sleep/1500").await });
+    eventually("the slow request is in flight", || async {
+        gateway.dataplane.requests_in_flight() == 1
+    })
+    .await?;
+
+    let dataplane = gateway.dataplane.clone();
+    let started = Instant::now();
+    dataplane.shutdown();
+    let waiter = tokio::task::spawn_blocking(move || dataplane.wait());
+    let response = in_flight.await??;
+    assert_eq!(response.status, 200, "the in-flight request was cut");
+    assert_eq!(response.text(), "slept");
+    tokio::time::timeout(DEADLINE, waiter).await??;
+    let took = started.elapsed();
+    // It waited for the request (1.5 s) and returned soon after, far from the 60 s grace.
+    assert!(
+        took >= Duration::from_millis(1000),
+        "returned before the request finished: {took:?}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert_eq!(gateway.dataplane.requests_in_flight(), 0);
+    assert!(refused(addr).await && refused(gateway.addr(8080)).await);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_nothing_in_flight_returns_at_once() -> Result<()> {
+    let app = TestBackend::spawn("app").await;
+    let app_backend = backend("app", vec![app.addr], UpstreamProtocol::Http1);
+    let gateway = Gateway::start_with(&[80], Default::default(), |s| {
+        s.grace_period = Duration::from_secs(60);
+    });
+    gateway.apply(ports(vec![open_port(80, PortProtocol::Http, &app_backend)]));
+    assert_eq!(get(gateway.addr(80), "a.test", "/").await?.status, 200);
+    let dataplane = gateway.dataplane.clone();
+    let started = Instant::now();
+    dataplane.shutdown();
+    tokio::time::timeout(
+        DEADLINE,
+        tokio::task::spawn_blocking(move || dataplane.wait()),
+    )
+    .await??;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_gives_up_on_requests_longer_than_the_grace_period() -> Result<()> {
+    let app = TestBackend::spawn("app").await;
+    let app_backend = backend("app", vec![app.addr], UpstreamProtocol::Http1);
+    let gateway = Gateway::start_with(&[80], Default::default(), |s| {
+        s.grace_period = Duration::from_secs(1);
+    });
+    gateway.apply(ports(vec![open_port(80, PortProtocol::Http, &app_backend)]));
+    let addr = gateway.addr(80);
+    let _stuck = tokio::spawn(async move { get(addr, "a.test", "/sleep/30000").await });
+    eventually("the slow request is in flight", || async {
+        gateway.dataplane.requests_in_flight() == 1
+    })
+    .await?;
+    let dataplane = gateway.dataplane.clone();
+    let started = Instant::now();
+    dataplane.shutdown();
+    tokio::time::timeout(
+        DEADLINE,
+        tokio::task::spawn_blocking(move || dataplane.wait()),
+    )
+    .await??;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
     Ok(())
 }
 

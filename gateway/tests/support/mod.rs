@@ -596,7 +596,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                 body,
             })
         };
-        tokio::time::timeout(DEADLINE, reading)
+        // Boxed so that callers' futures stay small (debug builds copy them on the stack).
+        tokio::time::timeout(DEADLINE, Box::pin(reading))
             .await
             .map_err(|_| anyhow!("no response within {DEADLINE:?}"))?
     }
@@ -709,9 +710,7 @@ pub async fn tls_connect(addr: SocketAddr, sni: Option<&str>, alpn: &[&[u8]]) ->
         None => ServerName::IpAddress(addr.ip().into()),
     };
     let tcp = TcpStream::connect(addr).await?;
-    let stream = TlsConnector::from(Arc::new(config))
-        .connect(server_name, tcp)
-        .await?;
+    let stream = Box::pin(TlsConnector::from(Arc::new(config)).connect(server_name, tcp)).await?;
     Ok(stream)
 }
 
