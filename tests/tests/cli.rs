@@ -27,6 +27,17 @@ fn quickstart_with(extra: &[(&str, &str)]) -> anyhow::Result<TempDir> {
     Ok(dir)
 }
 
+/// Runs `torhaus check` on `dir` and insists on a rejection (exit 1); returns its output.
+fn check_rejects(dir: &Path) -> anyhow::Result<String> {
+    let (output, text) = check(dir)?;
+    ensure!(
+        output.status.code() == Some(1) && text.contains("result: rejected"),
+        "exit {:?}:\n{text}",
+        output.status
+    );
+    Ok(text)
+}
+
 fn check(dir: &Path) -> anyhow::Result<(Output, String)> {
     let output = Command::new(torhaus_bin()?)
         .args(["check", "--config"])
@@ -67,15 +78,9 @@ data:
 #[test]
 fn check_rejects_a_secret_that_exists_but_is_invalid() -> anyhow::Result<()> {
     let dir = quickstart_with(&[("secret.yaml", INVALID_SECRET)])?;
-    let (output, text) = check(dir.path())?;
+    let text = check_rejects(dir.path())?;
     ensure!(
-        output.status.code() == Some(1),
-        "exit {:?}:\n{text}",
-        output.status
-    );
-    ensure!(
-        text.contains("ResolvedRefs=False (InvalidCertificateRef)")
-            && text.contains("result: rejected"),
+        text.contains("ResolvedRefs=False (InvalidCertificateRef)"),
         "{text}"
     );
     ensure!(
@@ -95,12 +100,7 @@ fn check_rejects_a_certificate_in_another_namespace_without_reference_grant() ->
         );
     let dir = quickstart_with(&[])?;
     std::fs::write(dir.path().join("gateway.yaml"), gateway)?;
-    let (output, text) = check(dir.path())?;
-    ensure!(
-        output.status.code() == Some(1),
-        "exit {:?}:\n{text}",
-        output.status
-    );
+    let text = check_rejects(dir.path())?;
     ensure!(text.contains("RefNotPermitted"), "{text}");
     Ok(())
 }
@@ -117,16 +117,8 @@ spec:
       backendRefs: [{ name: echo, port: 8080 }]
 ";
     let dir = quickstart_with(&[("broken.yaml", route)])?;
-    let (output, text) = check(dir.path())?;
-    ensure!(
-        output.status.code() == Some(1),
-        "exit {:?}:\n{text}",
-        output.status
-    );
-    ensure!(
-        text.contains("HTTPRoute default/broken") && text.contains("result: rejected"),
-        "{text}"
-    );
+    let text = check_rejects(dir.path())?;
+    ensure!(text.contains("HTTPRoute default/broken"), "{text}");
     Ok(())
 }
 

@@ -30,6 +30,28 @@ async fn rig_with(routes: &[String]) -> anyhow::Result<Rig> {
     Rig::start(&manifests).await
 }
 
+/// A rig with one route `name` for `host` to `service`, once torhaus serves it on port 80.
+async fn rig_serving(name: &str, host: &str, service: &str) -> anyhow::Result<(Rig, SocketAddr)> {
+    let rig = rig_with(&[route(name, host, service, None)]).await?;
+    let addr = served_on_80(&rig, host).await?;
+    Ok((rig, addr))
+}
+
+/// Port 80's address, once it serves `host`.
+async fn served_on_80(rig: &Rig, host: &str) -> anyhow::Result<SocketAddr> {
+    let addr = rig.torhaus.addr(80)?;
+    until_served(addr, host, STARTUP_DEADLINE)
+        .await
+        .with_context(|| format!("log:\n{}", rig.torhaus.log_tail()))?;
+    Ok(addr)
+}
+
+/// Fails unless every status is 200.
+fn all_ok(statuses: &[u16], what: &str) -> anyhow::Result<()> {
+    ensure!(statuses.iter().all(|s| *s == 200), "{what}: {statuses:?}");
+    Ok(())
+}
+
 /// Waits until `host` answers 200 from the echo backend on `addr` (config loaded).
 async fn until_served(
     addr: SocketAddr,
@@ -77,9 +99,7 @@ async fn h2_over_tls_with_local_ca() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_downstream() -> anyhow::Result<()> {
-    let rig = rig_with(&[route("plain", "plain.example.com", "echo", None)]).await?;
-    let addr = rig.torhaus.addr(80)?;
-    until_served(addr, "plain.example.com", STARTUP_DEADLINE).await?;
+    let (_rig, addr) = rig_serving("plain", "plain.example.com", "echo").await?;
     let mut connection = Connection::open(addr, &Transport::H2c).await?;
     for n in 0..5 {
         let path = format!("/h2c/{n}");
@@ -114,9 +134,7 @@ async fn h2c_upstream_by_app_protocol() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_through_torhaus() -> anyhow::Result<()> {
-    let rig = rig_with(&[route("ws", "ws.example.com", "echo", None)]).await?;
-    let addr = rig.torhaus.addr(80)?;
-    until_served(addr, "ws.example.com", STARTUP_DEADLINE).await?;
+    let (_rig, addr) = rig_serving("ws", "ws.example.com", "echo").await?;
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let (mut socket, response) = tokio_tungstenite::client_async("ws://ws.example.com/socket", tcp)
         .await
@@ -145,9 +163,7 @@ async fn websocket_through_torhaus() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_reload_adds_and_changes_routes_within_a_second() -> anyhow::Result<()> {
-    let rig = rig_with(&[route("first", "first.example.com", "echo", None)]).await?;
-    let addr = rig.torhaus.addr(80)?;
-    until_served(addr, "first.example.com", STARTUP_DEADLINE).await?;
+    let (rig, addr) = rig_serving("first", "first.example.com", "echo").await?;
 
     let file = rig.config.path().join("50-added.yaml");
     std::fs::write(&file, route("added", "added.example.com", "echo", Some(1)))?;
@@ -172,9 +188,7 @@ async fn hot_reload_adds_and_changes_routes_within_a_second() -> anyhow::Result<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_file_keeps_previous_routes_serving() -> anyhow::Result<()> {
-    let rig = rig_with(&[route("stable", "stable.example.com", "echo", None)]).await?;
-    let addr = rig.torhaus.addr(80)?;
-    until_served(addr, "stable.example.com", STARTUP_DEADLINE).await?;
+    let (rig, addr) = rig_serving("stable", "stable.example.com", "echo").await?;
 
     let bad = rig.config.path().join("60-broken.yaml");
     std::fs::write(
@@ -214,9 +228,7 @@ async fn malformed_file_keeps_previous_routes_serving() -> anyhow::Result<()> {
 async fn thousand_reloads_under_load_lose_no_request() -> anyhow::Result<()> {
     const CHANGES: u64 = 1_000;
     const CLIENTS: usize = 4;
-    let rig = rig_with(&[route("stable", "stable.example.com", "echo", None)]).await?;
-    let addr = rig.torhaus.addr(80)?;
-    until_served(addr, "stable.example.com", STARTUP_DEADLINE).await?;
+    let (rig, addr) = rig_serving("stable", "stable.example.com", "echo").await?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicU64::new(0));
@@ -318,18 +330,10 @@ async fn raw_status_of(addr: SocketAddr, bytes: &[u8]) -> anyhow::Result<u16> {
     })
 }
 
-/// A rig routing `victim.example.com` to the dedicated `victim` backend, once it is served.
-async fn victim_rig() -> anyhow::Result<(Rig, SocketAddr)> {
-    let rig = rig_with(&[route("victim", "victim.example.com", "victim", None)]).await?;
-    let addr = rig.torhaus.addr(80)?;
-    until_served(addr, "victim.example.com", STARTUP_DEADLINE).await?;
-    Ok((rig, addr))
-}
-
 /// Sends `hostile`, expects `want`, then proves with a control request that the backend saw
 /// only that control request.
 async fn refused_and_not_forwarded(hostile: &[u8], want: u16, what: &str) -> anyhow::Result<()> {
-    let (rig, addr) = victim_rig().await?;
+    let (rig, addr) = rig_serving("victim", "victim.example.com", "victim").await?;
     let victim = rig.pods_of("victim").first().context("victim pod")?;
     let seen_before = victim.requests();
     let status = raw_status_of(addr, hostile).await?;
@@ -416,8 +420,7 @@ async fn retries_listed_codes_and_connection_failures_through_the_binary() -> an
         ("routes", routes),
     ])
     .await?;
-    let addr = rig.torhaus.addr(80)?;
-    until_served(addr, "retry.example.com", STARTUP_DEADLINE).await?;
+    let addr = served_on_80(&rig, "retry.example.com").await?;
 
     // One of the two pods answers 503 to everything: with retries on 503 every request succeeds
     // (the retry avoids the pod that just failed); without, its share fails.
@@ -425,10 +428,7 @@ async fn retries_listed_codes_and_connection_failures_through_the_binary() -> an
     failing.set_failure(Some(http::StatusCode::SERVICE_UNAVAILABLE));
     let tried_before = failing.requests();
     let retried = statuses(addr, "retry.example.com", 40).await?;
-    ensure!(
-        retried.iter().all(|s| *s == 200),
-        "with retries on 503: {retried:?}"
-    );
+    all_ok(&retried, "with retries on 503")?;
     ensure!(
         failing.requests() > tried_before,
         "the failing pod was never tried, so nothing was retried"
@@ -441,11 +441,7 @@ async fn retries_listed_codes_and_connection_failures_through_the_binary() -> an
 
     // A refused connection is retried on the other endpoint.
     let connected = statuses(addr, "connect.example.com", 30).await?;
-    ensure!(
-        connected.iter().all(|s| *s == 200),
-        "with retries and a dead endpoint: {connected:?}; log:\n{}",
-        rig.torhaus.log_tail()
-    );
+    all_ok(&connected, "with retries and a dead endpoint")?;
     Ok(())
 }
 
@@ -462,8 +458,7 @@ async fn a_dead_endpoint_is_ejected_and_recovers_through_the_binary() -> anyhow:
         &["--eject-after-failures", "2", "--eject-backoff", "3s"],
     )
     .await?;
-    let addr = rig.torhaus.addr(80)?;
-    until_served(addr, "pool.example.com", STARTUP_DEADLINE).await?;
+    let addr = served_on_80(&rig, "pool.example.com").await?;
 
     // No retries: requests the dead endpoint gets fail with 502 until it has failed twice.
     let mut failures = 0;
@@ -481,10 +476,7 @@ async fn a_dead_endpoint_is_ejected_and_recovers_through_the_binary() -> anyhow:
     let live = rig.pods_of("pool").first().context("pool pod")?;
     let live_before = live.requests();
     let ejected = statuses(addr, "pool.example.com", 20).await?;
-    ensure!(
-        ejected.iter().all(|s| *s == 200),
-        "after ejection: {ejected:?}"
-    );
+    all_ok(&ejected, "after ejection")?;
     ensure!(
         live.requests() - live_before == 20,
         "the live pod missed requests"
@@ -513,6 +505,17 @@ async fn a_dead_endpoint_is_ejected_and_recovers_through_the_binary() -> anyhow:
     Ok(())
 }
 
+/// Sends `signal` to torhaus and insists on a successful exit; how long the exit took.
+async fn stop(rig: &mut Rig, signal: &str) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let status = rig
+        .torhaus
+        .signal_and_wait(signal, Duration::from_secs(30))
+        .await?;
+    ensure!(status.success(), "exit status {status} after SIG{signal}");
+    Ok(started.elapsed())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_in_flight_requests_finish_and_exits_as_soon_as_they_have()
 -> anyhow::Result<()> {
@@ -525,8 +528,7 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_as_soon_as_they_have()
         &["--grace-period", "60s"],
     )
     .await?;
-    let addr = rig.torhaus.addr(80)?;
-    until_served(addr, "slow.example.com", STARTUP_DEADLINE).await?;
+    let addr = served_on_80(&rig, "slow.example.com").await?;
     let echo = rig.pods_of("echo").first().context("echo pod")?;
     echo.set_delay(Duration::from_millis(1500));
     let seen_before = echo.requests();
@@ -548,19 +550,13 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_as_soon_as_they_have()
     )
     .await?;
 
-    let started = Instant::now();
-    let status = rig
-        .torhaus
-        .signal_and_wait("TERM", Duration::from_secs(30))
-        .await?;
-    let took = started.elapsed();
+    let took = stop(&mut rig, "TERM").await?;
     let response = in_flight.await.context("client task panicked")??;
     ensure!(
         response.status == 200,
         "the in-flight request got {}",
         response.status
     );
-    ensure!(status.success(), "exit status {status}");
     // Waited for the request (1.5 s), not for the 60 s grace period.
     ensure!(took < Duration::from_secs(15), "exited after {took:?}");
     ensure!(
@@ -578,17 +574,8 @@ async fn sigint_with_nothing_in_flight_exits_at_once() -> anyhow::Result<()> {
         &["--grace-period", "60s"],
     )
     .await?;
-    let started = Instant::now();
-    let status = rig
-        .torhaus
-        .signal_and_wait("INT", Duration::from_secs(30))
-        .await?;
-    ensure!(status.success(), "exit status {status}");
-    ensure!(
-        started.elapsed() < Duration::from_secs(5),
-        "exited after {:?}",
-        started.elapsed()
-    );
+    let took = stop(&mut rig, "INT").await?;
+    ensure!(took < Duration::from_secs(5), "exited after {took:?}");
     Ok(())
 }
 

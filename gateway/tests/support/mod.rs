@@ -255,6 +255,20 @@ impl Drop for Gateway {
     }
 }
 
+/// The backend `app` and a gateway on declared port 80 sending every request to it.
+pub async fn app_behind_gateway(
+    tweak: impl FnOnce(&mut GatewaySettings),
+) -> (TestBackend, Gateway) {
+    let app = TestBackend::spawn("app").await;
+    let app_backend = backend("app", vec![app.addr], UpstreamProtocol::Http1);
+    let gateway = Gateway::start_with(&[80], DataPlaneOptions::default(), tweak);
+    gateway.apply(simple(
+        80,
+        vec![rule(vec![prefix("/")], vec![], vec![to(&app_backend, 1)])],
+    ));
+    (app, gateway)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Backends
 
