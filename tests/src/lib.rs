@@ -5,6 +5,7 @@ pub mod cases;
 pub mod client;
 pub mod echo;
 pub mod fixtures;
+pub mod oidc_rig;
 pub mod process;
 pub mod rig;
 pub mod runner;
