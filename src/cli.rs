@@ -91,6 +91,17 @@ pub struct RunArgs {
     /// Largest request header block accepted; larger ones get 431.
     #[arg(long, default_value_t = 32 * 1024)]
     pub max_request_header_bytes: usize,
+    /// Connection failures in a row (refused, reset, timed out) after which an endpoint is
+    /// ejected from load balancing.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub eject_after_failures: u32,
+    /// How long an endpoint's first ejection lasts; each further ejection in a row doubles it,
+    /// up to --eject-max-backoff. Afterwards the endpoint gets traffic again.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub eject_backoff: Duration,
+    /// The longest an ejection lasts.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2m")]
+    pub eject_max_backoff: Duration,
     #[command(flatten)]
     pub state: StateDirArg,
     #[command(flatten)]

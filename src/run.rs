@@ -6,8 +6,11 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use torhaus_acme::{LocalCa, default_state_dir};
-use torhaus_gateway::{DataPlane, GatewaySettings};
-use torhaus_k8s::{TranslateOptions, Translation};
+use torhaus_gateway::{DataPlane, DataPlaneOptions, EjectionPolicy, GatewaySettings};
+use torhaus_k8s::{
+    Condition, ListenerStatus, ObjectKind, ObjectStatus, Report, Severity, TranslateOptions,
+    Translation,
+};
 
 use crate::admin::{self, AdminState};
 use crate::cli::{CheckArgs, RunArgs, StateDirArg};
@@ -57,8 +60,15 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         request_metrics: !args.observability.no_request_metrics,
         access_log: args.observability.access_log.clone(),
     };
-    let dataplane =
-        DataPlane::start(settings, Arc::new(local_ca)).context("starting the data plane")?;
+    let options = DataPlaneOptions {
+        ejection: EjectionPolicy {
+            consecutive_failures: args.eject_after_failures,
+            base_backoff: args.eject_backoff,
+            max_backoff: args.eject_max_backoff.max(args.eject_backoff),
+        },
+    };
+    let dataplane = DataPlane::start_with_options(settings, Arc::new(local_ca), options)
+        .context("starting the data plane")?;
     match &controller {
         // Standalone mode has no election: this process is the only writer there is.
         None => dataplane.metrics().set_leader(true),
@@ -168,11 +178,100 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("reading {}", args.config.display()))?;
     let translation = torhaus_k8s::translate(&objects, &TranslateOptions::default());
     println!("{}", translation.report);
-    Ok(if translation.report.rejected() {
+    let verdict = CheckVerdict::of(&translation.report);
+    for warning in &verdict.warnings {
+        println!("warning: {warning}");
+    }
+    Ok(if verdict.rejected {
+        println!("result: rejected (see the conditions and problems above)");
         ExitCode::FAILURE
     } else {
+        match verdict.warnings.len() {
+            0 => println!("result: ok"),
+            n => println!("result: ok, with {n} warning(s)"),
+        }
         ExitCode::SUCCESS
     })
+}
+
+/// What `torhaus check` concludes from a translation report.
+#[derive(Debug, Default)]
+struct CheckVerdict {
+    rejected: bool,
+    /// Problems that do not stop anything from being served as the user expects.
+    warnings: Vec<String>,
+}
+
+impl CheckVerdict {
+    fn of(report: &Report) -> Self {
+        let mut verdict = CheckVerdict {
+            rejected: report
+                .problems
+                .iter()
+                .any(|p| p.severity == Severity::Error),
+            warnings: Vec::new(),
+        };
+        for object in &report.objects {
+            let own = object.conditions.iter();
+            let parents = object.parents.iter().flat_map(|p| p.conditions.iter());
+            if own.chain(parents).any(Condition::is_problem) {
+                verdict.rejected = true;
+            }
+            for listener in &object.listeners {
+                for condition in listener.conditions.iter().filter(|c| c.is_problem()) {
+                    if served_by_local_ca(report, object, listener, condition) {
+                        verdict.warnings.push(format!(
+                            "{} listener {}: {condition} (HTTPS is served with certificates \
+                             from the local CA, see `torhaus ca export`, until the Secret exists)",
+                            object.key, listener.name
+                        ));
+                    } else {
+                        verdict.rejected = true;
+                    }
+                }
+            }
+        }
+        verdict
+    }
+}
+
+/// Whether `condition` only says that a listener's certificate Secret does not exist (yet)
+/// while the listener serves anyway, with certificates from the local CA: the quickstart's
+/// situation, and a normal one before cert-manager or ACME has written the Secret. A Secret
+/// that exists but is invalid, or one the Gateway may not reference, stays a rejection.
+fn served_by_local_ca(
+    report: &Report,
+    gateway: &ObjectStatus,
+    listener: &ListenerStatus,
+    condition: &Condition,
+) -> bool {
+    if gateway.key.kind != ObjectKind::Gateway
+        || condition.type_ != "ResolvedRefs"
+        || condition.reason != "InvalidCertificateRef"
+        || !condition.message.contains(" not found")
+        || listener
+            .conditions
+            .iter()
+            .any(|c| c.type_ != "ResolvedRefs" && c.is_problem())
+    {
+        return false;
+    }
+    report
+        .config
+        .ports
+        .iter()
+        .flat_map(|port| &port.listeners)
+        .filter(|served| {
+            served.id.gateway.namespace == gateway.key.namespace
+                && served.id.gateway.name == gateway.key.name
+                && served.id.section == listener.name
+        })
+        .any(|served| {
+            served
+                .tls
+                .as_ref()
+                .is_some_and(|tls| tls.certificates.is_empty())
+        })
 }
 
 pub fn export_ca(args: &StateDirArg) -> anyhow::Result<ExitCode> {

@@ -1,11 +1,19 @@
 //! The data plane's lifecycle: one pingora `Server` per listener port, each on its own thread
-//! with its own runtimes, started when a configuration first declares the port, and a shared
-//! snapshot swapped atomically by [`DataPlane::apply`].
+//! with its own runtimes, and a shared snapshot swapped atomically by [`DataPlane::apply`].
 //!
-//! pingora cannot add services to a running `Server`, hence one server per port. A port that
-//! disappears from the configuration stays bound and answers 404 to every request (its
-//! listeners are gone from the snapshot); a port whose protocol changes (HTTP to HTTPS or back)
-//! keeps its old protocol until restart, answers 404, and `apply` reports it.
+//! pingora cannot add or remove services of a running `Server`, hence one server per port: a
+//! port the configuration declares for the first time gets a new server; a port that
+//! disappears has its server stopped (the socket is closed at once, requests in flight finish
+//! within the grace period); a port whose protocol changes (HTTP to HTTPS or back) is stopped
+//! and started again with the new protocol. Other ports are not touched by either.
+//!
+//! Every socket is bound without `SO_REUSEPORT`, and `apply` binds each address itself before
+//! pingora does, so a second torhaus (or anything else) on the same port is a clear error
+//! rather than two processes silently sharing the connections. The remaining window is the
+//! instant between that probe and pingora's own bind.
+//!
+//! Shutdown stops every port's listener at once and then waits for the requests in flight
+//! ([`crate::drain`]), at most the grace period, instead of pingora's unconditional sleep.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
@@ -24,6 +32,7 @@ use tokio::sync::watch;
 use torhaus_model::{DataPlaneConfig, OnDemandIssuer, PortProtocol};
 
 use crate::access_log::{AccessLog, AccessLogTarget};
+use crate::drain::InFlightRequests;
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, Observer, StateView};
 use crate::mirror::Mirrors;
@@ -32,8 +41,10 @@ use crate::snapshot::Snapshot;
 use crate::tls::{OnDemandCache, PortCertResolver, SniRecorder};
 use crate::upstream::EjectionPolicy;
 
-/// How long `apply` waits for a new port to accept connections.
+/// How long `apply` waits for a new port to accept connections, or a stopped one to close.
 const LISTEN_DEADLINE: Duration = Duration::from_secs(10);
+/// How often lifecycle waits look again (binding probes, the in-flight count).
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// Mirrored requests in flight at most, across all ports; beyond it mirrors are skipped.
 const MAX_MIRRORS_IN_FLIGHT: usize = 1024;
 /// pingora attempts per request at most (first try included), whatever a retry policy asks.
@@ -86,12 +97,30 @@ pub struct DataPlaneOptions {
 struct PortServer {
     protocol: PortProtocol,
     bound: SocketAddr,
+    /// The `[::]` twin of a `0.0.0.0` address, when the host has IPv6.
+    twin: Option<SocketAddr>,
+    /// Stops this port's server alone (removal, protocol change) or with all others (shutdown).
+    stop: watch::Sender<bool>,
     thread: JoinHandle<()>,
+}
+
+impl PortServer {
+    fn addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        std::iter::once(self.bound).chain(self.twin)
+    }
+
+    /// Whether every address of the port is free again (pingora closed its sockets).
+    fn released(&self) -> bool {
+        self.addrs()
+            .all(|addr| std::net::TcpListener::bind(addr).is_ok())
+    }
 }
 
 #[derive(Debug)]
 struct Lifecycle {
     servers: HashMap<u16, PortServer>,
+    /// Stopped servers finishing their requests in flight; their sockets are already closed.
+    retiring: Vec<PortServer>,
     shutting_down: bool,
 }
 
@@ -159,6 +188,7 @@ impl DataPlane {
             ejection: options.ejection,
             mirrors: Mirrors::new(MAX_MIRRORS_IN_FLIGHT),
             observer: Observer::new(Arc::clone(&metrics), settings.request_metrics, access_log),
+            in_flight: Arc::new(InFlightRequests::default()),
         });
         let on_demand = Arc::new(OnDemandCache::new(issuer));
         metrics.register_state(Arc::clone(&proxy.snapshot), Arc::clone(&on_demand))?;
@@ -172,6 +202,7 @@ impl DataPlane {
                 metrics,
                 lifecycle: Mutex::new(Lifecycle {
                     servers: HashMap::new(),
+                    retiring: Vec::new(),
                     shutting_down: false,
                 }),
             }),
@@ -205,9 +236,11 @@ impl DataPlane {
         SocketAddr::new(self.inner.settings.bind, port)
     }
 
-    /// Prepares and swaps in `config`, then binds ports it declares for the first time. The new
-    /// snapshot serves every bound port even when binding a new one fails (that error is
-    /// returned).
+    /// Prepares and swaps in `config`, then makes the bound ports follow it: ports declared for
+    /// the first time are bound, ports no longer declared are closed, and ports whose protocol
+    /// changed are closed and bound again with the new protocol. Ports that stay as they were
+    /// keep their connections. The new snapshot serves every bound port even when binding or
+    /// closing one fails (the first such error is returned).
     pub fn apply(&self, config: Arc<DataPlaneConfig>) -> Result<(), GatewayError> {
         let result = self.apply_inner(config);
         self.inner.metrics.config_reloaded(result.is_ok());
@@ -228,26 +261,52 @@ impl DataPlane {
         let mut snapshot = Snapshot::build(Arc::clone(&config), &previous);
         snapshot.series = self.inner.metrics.series_for(&snapshot, &previous.series);
         self.inner.proxy.snapshot.store(Arc::new(snapshot));
+        lifecycle
+            .retiring
+            .retain(|server| !server.thread.is_finished());
 
         let mut first_error = None;
-        for port in &config.ports {
-            match lifecycle.servers.get(&port.port) {
-                Some(running) if running.protocol != port.protocol => {
-                    first_error.get_or_insert(GatewayError::ProtocolChange {
-                        declared_port: port.port,
-                        running: running.protocol,
-                        requested: port.protocol,
-                    });
+        let declared: HashMap<u16, PortProtocol> =
+            config.ports.iter().map(|p| (p.port, p.protocol)).collect();
+        let outdated: Vec<u16> = lifecycle
+            .servers
+            .iter()
+            .filter(|(port, server)| declared.get(port) != Some(&server.protocol))
+            .map(|(port, _)| *port)
+            .collect();
+        for port in outdated {
+            let Some(server) = lifecycle.servers.remove(&port) else {
+                continue;
+            };
+            server.stop.send_replace(true);
+            match declared.get(&port) {
+                Some(requested) => tracing::info!(
+                    port,
+                    bound = %server.bound,
+                    from = %server.protocol,
+                    to = %requested,
+                    "protocol changed: restarting the port"
+                ),
+                None => {
+                    tracing::info!(port, bound = %server.bound, "port no longer declared: closing it")
                 }
-                Some(_) => {}
-                None => match self.spawn_port(port.port, port.protocol) {
-                    Ok(server) => {
-                        lifecycle.servers.insert(port.port, server);
-                    }
-                    Err(error) => {
-                        first_error.get_or_insert(error);
-                    }
-                },
+            }
+            if let Err(error) = wait_until_released(port, &server) {
+                first_error.get_or_insert(error);
+            }
+            lifecycle.retiring.push(server);
+        }
+        for port in &config.ports {
+            if lifecycle.servers.contains_key(&port.port) {
+                continue;
+            }
+            match self.spawn_port(port.port, port.protocol) {
+                Ok(server) => {
+                    lifecycle.servers.insert(port.port, server);
+                }
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
             }
         }
         match first_error {
@@ -277,12 +336,14 @@ impl DataPlane {
         protocol: PortProtocol,
     ) -> Result<PortServer, GatewayError> {
         let bound = self.bound_addr(declared_port);
-        // pingora panics on its own thread when it cannot bind: try first for a clear error.
+        // pingora panics on its own thread when it cannot bind: try first for a clear error. This
+        // is also what refuses a port another process listens on (no SO_REUSEPORT anywhere).
         std::net::TcpListener::bind(bound).map_err(|source| GatewayError::Bind {
             declared_port,
             addr: bound,
             source,
         })?;
+        let twin = dual_stack_twin(bound);
         let settings = &self.inner.settings;
         let grace_seconds = settings.grace_period.as_secs_f64().ceil() as u64;
         let conf = ServerConf {
@@ -303,11 +364,15 @@ impl DataPlane {
             proxy,
             &format!("torhaus port {declared_port}"),
         );
-        let mut addrs = vec![(bound.to_string(), None)];
-        if let Some(v6) = dual_stack_twin(bound) {
-            let mut v6_only = TcpSocketOptions::default();
+        // SO_REUSEPORT stays off (it is off by default; said explicitly because a second process
+        // sharing the port would silently take half of the connections).
+        let mut exclusive = TcpSocketOptions::default();
+        exclusive.so_reuseport = Some(false);
+        let mut addrs = vec![(bound.to_string(), exclusive.clone())];
+        if let Some(v6) = twin {
+            let mut v6_only = exclusive;
             v6_only.ipv6_only = Some(true);
-            addrs.push((v6.to_string(), Some(v6_only)));
+            addrs.push((v6.to_string(), v6_only));
         }
         match protocol {
             PortProtocol::Http => {
@@ -317,10 +382,7 @@ impl DataPlane {
                     app.server_options = Some(options);
                 }
                 for (addr, options) in addrs {
-                    match options {
-                        Some(options) => service.add_tcp_with_settings(&addr, options),
-                        None => service.add_tcp(&addr),
-                    }
+                    service.add_tcp_with_settings(&addr, options);
                 }
             }
             PortProtocol::Https => {
@@ -339,12 +401,13 @@ impl DataPlane {
                     })?;
                     tls.set_cert_resolver(Arc::new(resolver));
                     tls.enable_h2();
-                    service.add_tls_with_settings(&addr, options, tls);
+                    service.add_tls_with_settings(&addr, Some(options), tls);
                 }
             }
         }
         server.add_service(service);
-        let shutdown = WatchShutdown(self.inner.shutdown.subscribe());
+        let (stop, stopped) = watch::channel(false);
+        let shutdown = WatchShutdown(stopped);
         let thread = std::thread::Builder::new()
             .name(format!("torhaus-port-{declared_port}"))
             .spawn(move || {
@@ -361,6 +424,8 @@ impl DataPlane {
         Ok(PortServer {
             protocol,
             bound,
+            twin,
+            stop,
             thread,
         })
     }
@@ -374,10 +439,22 @@ impl DataPlane {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         lifecycle.shutting_down = true;
+        for server in lifecycle.servers.values() {
+            server.stop.send_replace(true);
+        }
         self.inner.shutdown.send_replace(true);
     }
 
-    /// Blocks until [`DataPlane::shutdown`] was called and every port's server has stopped.
+    /// How many requests are being handled right now, on all ports.
+    pub fn requests_in_flight(&self) -> usize {
+        self.inner.proxy.in_flight.count()
+    }
+
+    /// Blocks until [`DataPlane::shutdown`] was called, every port has closed its sockets and
+    /// no request is in flight any more, or the grace period has passed since the shutdown.
+    ///
+    /// pingora itself would sleep the whole grace period; its server threads are left to that
+    /// sleep (they hold no socket and no request), so a process can exit as soon as this returns.
     pub fn wait(self) {
         let mut receiver = self.inner.shutdown.subscribe();
         match tokio::runtime::Builder::new_current_thread()
@@ -393,24 +470,46 @@ impl DataPlane {
                 self.shutdown();
             }
         }
-        // `apply` refuses new ports once shutting down, so this drains every server.
+        let started = Instant::now();
+        let deadline = started + self.inner.settings.grace_period;
+        // `apply` refuses new ports once shutting down, so this is every server there will be.
         let servers: Vec<PortServer> = {
             let mut lifecycle = self
                 .inner
                 .lifecycle
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            lifecycle
+            let mut servers: Vec<PortServer> = lifecycle
                 .servers
                 .drain()
                 .map(|(_, server)| server)
-                .collect()
+                .collect();
+            servers.append(&mut lifecycle.retiring);
+            servers
         };
-        for server in servers {
-            if server.thread.join().is_err() {
-                tracing::error!(bound = %server.bound, "the port's server thread panicked");
+        // Drained means: no socket accepts any more and nothing was in flight on two looks in a
+        // row (a request read just as its connection's listener closed is counted in between).
+        let mut idle_looks = 0;
+        while idle_looks < 2 {
+            let idle = self.requests_in_flight() == 0
+                && servers
+                    .iter()
+                    .all(|s| s.thread.is_finished() || s.released());
+            idle_looks = if idle { idle_looks + 1 } else { 0 };
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    in_flight = self.requests_in_flight(),
+                    grace_period = ?self.inner.settings.grace_period,
+                    "grace period over; abandoning the requests still in flight"
+                );
+                return;
             }
+            std::thread::sleep(POLL_INTERVAL);
         }
+        tracing::info!(
+            drained_in_ms = started.elapsed().as_millis(),
+            "every port closed and no request in flight"
+        );
     }
 }
 
@@ -425,6 +524,23 @@ fn dual_stack_twin(bound: SocketAddr) -> Option<SocketAddr> {
     }
     let v6 = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), bound.port());
     std::net::TcpListener::bind(v6).ok().map(|_| v6)
+}
+
+/// Polls until a stopped server has closed every socket of its port, so the port can be bound
+/// again (protocol change) or is really gone (removal).
+fn wait_until_released(declared_port: u16, server: &PortServer) -> Result<(), GatewayError> {
+    let started = Instant::now();
+    while !server.released() {
+        if server.thread.is_finished() || started.elapsed() > LISTEN_DEADLINE {
+            return Err(GatewayError::NotReleased {
+                declared_port,
+                addr: server.bound,
+                waited_ms: started.elapsed().as_millis(),
+            });
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    Ok(())
 }
 
 /// Polls until the port accepts a TCP connection (pingora binds asynchronously on its thread).

@@ -10,14 +10,11 @@ pub enum GatewayError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error(
-        "listener port {declared_port} is already served as {running}; changing it to {requested} \
-         needs a restart (the port keeps serving {running} and answers 404)"
-    )]
-    ProtocolChange {
+    #[error("port {declared_port} was stopped but {addr} was still bound after {waited_ms} ms")]
+    NotReleased {
         declared_port: u16,
-        running: torhaus_model::PortProtocol,
-        requested: torhaus_model::PortProtocol,
+        addr: SocketAddr,
+        waited_ms: u128,
     },
     #[error("listener ports {first} and {second} both map to bound port {bound}")]
     PortMapCollision { first: u16, second: u16, bound: u16 },

@@ -4,6 +4,7 @@
 
 pub mod access_log;
 pub mod dataplane;
+pub mod drain;
 pub mod error;
 pub mod filters;
 pub mod metrics;

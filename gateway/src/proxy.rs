@@ -24,6 +24,7 @@ use torhaus_model::{
     Backend, BackendTarget, Filter, PortProtocol, Redirect, Rewrite, Rule, Scheme, UpstreamProtocol,
 };
 
+use crate::drain::{ActiveRequest, InFlightRequests};
 use crate::filters;
 use crate::metrics::{Finished, Observer, RequestObs};
 use crate::mirror::{MirrorBody, MirrorChunk, Mirrors};
@@ -50,6 +51,8 @@ pub struct ProxyShared {
     pub mirrors: Mirrors,
     /// Metrics and the access log.
     pub observer: Observer,
+    /// Requests in flight on every port, for a shutdown that ends once they are done.
+    pub in_flight: Arc<InFlightRequests>,
 }
 
 /// The proxy of one listener port (as declared by the Gateway).
@@ -80,6 +83,8 @@ pub struct RequestCtx {
     mirrors: Vec<MirrorBody>,
     /// Timings and the listener, for metrics and the access log.
     obs: RequestObs,
+    /// Counts this request as in flight until the context is dropped.
+    _active: Option<ActiveRequest>,
 }
 
 impl RequestCtx {
@@ -411,7 +416,10 @@ impl ProxyHttp for PortProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::default()
+        RequestCtx {
+            _active: Some(self.shared.in_flight.enter()),
+            ..RequestCtx::default()
+        }
     }
 
     async fn early_request_filter(

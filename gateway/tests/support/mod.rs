@@ -256,6 +256,20 @@ impl Drop for Gateway {
     }
 }
 
+/// The backend `app` and a gateway on declared port 80 sending every request to it.
+pub async fn app_behind_gateway(
+    tweak: impl FnOnce(&mut GatewaySettings),
+) -> (TestBackend, Gateway) {
+    let app = TestBackend::spawn("app").await;
+    let app_backend = backend("app", vec![app.addr], UpstreamProtocol::Http1);
+    let gateway = Gateway::start_with(&[80], DataPlaneOptions::default(), tweak);
+    gateway.apply(simple(
+        80,
+        vec![rule(vec![prefix("/")], vec![], vec![to(&app_backend, 1)])],
+    ));
+    (app, gateway)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Backends
 
@@ -597,7 +611,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                 body,
             })
         };
-        tokio::time::timeout(DEADLINE, reading)
+        // Boxed so that callers' futures stay small (debug builds copy them on the stack).
+        tokio::time::timeout(DEADLINE, Box::pin(reading))
             .await
             .map_err(|_| anyhow!("no response within {DEADLINE:?}"))?
     }
@@ -710,9 +725,7 @@ pub async fn tls_connect(addr: SocketAddr, sni: Option<&str>, alpn: &[&[u8]]) ->
         None => ServerName::IpAddress(addr.ip().into()),
     };
     let tcp = TcpStream::connect(addr).await?;
-    let stream = TlsConnector::from(Arc::new(config))
-        .connect(server_name, tcp)
-        .await?;
+    let stream = Box::pin(TlsConnector::from(Arc::new(config)).connect(server_name, tcp)).await?;
     Ok(stream)
 }
 
