@@ -6,7 +6,7 @@ purpose=${1:-test}
 packages=(cmake gcc g++ make pkg-config curl openssl ca-certificates)
 case "$purpose" in
   build) ;;
-  test) packages+=() ;;
+  test) packages+=(knot) ;;  # knotd: the RFC 2136/TSIG rig (dns/tests)
   bench) packages+=(nginx-light haproxy wrk nghttp2-client) ;;
   *) echo "usage: $0 build|test|bench" >&2; exit 2 ;;
 esac

@@ -1,2 +1,12 @@
-//! DNS providers behind one trait (RFC 2136, PowerDNS, Cloudflare): not built yet, see issue 4.
+//! DNS providers behind one `DnsProvider` trait. Today: RFC 2136 with TSIG (append,
+//! delete-by-rdata, atomic record-set replace, AXFR listing). PowerDNS, Cloudflare, propagation
+//! checks and the records planner are not built yet (issue 4).
 #![forbid(unsafe_code)]
+
+mod error;
+pub mod name;
+mod provider;
+pub mod rfc2136;
+
+pub use error::DnsError;
+pub use provider::{DnsProvider, RecordSet, RecordType, Zone};
