@@ -3,10 +3,12 @@
 //! checks and the records planner are not built yet (issue 4).
 #![forbid(unsafe_code)]
 
+pub mod config;
 mod error;
 pub mod name;
 mod provider;
 pub mod rfc2136;
 
+pub use config::{ProviderConfig, SecretKeyRef, SecretSource};
 pub use error::DnsError;
 pub use provider::{DnsProvider, RecordSet, RecordType, Zone};

@@ -1,0 +1,198 @@
+//! Provider configuration as users write it (serde, unknown fields rejected), kept apart from
+//! the runtime providers; credentials are Secret references resolved through `SecretSource`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::rfc2136::{Rfc2136Provider, TsigAlgorithmName, TsigKey};
+use crate::{DnsError, DnsProvider};
+
+/// A key in a Secret (a Kubernetes Secret in cluster, a file in standalone mode).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretKeyRef {
+    pub name: String,
+    pub key: String,
+}
+
+/// Resolves Secret references; the k8s and standalone layers implement it.
+pub trait SecretSource {
+    /// The bytes stored under `reference`, or a message saying why they are unavailable.
+    fn secret(&self, reference: &SecretKeyRef) -> Result<Vec<u8>, String>;
+}
+
+/// One DNS provider, as embedded in an Issuer: exactly one field names the kind (a struct of
+/// options rather than an enum, as Kubernetes CRDs and cert-manager's solvers spell it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProviderConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rfc2136: Option<Rfc2136Config>,
+}
+
+/// RFC 2136 dynamic updates signed with TSIG.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rfc2136Config {
+    /// The primary server, `host-ip:port` (port 53 if omitted).
+    pub nameserver: String,
+    /// The zone to update; discovered with an SOA query when omitted.
+    #[serde(default)]
+    pub zone: Option<String>,
+    pub tsig_key_name: String,
+    #[serde(default = "default_algorithm")]
+    pub tsig_algorithm: TsigAlgorithmName,
+    /// The base64 TSIG secret.
+    pub tsig_secret_ref: SecretKeyRef,
+    /// Per-request timeout in seconds (default 5).
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+}
+
+fn default_algorithm() -> TsigAlgorithmName {
+    TsigAlgorithmName::HmacSha256
+}
+
+impl ProviderConfig {
+    /// Builds the runtime provider, resolving credentials through `secrets`. Errors name the
+    /// field (`rfc2136.tsigSecretRef`, ...).
+    pub fn build(&self, secrets: &dyn SecretSource) -> Result<Arc<dyn DnsProvider>, DnsError> {
+        match &self.rfc2136 {
+            None => Err(DnsError::config(
+                "dns",
+                "no provider configured (supported today: rfc2136)",
+            )),
+            Some(config) => {
+                let nameserver = parse_server(&config.nameserver).ok_or_else(|| {
+                    DnsError::config(
+                        "rfc2136.nameserver",
+                        format!(
+                            "{:?} is not an IP address with optional :port",
+                            config.nameserver
+                        ),
+                    )
+                })?;
+                let raw = secrets
+                    .secret(&config.tsig_secret_ref)
+                    .map_err(|e| DnsError::config("rfc2136.tsigSecretRef", e))?;
+                let text = String::from_utf8_lossy(&raw);
+                use base64::Engine as _;
+                let secret = base64::engine::general_purpose::STANDARD
+                    .decode(text.trim())
+                    .map_err(|e| {
+                        DnsError::config(
+                            "rfc2136.tsigSecretRef",
+                            format!(
+                                "secret {}/{} is not base64: {e}",
+                                config.tsig_secret_ref.name, config.tsig_secret_ref.key
+                            ),
+                        )
+                    })?;
+                let timeout = Duration::from_secs(config.timeout_seconds.unwrap_or(5).max(1));
+                Ok(Arc::new(Rfc2136Provider::new(
+                    nameserver,
+                    config.zone.as_deref(),
+                    Some(TsigKey {
+                        name: config.tsig_key_name.clone(),
+                        algorithm: config.tsig_algorithm,
+                        secret,
+                    }),
+                    timeout,
+                )?))
+            }
+        }
+    }
+}
+
+fn parse_server(text: &str) -> Option<SocketAddr> {
+    text.parse::<SocketAddr>().ok().or_else(|| {
+        text.parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, 53))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Secrets;
+    impl SecretSource for Secrets {
+        fn secret(&self, reference: &SecretKeyRef) -> Result<Vec<u8>, String> {
+            match (reference.name.as_str(), reference.key.as_str()) {
+                ("tsig", "secret") => Ok(b"c2VjcmV0\n".to_vec()),
+                ("tsig", "garbage") => Ok(b"not base64!".to_vec()),
+                (name, key) => Err(format!("secret {name} has no key {key}")),
+            }
+        }
+    }
+
+    fn parse(yaml: &str) -> Result<ProviderConfig, serde_yaml::Error> {
+        serde_yaml::from_str(yaml)
+    }
+
+    #[test]
+    fn rfc2136_config_parses_and_builds() -> anyhow::Result<()> {
+        let config = parse(
+            "rfc2136:\n  nameserver: 127.0.0.1\n  zone: example.com\n  tsigKeyName: acme\n  \
+             tsigSecretRef: {name: tsig, key: secret}\n",
+        )?;
+        let inner = config
+            .rfc2136
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("no rfc2136"))?;
+        assert_eq!(inner.tsig_algorithm, TsigAlgorithmName::HmacSha256);
+        let provider = config.build(&Secrets)?;
+        assert_eq!(provider.describe(), "rfc2136 127.0.0.1:53");
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_fields_and_kinds_are_rejected() {
+        let typo = parse(
+            "rfc2136:\n  nameserver: 127.0.0.1\n  tsigKeyNam: acme\n  tsigSecretRef: {name: tsig, key: secret}\n",
+        );
+        assert!(typo.is_err_and(|e| e.to_string().contains("tsigKeyNam")));
+        assert!(parse("route53: {}\n").is_err());
+        let empty = parse("{}\n").map(|c| c.build(&Secrets).err().map(|e| e.to_string()));
+        assert!(matches!(empty, Ok(Some(e)) if e.contains("no provider configured")));
+    }
+
+    #[test]
+    fn bad_values_name_the_field() -> anyhow::Result<()> {
+        let bad_server = parse(
+            "rfc2136:\n  nameserver: dns.example.com\n  tsigKeyName: k\n  tsigSecretRef: {name: tsig, key: secret}\n",
+        )?;
+        let error = bad_server
+            .build(&Secrets)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("rfc2136.nameserver"), "{error}");
+        let missing = parse(
+            "rfc2136:\n  nameserver: 127.0.0.1:5353\n  tsigKeyName: k\n  tsigSecretRef: {name: tsig, key: nope}\n",
+        )?;
+        let error = missing
+            .build(&Secrets)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            error.contains("rfc2136.tsigSecretRef") && error.contains("no key nope"),
+            "{error}"
+        );
+        let garbage = parse(
+            "rfc2136:\n  nameserver: 127.0.0.1:5353\n  tsigKeyName: k\n  tsigSecretRef: {name: tsig, key: garbage}\n",
+        )?;
+        let error = garbage
+            .build(&Secrets)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("not base64"), "{error}");
+        Ok(())
+    }
+}
