@@ -1,14 +1,17 @@
 //! DNS providers behind one `DnsProvider` trait. Today: RFC 2136 with TSIG (append,
-//! delete-by-rdata, atomic record-set replace, AXFR listing). PowerDNS, Cloudflare, propagation
-//! checks and the records planner are not built yet (issue 4).
+//! delete-by-rdata, atomic record-set replace, AXFR listing), and
+//! hickory-resolver lookups for DNS-01 (CNAME following, zone discovery, propagation check).
+//! PowerDNS, Cloudflare and the records planner are not built yet (issue 4).
 #![forbid(unsafe_code)]
 
 pub mod config;
 mod error;
+pub mod lookup;
 pub mod name;
 mod provider;
 pub mod rfc2136;
 
 pub use config::{ProviderConfig, SecretKeyRef, SecretSource};
 pub use error::DnsError;
+pub use lookup::{Lookup, LookupConfig};
 pub use provider::{DnsProvider, RecordSet, RecordType, Zone};

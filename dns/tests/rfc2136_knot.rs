@@ -192,3 +192,63 @@ async fn wrong_tsig_key_is_a_clear_permanent_error() -> anyhow::Result<()> {
     assert!(rrset(&good, &name, RecordType::Txt).await?.is_none());
     Ok(())
 }
+
+fn lookup_for(knot: &Knot) -> torhaus_dns::Lookup {
+    // The rig's NS record points at 127.0.0.1; its port is the rig's, not 53.
+    torhaus_dns::Lookup::new(torhaus_dns::LookupConfig {
+        resolvers: vec![knot.addr],
+        authoritative_port: knot.addr.port(),
+        timeout: Duration::from_secs(2),
+    })
+}
+
+#[tokio::test]
+async fn propagation_check_sees_the_value_on_every_authoritative_server() -> anyhow::Result<()> {
+    let Some(knot) = rig()? else { return Ok(()) };
+    let p = provider(&knot, &good_secret()?)?;
+    let lookup = lookup_for(&knot);
+    let name = format!("_acme-challenge.prop.{ZONE}");
+    assert_eq!(lookup.zone_of(&name).await?, ZONE);
+    assert_eq!(lookup.authoritative_servers(ZONE).await?, [knot.addr]);
+    let zone = p.find_zone(&name).await?;
+    p.add_txt(&zone, &name, "token-1", 60).await?;
+    lookup
+        .wait_for_txt(
+            &name,
+            "token-1",
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+        )
+        .await?;
+    // A value that never appears: the deadline passes and the pending server is named.
+    let missing = lookup
+        .wait_for_txt(
+            &name,
+            "absent",
+            Duration::from_millis(300),
+            Duration::from_millis(50),
+        )
+        .await;
+    match missing {
+        Err(DnsError::PropagationTimeout { pending, .. }) => {
+            assert_eq!(pending, [knot.addr.to_string()]);
+        }
+        other => anyhow::bail!("expected a propagation timeout, got {other:?}"),
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn challenge_cname_delegation_is_followed() -> anyhow::Result<()> {
+    let Some(knot) = rig()? else { return Ok(()) };
+    let lookup = lookup_for(&knot);
+    // The rig's zone delegates this challenge name with a CNAME, as acme-dns setups do.
+    let target = lookup
+        .follow_cname(&format!("_acme-challenge.delegated.{ZONE}"))
+        .await?;
+    assert_eq!(target, format!("_acme-challenge.target.acme-dns.{ZONE}"));
+    // A name without CNAME is its own target.
+    let plain = format!("_acme-challenge.plain.{ZONE}");
+    assert_eq!(lookup.follow_cname(&plain).await?, plain);
+    Ok(())
+}

@@ -43,7 +43,8 @@ impl Knot {
             &zone_file,
             format!(
                 "$ORIGIN {ZONE}.\n$TTL 60\n@ SOA ns1 hostmaster 1 60 60 600 60\n@ NS ns1\n\
-                 ns1 A 127.0.0.1\nforeign A 192.0.2.99\n"
+                 ns1 A 127.0.0.1\nforeign A 192.0.2.99\n\
+                 _acme-challenge.delegated CNAME _acme-challenge.target.acme-dns\n"
             ),
         )
         .context("writing the zone file")?;
