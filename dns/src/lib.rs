@@ -4,6 +4,7 @@
 //! PowerDNS, Cloudflare and the records planner are not built yet (issue 4).
 #![forbid(unsafe_code)]
 
+pub mod challenge;
 pub mod config;
 mod error;
 pub mod lookup;
@@ -11,6 +12,7 @@ pub mod name;
 mod provider;
 pub mod rfc2136;
 
+pub use challenge::{Dns01, PresentedTxt};
 pub use config::{ProviderConfig, SecretKeyRef, SecretSource};
 pub use error::DnsError;
 pub use lookup::{Lookup, LookupConfig};

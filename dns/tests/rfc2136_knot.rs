@@ -252,3 +252,35 @@ async fn challenge_cname_delegation_is_followed() -> anyhow::Result<()> {
     assert_eq!(lookup.follow_cname(&plain).await?, plain);
     Ok(())
 }
+
+#[tokio::test]
+async fn dns01_apex_and_wildcard_through_a_cname_delegation() -> anyhow::Result<()> {
+    let Some(knot) = rig()? else { return Ok(()) };
+    let p = std::sync::Arc::new(provider(&knot, &good_secret()?)?);
+    let dns01 = torhaus_dns::Dns01::new(p.clone(), lookup_for(&knot), 60);
+    let apex = dns01.present(&format!("delegated.{ZONE}"), "apex").await?;
+    let wildcard = dns01
+        .present(&format!("*.delegated.{ZONE}"), "wild")
+        .await?;
+    let target = format!("_acme-challenge.target.acme-dns.{ZONE}");
+    assert_eq!(apex.name, target);
+    assert_eq!(wildcard.name, target);
+    for presented in [&apex, &wildcard] {
+        dns01
+            .wait_propagated(
+                presented,
+                Duration::from_secs(10),
+                Duration::from_millis(50),
+            )
+            .await?;
+    }
+    assert_eq!(
+        sorted(rrset(&p, &target, RecordType::Txt).await?),
+        ["apex", "wild"]
+    );
+    dns01.cleanup(&apex).await?;
+    assert_eq!(sorted(rrset(&p, &target, RecordType::Txt).await?), ["wild"]);
+    dns01.cleanup(&wildcard).await?;
+    assert!(rrset(&p, &target, RecordType::Txt).await?.is_none());
+    Ok(())
+}
