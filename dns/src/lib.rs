@@ -1,7 +1,8 @@
 //! DNS providers behind one `DnsProvider` trait. Today: RFC 2136 with TSIG (append,
 //! delete-by-rdata, atomic record-set replace, AXFR listing), and
 //! hickory-resolver lookups for DNS-01 (CNAME following, zone discovery, propagation check).
-//! PowerDNS, Cloudflare and the records planner are not built yet (issue 4).
+//! The records planner/applier publishes A/AAAA for served hostnames with TXT ownership
+//! markers. PowerDNS and Cloudflare providers are not built yet (issue 4).
 #![forbid(unsafe_code)]
 
 pub mod challenge;
@@ -10,6 +11,7 @@ mod error;
 pub mod lookup;
 pub mod name;
 mod provider;
+pub mod records;
 pub mod rfc2136;
 
 pub use challenge::{Dns01, PresentedTxt};

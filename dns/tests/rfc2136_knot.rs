@@ -284,3 +284,57 @@ async fn dns01_apex_and_wildcard_through_a_cname_delegation() -> anyhow::Result<
     assert!(rrset(&p, &target, RecordType::Txt).await?.is_none());
     Ok(())
 }
+
+#[tokio::test]
+async fn records_sync_creates_and_removes_owned_records_only() -> anyhow::Result<()> {
+    use std::collections::BTreeMap;
+    use std::net::IpAddr;
+    let Some(knot) = rig()? else { return Ok(()) };
+    let p = std::sync::Arc::new(provider(&knot, &good_secret()?)?);
+    let sync = torhaus_dns::records::RecordsSync::new(p.clone(), "cluster-1", 60, Vec::new());
+    let app = format!("app.{ZONE}");
+    let foreign = format!("foreign.{ZONE}");
+    let ip = |s: &str| -> anyhow::Result<IpAddr> { Ok(s.parse()?) };
+    let desired: BTreeMap<String, Vec<IpAddr>> = [
+        (app.clone(), vec![ip("192.0.2.10")?, ip("2001:db8::10")?]),
+        // The zone file's record: torhaus must not take it over.
+        (foreign.clone(), vec![ip("192.0.2.1")?]),
+    ]
+    .into();
+    let report = sync.sync(&desired).await?;
+    assert_eq!(report.conflicts.len(), 1, "{:?}", report.conflicts);
+    assert_eq!(report.conflicts[0].name, foreign);
+    assert_eq!(
+        sorted(rrset(&p, &app, RecordType::A).await?),
+        ["192.0.2.10"]
+    );
+    assert_eq!(
+        sorted(rrset(&p, &app, RecordType::Aaaa).await?),
+        ["2001:db8::10"]
+    );
+    let marker = format!("_torhaus-owner.{app}");
+    assert_eq!(
+        sorted(rrset(&p, &marker, RecordType::Txt).await?),
+        [
+            "heritage=torhaus,owner=cluster-1,type=A",
+            "heritage=torhaus,owner=cluster-1,type=AAAA"
+        ]
+    );
+    assert_eq!(
+        sorted(rrset(&p, &foreign, RecordType::A).await?),
+        ["192.0.2.99"]
+    );
+    // A second sync with nothing changed plans nothing.
+    assert_eq!(sync.sync(&desired).await?.changes, 0);
+    // The route goes away: its records and markers go; the foreign record stays.
+    let report = sync.sync(&BTreeMap::new()).await?;
+    assert_eq!(report.changes, 4);
+    assert!(rrset(&p, &app, RecordType::A).await?.is_none());
+    assert!(rrset(&p, &app, RecordType::Aaaa).await?.is_none());
+    assert!(rrset(&p, &marker, RecordType::Txt).await?.is_none());
+    assert_eq!(
+        sorted(rrset(&p, &foreign, RecordType::A).await?),
+        ["192.0.2.99"]
+    );
+    Ok(())
+}
