@@ -6,7 +6,7 @@ purpose=${1:-test}
 packages=(cmake gcc g++ make pkg-config curl openssl ca-certificates)
 case "$purpose" in
   build) ;;
-  test) packages+=(knot) ;;  # knotd: the RFC 2136/TSIG rig (dns/tests)
+  test) packages+=(knot pdns-server pdns-backend-sqlite3 sqlite3) ;;  # dns/tests rigs: knotd (RFC 2136/TSIG), PowerDNS API
   bench) packages+=(nginx-light haproxy wrk nghttp2-client) ;;
   *) echo "usage: $0 build|test|bench" >&2; exit 2 ;;
 esac

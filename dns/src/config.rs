@@ -31,6 +31,20 @@ pub trait SecretSource {
 pub struct ProviderConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rfc2136: Option<Rfc2136Config>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub powerdns: Option<PowerDnsConfig>,
+}
+
+/// The PowerDNS Authoritative HTTP API.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PowerDnsConfig {
+    /// The webserver URL, e.g. `http://pdns.dns.svc:8081`.
+    pub url: String,
+    /// The API's server id (default `localhost`).
+    #[serde(default)]
+    pub server_id: Option<String>,
+    pub api_key_secret_ref: SecretKeyRef,
 }
 
 /// RFC 2136 dynamic updates signed with TSIG.
@@ -60,12 +74,29 @@ impl ProviderConfig {
     /// Builds the runtime provider, resolving credentials through `secrets`. Errors name the
     /// field (`rfc2136.tsigSecretRef`, ...).
     pub fn build(&self, secrets: &dyn SecretSource) -> Result<Arc<dyn DnsProvider>, DnsError> {
-        match &self.rfc2136 {
-            None => Err(DnsError::config(
+        match (&self.rfc2136, &self.powerdns) {
+            (None, None) => Err(DnsError::config(
                 "dns",
-                "no provider configured (supported today: rfc2136)",
+                "no provider configured (supported today: rfc2136, powerdns)",
             )),
-            Some(config) => {
+            (Some(_), Some(_)) => Err(DnsError::config(
+                "dns",
+                "configure exactly one provider (found rfc2136 and powerdns)",
+            )),
+            (None, Some(config)) => {
+                let key = secrets
+                    .secret(&config.api_key_secret_ref)
+                    .map_err(|e| DnsError::config("powerdns.apiKeySecretRef", e))?;
+                let key = String::from_utf8(key).map_err(|_| {
+                    DnsError::config("powerdns.apiKeySecretRef", "the API key is not UTF-8")
+                })?;
+                Ok(Arc::new(crate::powerdns::PowerDnsProvider::new(
+                    &config.url,
+                    config.server_id.as_deref().unwrap_or("localhost"),
+                    key.trim(),
+                )?))
+            }
+            (Some(config), None) => {
                 let nameserver = parse_server(&config.nameserver).ok_or_else(|| {
                     DnsError::config(
                         "rfc2136.nameserver",
@@ -147,6 +178,36 @@ mod tests {
         assert_eq!(inner.tsig_algorithm, TsigAlgorithmName::HmacSha256);
         let provider = config.build(&Secrets)?;
         assert_eq!(provider.describe(), "rfc2136 127.0.0.1:53");
+        Ok(())
+    }
+
+    #[test]
+    fn powerdns_config_builds_and_two_providers_are_refused() -> anyhow::Result<()> {
+        let config = parse(
+            "powerdns:\n  url: http://127.0.0.1:8081\n  apiKeySecretRef: {name: tsig, key: secret}\n",
+        )?;
+        assert_eq!(
+            config.build(&Secrets)?.describe(),
+            "powerdns http://127.0.0.1:8081"
+        );
+        let bad_url =
+            parse("powerdns:\n  url: pdns:8081\n  apiKeySecretRef: {name: tsig, key: secret}\n")?;
+        let error = bad_url
+            .build(&Secrets)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("powerdns.url"), "{error}");
+        let both = parse(
+            "powerdns:\n  url: http://x\n  apiKeySecretRef: {name: tsig, key: secret}\n\
+             rfc2136:\n  nameserver: 127.0.0.1\n  tsigKeyName: k\n  tsigSecretRef: {name: tsig, key: secret}\n",
+        )?;
+        let error = both
+            .build(&Secrets)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("exactly one provider"), "{error}");
         Ok(())
     }
 

@@ -10,6 +10,7 @@ pub mod config;
 mod error;
 pub mod lookup;
 pub mod name;
+pub mod powerdns;
 mod provider;
 pub mod records;
 pub mod rfc2136;

@@ -112,3 +112,117 @@ fn soa_answers(addr: SocketAddr, zone: &str) -> bool {
         _ => false,
     }
 }
+
+/// The API key the rig's PowerDNS accepts.
+pub const PDNS_API_KEY: &str = "torhaus-test-api-key";
+
+/// Path of pdns_server, or `None` when not installed (tests then skip, saying so).
+pub fn pdns_server_path() -> Option<PathBuf> {
+    ["/usr/sbin/pdns_server", "/usr/bin/pdns_server"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+}
+
+/// A running PowerDNS Authoritative server (sqlite3 backend) serving `ZONE` with the HTTP API
+/// enabled; killed on drop.
+#[derive(Debug)]
+pub struct PowerDns {
+    child: Child,
+    /// DNS address (UDP/TCP).
+    pub addr: SocketAddr,
+    /// Base URL of the webserver/API.
+    pub api_url: String,
+    dir: TempDir,
+}
+
+impl PowerDns {
+    pub fn start(pdns_server: &Path) -> anyhow::Result<Self> {
+        let dir = TempDir::new("pdns")?;
+        let d = dir.path().display().to_string();
+        let db = dir.path().join("pdns.db");
+        let schema =
+            std::fs::read_to_string("/usr/share/doc/pdns-backend-sqlite3/schema.sqlite3.sql")
+                .context("reading the pdns sqlite3 schema (package pdns-backend-sqlite3)")?;
+        run(
+            Command::new("sqlite3").arg(&db).arg(&schema),
+            "sqlite3 schema",
+        )?;
+        let port = free_port()?;
+        let web_port = free_port()?;
+        let config = format!(
+            "launch=gsqlite3\ngsqlite3-database={}\nlocal-address=127.0.0.1:{port}\napi=yes\n\
+             api-key={PDNS_API_KEY}\nwebserver=yes\nwebserver-address=127.0.0.1\n\
+             webserver-port={web_port}\nwebserver-allow-from=127.0.0.0/8\nsocket-dir={d}\n\
+             guardian=no\ndaemon=no\ndisable-syslog=yes\nwrite-pid=no\n",
+            db.display()
+        );
+        std::fs::write(dir.path().join("pdns.conf"), config).context("writing pdns.conf")?;
+        let pdnsutil = pdns_server.with_file_name("pdnsutil");
+        let pdnsutil = if pdnsutil.is_file() {
+            pdnsutil
+        } else {
+            PathBuf::from("/usr/bin/pdnsutil")
+        };
+        let config_dir = format!("--config-dir={d}");
+        run(
+            Command::new(&pdnsutil).args([
+                &config_dir,
+                "create-zone",
+                ZONE,
+                &format!("ns1.{ZONE}"),
+            ]),
+            "pdnsutil create-zone",
+        )?;
+        for (name, rtype, value) in [("ns1", "A", "127.0.0.1"), ("foreign", "A", "192.0.2.99")] {
+            run(
+                Command::new(&pdnsutil).args([&config_dir, "add-record", ZONE, name, rtype, value]),
+                "pdnsutil add-record",
+            )?;
+        }
+        let log = std::fs::File::create(dir.path().join("pdns.log"))?;
+        let child = Command::new(pdns_server)
+            .arg(&config_dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", pdns_server.display()))?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut pdns = Self {
+            child,
+            addr,
+            api_url: format!("http://127.0.0.1:{web_port}"),
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !(soa_answers(addr, ZONE)
+            && std::net::TcpStream::connect(("127.0.0.1", web_port)).is_ok())
+        {
+            if Instant::now() > deadline || pdns.child.try_wait().ok().flatten().is_some() {
+                let log =
+                    std::fs::read_to_string(pdns.dir.path().join("pdns.log")).unwrap_or_default();
+                bail!("PowerDNS did not serve {ZONE} on {addr} and its API; log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(pdns)
+    }
+}
+
+impl Drop for PowerDns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(command: &mut Command, what: &str) -> anyhow::Result<()> {
+    let output = command
+        .output()
+        .with_context(|| format!("running {what}"))?;
+    if !output.status.success() {
+        bail!("{what} failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(())
+}
