@@ -33,6 +33,18 @@ pub struct ProviderConfig {
     pub rfc2136: Option<Rfc2136Config>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub powerdns: Option<PowerDnsConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloudflare: Option<CloudflareConfig>,
+}
+
+/// Cloudflare API v4 with a scoped API token (permissions Zone:Read and DNS:Edit).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CloudflareConfig {
+    pub api_token_secret_ref: SecretKeyRef,
+    /// API root; defaults to `https://api.cloudflare.com/client/v4`.
+    #[serde(default)]
+    pub base_url: Option<String>,
 }
 
 /// The PowerDNS Authoritative HTTP API.
@@ -74,14 +86,37 @@ impl ProviderConfig {
     /// Builds the runtime provider, resolving credentials through `secrets`. Errors name the
     /// field (`rfc2136.tsigSecretRef`, ...).
     pub fn build(&self, secrets: &dyn SecretSource) -> Result<Arc<dyn DnsProvider>, DnsError> {
+        let configured = [
+            self.rfc2136.is_some().then_some("rfc2136"),
+            self.powerdns.is_some().then_some("powerdns"),
+            self.cloudflare.is_some().then_some("cloudflare"),
+        ];
+        let configured: Vec<&str> = configured.into_iter().flatten().collect();
+        if configured.len() > 1 {
+            return Err(DnsError::config(
+                "dns",
+                format!(
+                    "configure exactly one provider (found {})",
+                    configured.join(" and ")
+                ),
+            ));
+        }
+        if let Some(config) = &self.cloudflare {
+            let token = secrets
+                .secret(&config.api_token_secret_ref)
+                .map_err(|e| DnsError::config("cloudflare.apiTokenSecretRef", e))?;
+            let token = String::from_utf8(token).map_err(|_| {
+                DnsError::config("cloudflare.apiTokenSecretRef", "the token is not UTF-8")
+            })?;
+            return Ok(Arc::new(crate::cloudflare::CloudflareProvider::new(
+                config.base_url.as_deref(),
+                &token,
+            )?));
+        }
         match (&self.rfc2136, &self.powerdns) {
             (None, None) => Err(DnsError::config(
                 "dns",
-                "no provider configured (supported today: rfc2136, powerdns)",
-            )),
-            (Some(_), Some(_)) => Err(DnsError::config(
-                "dns",
-                "configure exactly one provider (found rfc2136 and powerdns)",
+                "no provider configured (one of rfc2136, powerdns, cloudflare)",
             )),
             (None, Some(config)) => {
                 let key = secrets
@@ -96,7 +131,7 @@ impl ProviderConfig {
                     key.trim(),
                 )?))
             }
-            (Some(config), None) => {
+            (Some(config), _) => {
                 let nameserver = parse_server(&config.nameserver).ok_or_else(|| {
                     DnsError::config(
                         "rfc2136.nameserver",
@@ -208,6 +243,8 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(error.contains("exactly one provider"), "{error}");
+        let cloudflare = parse("cloudflare:\n  apiTokenSecretRef: {name: tsig, key: secret}\n")?;
+        assert_eq!(cloudflare.build(&Secrets)?.describe(), "cloudflare");
         Ok(())
     }
 

@@ -1,11 +1,11 @@
-//! DNS providers behind one `DnsProvider` trait. Today: RFC 2136 with TSIG (append,
-//! delete-by-rdata, atomic record-set replace, AXFR listing), and
-//! hickory-resolver lookups for DNS-01 (CNAME following, zone discovery, propagation check).
-//! The records planner/applier publishes A/AAAA for served hostnames with TXT ownership
-//! markers. PowerDNS and Cloudflare providers are not built yet (issue 4).
+//! DNS providers behind one `DnsProvider` trait (RFC 2136 with TSIG, the PowerDNS HTTP API,
+//! Cloudflare API v4), the DNS-01 helper the ACME issuer calls (CNAME following, zone discovery,
+//! a propagation check against every authoritative server), and the records planner that
+//! publishes A/AAAA records for served hostnames with TXT ownership markers.
 #![forbid(unsafe_code)]
 
 pub mod challenge;
+pub mod cloudflare;
 pub mod config;
 mod error;
 pub mod lookup;
