@@ -6,7 +6,14 @@ purpose=${1:-test}
 packages=(cmake gcc g++ make pkg-config curl openssl ca-certificates)
 case "$purpose" in
   build) ;;
-  test) packages+=(knot pdns-server pdns-backend-sqlite3 sqlite3) ;;  # dns/tests rigs: knotd (RFC 2136/TSIG), PowerDNS API
+  test)
+    # Node.js and npm run the test OpenID Provider (tests/rigs/oidc). Checked by command, not
+    # package: a Node.js from another source (which bundles npm) is fine too.
+    command -v node >/dev/null || packages+=(nodejs)
+    command -v npm >/dev/null || packages+=(npm)
+    # The dns/ tests' rigs: knotd (RFC 2136/TSIG) and PowerDNS (HTTP API, sqlite3 backend).
+    packages+=(knot pdns-server pdns-backend-sqlite3 sqlite3)
+    ;;
   bench) packages+=(nginx-light haproxy wrk nghttp2-client) ;;
   *) echo "usage: $0 build|test|bench" >&2; exit 2 ;;
 esac
@@ -20,5 +27,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+oidc_rig="$(dirname "$0")/../tests/rigs/oidc"
+if [ "$purpose" = test ] && [ ! -f "$oidc_rig/node_modules/oidc-provider/package.json" ]; then
+  echo "installing the test OpenID Provider (npm ci in tests/rigs/oidc)"
+  (cd "$oidc_rig" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 command -v cargo >/dev/null || { echo "cargo is missing: install Rust (rustup) first" >&2; exit 1; }

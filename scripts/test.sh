@@ -18,6 +18,8 @@ cargo build --workspace --bins --quiet
 echo "== tests"
 cargo test --workspace --no-fail-fast 2>&1 | tee "${TMPDIR:-/tmp}/torhaus-test.log"
 status=${PIPESTATUS[0]}
+echo "== deploy: chart, manifests, Dockerfile, scripts (scripts/deploy-test.sh)"
+scripts/deploy-test.sh 2>&1 | tee -a "${TMPDIR:-/tmp}/torhaus-test.log" || status=1
 passed=$(grep -Eo '[0-9]+ passed' "${TMPDIR:-/tmp}/torhaus-test.log" | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed' "${TMPDIR:-/tmp}/torhaus-test.log" | awk '{s+=$1} END {print s+0}')
 ignored=$(grep -Eo '[0-9]+ ignored' "${TMPDIR:-/tmp}/torhaus-test.log" | awk '{s+=$1} END {print s+0}')

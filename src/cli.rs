@@ -29,7 +29,8 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve the Gateway API manifests found in a directory.
+    /// Serve the Gateway API manifests found in a directory, or with --kubernetes those of the
+    /// cluster.
     Run(RunArgs),
     /// Validate a directory of manifests, print the compiled listeners, routes and every object's
     /// conditions; exit 1 if anything was rejected.
@@ -65,8 +66,10 @@ pub struct CheckArgs {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Directory of Kubernetes manifests (searched recursively), watched for changes.
-    #[arg(long, env = "TORHAUS_CONFIG")]
-    pub config: PathBuf,
+    #[arg(long, env = "TORHAUS_CONFIG", required_unless_present = "kubernetes")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub kube: Box<KubernetesArgs>,
     /// Bind listener ports elsewhere than the Gateway declares, e.g. `80:8080,443:8443`, for tests
     /// and unprivileged runs. Redirects still use the declared ports.
     #[arg(long, value_parser = parse_port_map, default_value = "")]
@@ -89,6 +92,33 @@ pub struct RunArgs {
     pub max_request_header_bytes: usize,
     #[command(flatten)]
     pub state: StateDirArg,
+}
+
+/// Kubernetes mode: watch the cluster's Gateway API objects instead of a directory.
+#[derive(Debug, Args)]
+pub struct KubernetesArgs {
+    /// Serve the Gateway API objects of the cluster (in-cluster service account, else
+    /// KUBECONFIG) and write their status.
+    #[arg(long, conflicts_with = "config")]
+    pub kubernetes: bool,
+    /// Address published in the status of every Gateway (the VIP or the node address torhaus
+    /// serves on); repeatable or comma-separated. Defaults to $POD_IP (with hostNetwork: the
+    /// node's address).
+    #[arg(
+        long = "gateway-address",
+        env = "TORHAUS_GATEWAY_ADDRESSES",
+        value_delimiter = ','
+    )]
+    pub gateway_addresses: Vec<String>,
+    /// Namespace of the leader-election Lease; defaults to the pod's namespace.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = torhaus_k8s::DEFAULT_LEASE_NAME)]
+    pub lease_name: String,
+    /// This replica's identity in the Lease; defaults to $POD_NAME, then the host name.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
 }
 
 /// Declared listener port → port actually bound.

@@ -1,5 +1,6 @@
-//! Wiring for each subcommand: the directory source feeds translations to the data plane.
+//! Wiring for each subcommand: the directory or Kubernetes source feeds translations to the data plane.
 
+use std::collections::HashSet;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -26,13 +27,24 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the control runtime")?;
-    let mut translations = control
-        .block_on(async {
-            torhaus_k8s::spawn_directory_source(args.config.clone(), TranslateOptions::default())
-        })
-        .with_context(|| format!("reading {}", args.config.display()))?;
+    let (mut translations, mut controller) = match &args.config {
+        Some(config) => {
+            let translations = control
+                .block_on(async {
+                    torhaus_k8s::spawn_directory_source(config.clone(), TranslateOptions::default())
+                })
+                .with_context(|| format!("reading {}", config.display()))?;
+            (translations, None)
+        }
+        None => {
+            let (translations, controller) = control.block_on(start_controller(&args))?;
+            (translations, Some(controller))
+        }
+    };
     let first = translations.borrow_and_update().clone();
-    log_translation(&first);
+    // In Kubernetes mode endpoints change all the time: repeat a problem only when it is new.
+    let mut logged = (controller.is_some()).then(HashSet::new);
+    log_translation(&first, logged.as_mut());
 
     let settings = GatewaySettings {
         bind: args.bind,
@@ -47,13 +59,16 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     dataplane
         .apply(first.config.clone())
         .context("applying the initial configuration")?;
-    tracing::info!(config = %args.config.display(), "serving");
+    match &args.config {
+        Some(config) => tracing::info!(config = %config.display(), "serving"),
+        None => tracing::info!("serving the cluster's Gateway API objects"),
+    }
 
     let forwarder = dataplane.clone();
     control.spawn(async move {
         while translations.changed().await.is_ok() {
             let translation = translations.borrow_and_update().clone();
-            log_translation(&translation);
+            log_translation(&translation, logged.as_mut());
             if let Err(error) = forwarder.apply(translation.config.clone()) {
                 tracing::error!(%error, "the new configuration could not be applied; the previous one keeps serving");
             }
@@ -63,11 +78,53 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     control.spawn(async move {
         wait_for_shutdown_signal().await;
         tracing::info!("shutting down: draining connections");
+        if let Some(controller) = controller.take() {
+            // Hand the status Lease over first, so another replica writes status at once.
+            controller.shutdown().await;
+        }
         stopper.shutdown();
     });
     dataplane.wait();
     control.shutdown_background();
     Ok(ExitCode::SUCCESS)
+}
+
+/// Kubernetes mode: connects, waits for the first full sync (the replica is not ready before)
+/// and returns the translations and the controller.
+async fn start_controller(
+    args: &RunArgs,
+) -> anyhow::Result<(
+    tokio::sync::watch::Receiver<Arc<Translation>>,
+    torhaus_k8s::Controller,
+)> {
+    let mut addresses = args.kube.gateway_addresses.clone();
+    if addresses.is_empty()
+        && let Ok(pod_ip) = std::env::var("POD_IP")
+    {
+        addresses.push(pod_ip);
+    }
+    let identity = args
+        .kube
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("torhaus-{}", std::process::id()));
+    let settings = torhaus_k8s::ControllerSettings {
+        addresses: addresses
+            .iter()
+            .filter(|a| !a.trim().is_empty())
+            .map(|a| torhaus_k8s::GatewayAddress::parse(a))
+            .collect(),
+        lease_namespace: args.kube.lease_namespace.clone(),
+        lease_name: args.kube.lease_name.clone(),
+        identity,
+    };
+    let mut controller = torhaus_k8s::Controller::start(settings).await?;
+    let translations = controller
+        .translations()
+        .await
+        .context("the Kubernetes source stopped before its first sync")?;
+    Ok((translations, controller))
 }
 
 pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
@@ -90,9 +147,22 @@ pub fn export_ca(args: &StateDirArg) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn log_translation(translation: &Translation) {
-    for problem in translation.report.problems() {
-        tracing::warn!("{problem}");
+/// Logs the translation's problems; with `seen`, only those the previous one did not have.
+fn log_translation(translation: &Translation, seen: Option<&mut HashSet<String>>) {
+    let problems: Vec<String> = translation
+        .report
+        .problems()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    match seen {
+        None => problems.iter().for_each(|p| tracing::warn!("{p}")),
+        Some(seen) => {
+            for problem in problems.iter().filter(|p| !seen.contains(*p)) {
+                tracing::warn!("{problem}");
+            }
+            *seen = problems.into_iter().collect();
+        }
     }
 }
 

@@ -2,19 +2,23 @@
 //! configuration, and the per-object conditions that translation reports.
 #![forbid(unsafe_code)]
 
+pub mod controller;
 pub mod report;
 pub mod source;
+pub mod status;
 pub mod translate;
 
 pub use source::{
-    DirectorySource, KubeObject, ObjectKey, ObjectKind, ObjectSet, Problem, Severity, SourceError,
+    DEFAULT_DEBOUNCE, DirectorySource, KubeObject, KubeSnapshot, KubernetesOptions,
+    KubernetesSource, ObjectKey, ObjectKind, ObjectSet, Problem, Severity, SourceError,
     SourceLocation, Sourced, WatchMode, load_directory, parse_manifests, spawn_directory_source,
-    spawn_directory_source_with,
+    spawn_directory_source_with, spawn_kubernetes_source,
 };
 
+pub use controller::{Controller, ControllerError, ControllerSettings, DEFAULT_LEASE_NAME};
 pub use report::{
-    Condition, ConditionStatus, ListenerStatus, ObjectStatus, ParentReference, ParentStatus,
-    Report, RouteGroupKind,
+    Condition, ConditionStatus, GatewayAddress, ListenerStatus, ObjectStatus, ParentReference,
+    ParentStatus, Report, RouteGroupKind,
 };
 pub use translate::{TranslateOptions, Translation, translate};
 

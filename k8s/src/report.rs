@@ -88,6 +88,30 @@ pub struct ListenerStatus {
     pub conditions: Vec<Condition>,
 }
 
+/// An address a Gateway is reachable at, as published in `status.addresses`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GatewayAddress {
+    /// `IPAddress` or `Hostname`.
+    pub type_: String,
+    pub value: String,
+}
+
+impl GatewayAddress {
+    /// An IP address is published as `IPAddress`, anything else as `Hostname`.
+    pub fn parse(raw: &str) -> Self {
+        let value = raw.trim().to_owned();
+        let type_ = if value.parse::<std::net::IpAddr>().is_ok() {
+            "IPAddress"
+        } else {
+            "Hostname"
+        };
+        Self {
+            type_: type_.to_owned(),
+            value,
+        }
+    }
+}
+
 /// The parentRef a route status entry is about, as written in the route (defaults filled in).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParentReference {
@@ -127,6 +151,8 @@ pub struct ObjectStatus {
     pub conditions: Vec<Condition>,
     /// Gateways only.
     pub listeners: Vec<ListenerStatus>,
+    /// Gateways only: `status.addresses`.
+    pub addresses: Vec<GatewayAddress>,
     /// HTTPRoutes only: one entry per parentRef served by this controller.
     pub parents: Vec<ParentStatus>,
 }

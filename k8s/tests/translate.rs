@@ -1,12 +1,16 @@
 //! Translation tests: conditions and reasons, hostnames, allowedRoutes, ReferenceGrants, TLS,
+//! conflicts, matches and filters, against small inline manifests.
 #![allow(
     clippy::expect_used,
     reason = "a broken test fixture should fail the test loudly"
 )]
-//! conflicts, matches and filters, against small inline manifests.
+
+#[path = "support/manifests.rs"]
+mod manifests;
 
 use std::path::Path;
 
+use manifests::objects;
 use torhaus_k8s::{
     ConditionStatus, ObjectKind, ObjectSet, ObjectStatus, ParentStatus, Report, TranslateOptions,
     Translation, parse_manifests, translate,
@@ -64,22 +68,6 @@ spec:
   listeners:
     - {name: http, port: 80, protocol: HTTP, hostname: "*.example.com", allowedRoutes: {namespaces: {from: All}}}
 "#;
-
-fn objects(documents: &[&str]) -> ObjectSet {
-    let mut set = ObjectSet::default();
-    for (i, text) in documents.iter().enumerate() {
-        let path = format!("inline-{i}.yaml");
-        let (parsed, problems) = parse_manifests(text, Path::new(&path));
-        assert!(
-            problems.is_empty(),
-            "fixture {i} does not parse: {problems:?}"
-        );
-        for (object, location) in parsed {
-            set.insert(object, location);
-        }
-    }
-    set
-}
 
 fn run(documents: &[&str]) -> Translation {
     translate(&objects(documents), &TranslateOptions::default())
@@ -1098,7 +1086,7 @@ fn odd_inputs_never_panic_and_are_reported() {
     }
     assert_eq!(
         cond(&gw.listener("c").expect("l").conditions, "Accepted"),
-        f("Invalid")
+        f("UnsupportedValue")
     );
     let out = run(&[BASE, GATEWAY, odd[2]]);
     let gw = status(&out.report, ObjectKind::Gateway, "infra", "g");

@@ -6,6 +6,7 @@ pub mod client;
 pub mod dns_rig;
 pub mod echo;
 pub mod fixtures;
+pub mod oidc_rig;
 pub mod process;
 pub mod rig;
 pub mod runner;

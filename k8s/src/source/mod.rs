@@ -1,10 +1,14 @@
 //! The Kubernetes objects translation reads, where each came from, and how raw manifests become them.
 
 mod directory;
+mod kubernetes;
 mod objects;
 
 pub use directory::{
     DirectorySource, WatchMode, load_directory, spawn_directory_source, spawn_directory_source_with,
+};
+pub use kubernetes::{
+    DEFAULT_DEBOUNCE, KubeSnapshot, KubernetesOptions, KubernetesSource, spawn_kubernetes_source,
 };
 pub use objects::{
     KubeObject, ObjectKey, ObjectKind, ObjectSet, Problem, Severity, SourceLocation, Sourced,

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use gateway_api::experimental::gatewayclasses::GatewayClass;
 use gateway_api::experimental::gateways::Gateway;
@@ -190,7 +191,9 @@ impl KubeObject {
 /// A value together with the place it was read from.
 #[derive(Debug, Clone)]
 pub struct Sourced<T> {
-    pub object: T,
+    /// Shared: the Kubernetes index copies its object set for every snapshot, and copying
+    /// pointers instead of whole objects keeps that cheap.
+    pub object: Arc<T>,
     pub location: SourceLocation,
 }
 
@@ -265,6 +268,25 @@ impl ObjectSet {
             self.problems.push(Problem::error(Some(location), message));
             return;
         }
+        self.put(object, location);
+    }
+
+    /// Adds or replaces an object (the Kubernetes source: the API server keeps identities unique).
+    /// Returns whether anything changed, judged by `metadata.resourceVersion` when both copies
+    /// have one, so a relist of unchanged objects does not cause a new translation.
+    pub fn upsert(&mut self, object: KubeObject, location: SourceLocation) -> bool {
+        let key = object.key();
+        let version = object.metadata().resource_version.clone();
+        if version.is_some() && self.resource_version(&key) == version {
+            return false;
+        }
+        self.put(object, location);
+        true
+    }
+
+    /// Stores an object under its identity, replacing any previous copy.
+    fn put(&mut self, object: KubeObject, location: SourceLocation) {
+        let key = object.key();
         let name = ObjectName::new(key.namespace, key.name);
         match object {
             KubeObject::GatewayClass(o) => {
@@ -295,18 +317,71 @@ impl ObjectSet {
         }
     }
 
-    /// Where the object with this identity was read from, if it is present.
-    pub fn location_of(&self, key: &ObjectKey) -> Option<&SourceLocation> {
+    /// Removes the object with this identity; returns whether it was present.
+    pub fn remove(&mut self, key: &ObjectKey) -> bool {
         let name = ObjectName::new(key.namespace.clone(), key.name.clone());
         match key.kind {
-            ObjectKind::GatewayClass => self.gateway_classes.get(&key.name).map(|o| &o.location),
-            ObjectKind::Gateway => self.gateways.get(&name).map(|o| &o.location),
-            ObjectKind::HttpRoute => self.http_routes.get(&name).map(|o| &o.location),
-            ObjectKind::ReferenceGrant => self.reference_grants.get(&name).map(|o| &o.location),
-            ObjectKind::Service => self.services.get(&name).map(|o| &o.location),
-            ObjectKind::EndpointSlice => self.endpoint_slices.get(&name).map(|o| &o.location),
-            ObjectKind::Secret => self.secrets.get(&name).map(|o| &o.location),
-            ObjectKind::Namespace => self.namespaces.get(&key.name).map(|o| &o.location),
+            ObjectKind::GatewayClass => self.gateway_classes.remove(&key.name).is_some(),
+            ObjectKind::Gateway => self.gateways.remove(&name).is_some(),
+            ObjectKind::HttpRoute => self.http_routes.remove(&name).is_some(),
+            ObjectKind::ReferenceGrant => self.reference_grants.remove(&name).is_some(),
+            ObjectKind::Service => self.services.remove(&name).is_some(),
+            ObjectKind::EndpointSlice => self.endpoint_slices.remove(&name).is_some(),
+            ObjectKind::Secret => self.secrets.remove(&name).is_some(),
+            ObjectKind::Namespace => self.namespaces.remove(&key.name).is_some(),
+        }
+    }
+
+    /// The identities of every object of one kind.
+    pub fn keys_of(&self, kind: ObjectKind) -> Vec<ObjectKey> {
+        let cluster = |name: &String| ObjectKey {
+            kind,
+            namespace: String::new(),
+            name: name.clone(),
+        };
+        let namespaced = |name: &ObjectName| ObjectKey {
+            kind,
+            namespace: name.namespace.clone(),
+            name: name.name.clone(),
+        };
+        match kind {
+            ObjectKind::GatewayClass => self.gateway_classes.keys().map(cluster).collect(),
+            ObjectKind::Namespace => self.namespaces.keys().map(cluster).collect(),
+            ObjectKind::Gateway => self.gateways.keys().map(namespaced).collect(),
+            ObjectKind::HttpRoute => self.http_routes.keys().map(namespaced).collect(),
+            ObjectKind::ReferenceGrant => self.reference_grants.keys().map(namespaced).collect(),
+            ObjectKind::Service => self.services.keys().map(namespaced).collect(),
+            ObjectKind::EndpointSlice => self.endpoint_slices.keys().map(namespaced).collect(),
+            ObjectKind::Secret => self.secrets.keys().map(namespaced).collect(),
+        }
+    }
+
+    /// The `metadata.resourceVersion` of the object with this identity, if present.
+    pub fn resource_version(&self, key: &ObjectKey) -> Option<String> {
+        self.entry(key)
+            .and_then(|(_, meta)| meta.resource_version.clone())
+    }
+
+    /// Where the object with this identity was read from, if it is present.
+    pub fn location_of(&self, key: &ObjectKey) -> Option<&SourceLocation> {
+        self.entry(key).map(|(location, _)| location)
+    }
+
+    /// The origin and metadata of the object with this identity.
+    fn entry(&self, key: &ObjectKey) -> Option<(&SourceLocation, &ObjectMeta)> {
+        fn parts<T: kube::Resource>(o: &Sourced<T>) -> (&SourceLocation, &ObjectMeta) {
+            (&o.location, o.object.meta())
+        }
+        let name = ObjectName::new(key.namespace.clone(), key.name.clone());
+        match key.kind {
+            ObjectKind::GatewayClass => self.gateway_classes.get(&key.name).map(parts),
+            ObjectKind::Gateway => self.gateways.get(&name).map(parts),
+            ObjectKind::HttpRoute => self.http_routes.get(&name).map(parts),
+            ObjectKind::ReferenceGrant => self.reference_grants.get(&name).map(parts),
+            ObjectKind::Service => self.services.get(&name).map(parts),
+            ObjectKind::EndpointSlice => self.endpoint_slices.get(&name).map(parts),
+            ObjectKind::Secret => self.secrets.get(&name).map(parts),
+            ObjectKind::Namespace => self.namespaces.get(&key.name).map(parts),
         }
     }
 
@@ -328,7 +403,10 @@ impl ObjectSet {
 }
 
 fn sourced<T>(object: T, location: SourceLocation) -> Sourced<T> {
-    Sourced { object, location }
+    Sourced {
+        object: Arc::new(object),
+        location,
+    }
 }
 
 /// Parses the text of one manifest file (YAML with any number of documents, or JSON; `kind:
@@ -412,6 +490,23 @@ fn parse_document(
         }
     } else {
         parse_object(json, location, objects, problems);
+    }
+}
+
+/// One object of the API (as JSON with apiVersion and kind) → a typed object, or the problem
+/// naming what is wrong with it; the same checks and messages as for a manifest.
+pub(crate) fn decode_object(
+    json: serde_json::Value,
+    location: SourceLocation,
+) -> Result<KubeObject, Problem> {
+    let mut objects = Vec::new();
+    let mut problems = Vec::new();
+    parse_object(json, location.clone(), &mut objects, &mut problems);
+    match objects.pop() {
+        Some((object, _)) => Ok(object),
+        None => Err(problems
+            .pop()
+            .unwrap_or_else(|| Problem::error(Some(location), "the object cannot be read"))),
     }
 }
 

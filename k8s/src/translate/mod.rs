@@ -13,7 +13,7 @@ use gateway_api::experimental::constants::{
     GatewayConditionType, ListenerConditionReason, ListenerConditionType,
 };
 use gateway_api::experimental::gateways::{
-    GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom, GatewayListenersTlsMode,
+    Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom, GatewayListenersTlsMode,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use torhaus_model::{
@@ -23,7 +23,8 @@ use torhaus_model::{
 
 use crate::CONTROLLER_NAME;
 use crate::report::{
-    Condition, ListenerStatus, ObjectStatus, ParentReference, ParentStatus, Report, RouteGroupKind,
+    Condition, GatewayAddress, ListenerStatus, ObjectStatus, ParentReference, ParentStatus, Report,
+    RouteGroupKind,
 };
 use crate::source::{ObjectKey, ObjectKind, ObjectSet, Problem, SourceLocation};
 use refs::{
@@ -38,12 +39,19 @@ use tls::{CertificateCache, certificate_from_secret};
 pub struct TranslateOptions {
     /// GatewayClasses with this `spec.controllerName` are served; others are ignored.
     pub controller_name: String,
+    /// The addresses torhaus serves on (the VIP or the node addresses), published in every
+    /// served Gateway's `status.addresses`.
+    pub addresses: Vec<GatewayAddress>,
+    /// The `gateway.networking.k8s.io/bundle-version` of the installed CRDs, when known.
+    pub crd_bundle_version: Option<String>,
 }
 
 impl Default for TranslateOptions {
     fn default() -> Self {
         Self {
             controller_name: CONTROLLER_NAME.to_owned(),
+            addresses: Vec::new(),
+            crd_bundle_version: None,
         }
     }
 }
@@ -93,6 +101,8 @@ struct GatewayState {
     name: ObjectName,
     /// Why the Gateway as a whole cannot be accepted (e.g. an unsupported address type).
     rejected: Option<Failure>,
+    /// Why a requested `spec.addresses` value cannot be served (Programmed=False).
+    unusable_address: Option<String>,
     created_unix: i64,
     generation: Option<i64>,
     location: SourceLocation,
@@ -110,13 +120,52 @@ pub fn translate(objects: &ObjectSet, options: &TranslateOptions) -> Translation
         if class.object.spec.controller_name != options.controller_name {
             continue;
         }
-        our_classes.insert(name.as_str());
-        let message = match &class.object.spec.parameters_ref {
-            Some(p) => format!(
-                "handled by torhaus; parametersRef {}/{} is ignored",
-                p.kind, p.name
+        let version = supported_version(options.crd_bundle_version.as_deref());
+        let accepted = match (&version, &class.object.spec.parameters_ref) {
+            (Err(why), _) => Err((GatewayClassConditionReason::UnsupportedVersion, why.clone())),
+            // torhaus has no parameters kind: a reference cannot point at anything it reads.
+            (Ok(_), Some(p)) => Err((
+                GatewayClassConditionReason::InvalidParameters,
+                format!(
+                    "spec.parametersRef {}/{} {:?}: torhaus takes no parameters; remove spec.parametersRef",
+                    if p.group.is_empty() {
+                        "core"
+                    } else {
+                        p.group.as_str()
+                    },
+                    p.kind,
+                    p.name
+                ),
+            )),
+            (Ok(_), None) => Ok(()),
+        };
+        if accepted.is_ok() {
+            our_classes.insert(name.as_str());
+        }
+        let accepted = match accepted {
+            Ok(()) => Condition::new(
+                GatewayClassConditionType::Accepted,
+                true,
+                GatewayClassConditionReason::Accepted,
+                "handled by torhaus",
             ),
-            None => "handled by torhaus".to_owned(),
+            Err((reason, message)) => {
+                Condition::new(GatewayClassConditionType::Accepted, false, reason, message)
+            }
+        };
+        let supported = match version {
+            Ok(message) => Condition::new(
+                GatewayClassConditionType::SupportedVersion,
+                true,
+                GatewayClassConditionReason::SupportedVersion,
+                message,
+            ),
+            Err(message) => Condition::new(
+                GatewayClassConditionType::SupportedVersion,
+                false,
+                GatewayClassConditionReason::UnsupportedVersion,
+                message,
+            ),
         };
         statuses.push(ObjectStatus {
             key: ObjectKey {
@@ -126,21 +175,9 @@ pub fn translate(objects: &ObjectSet, options: &TranslateOptions) -> Translation
             },
             location: class.location.clone(),
             generation: class.object.metadata.generation,
-            conditions: vec![
-                Condition::new(
-                    GatewayClassConditionType::Accepted,
-                    true,
-                    GatewayClassConditionReason::Accepted,
-                    message,
-                ),
-                Condition::new(
-                    GatewayClassConditionType::SupportedVersion,
-                    true,
-                    GatewayClassConditionReason::SupportedVersion,
-                    "Gateway API v1 is supported",
-                ),
-            ],
+            conditions: vec![accepted, supported],
             listeners: Vec::new(),
+            addresses: Vec::new(),
             parents: Vec::new(),
         });
     }
@@ -183,12 +220,17 @@ pub fn translate(objects: &ObjectSet, options: &TranslateOptions) -> Translation
             });
         if let Some((_, why)) = &rejected {
             for listener in &mut listeners {
-                listener.accepted = Err(("Invalid", format!("the Gateway is not accepted: {why}")));
+                listener.accepted = Err((
+                    "UnsupportedValue",
+                    format!("the Gateway is not accepted: {why}"),
+                ));
             }
         }
+        let unusable_address = unusable_address(&gateway.object, &options.addresses);
         gateways.push(GatewayState {
             name: name.clone(),
             rejected,
+            unusable_address,
             created_unix: created_unix(&gateway.object.metadata),
             generation: gateway.object.metadata.generation,
             location: gateway.location.clone(),
@@ -219,6 +261,7 @@ pub fn translate(objects: &ObjectSet, options: &TranslateOptions) -> Translation
                 generation: route.object.metadata.generation,
                 conditions: Vec::new(),
                 listeners: Vec::new(),
+                addresses: Vec::new(),
                 parents,
             });
         }
@@ -226,7 +269,7 @@ pub fn translate(objects: &ObjectSet, options: &TranslateOptions) -> Translation
 
     let mut ports: BTreeMap<u16, PortConfig> = BTreeMap::new();
     for gateway in &mut gateways {
-        let status = gateway_status(gateway);
+        let status = gateway_status(gateway, &options.addresses);
         for listener in &mut gateway.listeners {
             let Some(protocol) = listener.protocol.filter(|_| listener.usable()) else {
                 continue;
@@ -275,6 +318,71 @@ pub fn translate(objects: &ObjectSet, options: &TranslateOptions) -> Translation
             problems,
         },
     }
+}
+
+/// Whether a Gateway in `gateway_namespace` may use the Secret `namespace/name` (same
+/// namespace, or a ReferenceGrant there allows it): the Kubernetes source watches no other.
+pub(crate) fn gateway_may_use_secret(
+    objects: &ObjectSet,
+    gateway_namespace: &str,
+    namespace: &str,
+    name: &str,
+) -> bool {
+    let from = RefEnd {
+        group: GATEWAY_GROUP,
+        kind: "Gateway",
+        namespace: gateway_namespace,
+    };
+    let to = RefEnd {
+        group: "",
+        kind: "Secret",
+        namespace,
+    };
+    reference_allowed(objects, from, to, name)
+}
+
+/// Whether the installed Gateway API release is one torhaus serves: any v1.x, since v1
+/// releases only add optional fields (which are tolerated). The message says which.
+fn supported_version(bundle_version: Option<&str>) -> Result<String, String> {
+    let Some(version) = bundle_version else {
+        return Ok("Gateway API v1 is supported".to_owned());
+    };
+    let major = version
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse::<u32>().ok());
+    if major == Some(1) {
+        Ok(format!("Gateway API {version} is supported"))
+    } else {
+        Err(format!(
+            "the installed Gateway API CRDs are version {version}; torhaus serves the v1 releases: install the CRDs of a Gateway API v1.x release"
+        ))
+    }
+}
+
+/// A requested address torhaus does not serve on. Only judged when the served addresses are
+/// configured (Kubernetes mode); an empty value asks for any address and is always satisfied.
+fn unusable_address(gateway: &Gateway, served: &[GatewayAddress]) -> Option<String> {
+    if served.is_empty() {
+        return None;
+    }
+    gateway
+        .spec
+        .addresses
+        .iter()
+        .flatten()
+        .enumerate()
+        .find_map(|(i, requested)| {
+            let value = requested.value.as_deref().filter(|v| !v.is_empty())?;
+            (!served.iter().any(|a| a.value == value)).then(|| {
+                let served: Vec<&str> = served.iter().map(|a| a.value.as_str()).collect();
+                format!(
+                    "spec.addresses[{i}] {value:?} is not an address torhaus serves on ({}); remove it or add it with --gateway-address",
+                    served.join(", ")
+                )
+            })
+        })
 }
 
 fn created_unix(metadata: &ObjectMeta) -> i64 {
@@ -336,7 +444,7 @@ fn listener_state(
     if let Some(hostname) = &spec.hostname {
         match HostMatch::parse(hostname) {
             Ok(parsed) => state.hostname = parsed,
-            Err(e) => reject(&mut state, "Invalid", format!("hostname: {e}")),
+            Err(e) => reject(&mut state, "UnsupportedValue", format!("hostname: {e}")),
         }
     }
     if let Some(allowed) = &spec.allowed_routes {
@@ -392,7 +500,7 @@ fn listener_state(
                         Some(Err(e)) => {
                             reject(
                                 &mut state,
-                                "Invalid",
+                                "UnsupportedValue",
                                 format!("allowedRoutes.namespaces.selector: {e}"),
                             );
                             NamespacePolicy::Same
@@ -400,7 +508,7 @@ fn listener_state(
                         None => {
                             reject(
                                 &mut state,
-                                "Invalid",
+                                "UnsupportedValue",
                                 "allowedRoutes.namespaces.from is Selector but no selector is set"
                                     .to_owned(),
                             );
@@ -457,17 +565,7 @@ fn resolve_certificate(
             format!("{kind:?} in group {group:?} is not supported (only core Secrets)"),
         ));
     }
-    let from = RefEnd {
-        group: GATEWAY_GROUP,
-        kind: "Gateway",
-        namespace: &gateway.namespace,
-    };
-    let to = RefEnd {
-        group: "",
-        kind: "Secret",
-        namespace,
-    };
-    if !reference_allowed(objects, from, to, &reference.name) {
+    if !gateway_may_use_secret(objects, &gateway.namespace, namespace, &reference.name) {
         return Err((
             "RefNotPermitted",
             format!(
@@ -709,11 +807,13 @@ fn attach_to_listeners(
             continue;
         }
         any = true;
-        // A route listed twice (two parentRefs to one listener) is served once.
+        // A route listed twice (two parentRefs to one listener) is served once. Routes attach
+        // one after the other, so an earlier copy of this one can only be the last entry
+        // (checking the whole list made translation quadratic in routes per listener).
         if listener
             .routes
-            .iter()
-            .any(|r| r.route.id == compiled.route.id)
+            .last()
+            .is_some_and(|r| r.route.id == compiled.route.id)
         {
             continue;
         }
@@ -752,7 +852,7 @@ fn resolved_condition(compiled: &CompiledRoute) -> Condition {
     }
 }
 
-fn gateway_status(gateway: &GatewayState) -> ObjectStatus {
+fn gateway_status(gateway: &GatewayState, addresses: &[GatewayAddress]) -> ObjectStatus {
     let mut listeners = Vec::new();
     let mut valid = 0;
     for listener in &gateway.listeners {
@@ -826,68 +926,54 @@ fn gateway_status(gateway: &GatewayState) -> ObjectStatus {
         });
     }
     let total = gateway.listeners.len();
-    if let Some((reason, message)) = &gateway.rejected {
-        let accepted = Condition::new(
-            GatewayConditionType::Accepted,
-            false,
-            reason,
-            message.clone(),
-        );
-        let programmed = Condition::new(
-            GatewayConditionType::Programmed,
-            false,
-            GatewayConditionReason::Invalid,
-            "the Gateway is not accepted",
-        );
-        return ObjectStatus {
-            key: ObjectKey {
-                kind: ObjectKind::Gateway,
-                namespace: gateway.name.namespace.clone(),
-                name: gateway.name.name.clone(),
-            },
-            location: gateway.location.clone(),
-            generation: gateway.generation,
-            conditions: vec![accepted, programmed],
-            listeners,
-            parents: Vec::new(),
+    let (accepted, programmed) = if let Some((reason, message)) = &gateway.rejected {
+        (
+            (false, *reason, message.clone()),
+            (
+                false,
+                GatewayConditionReason::Invalid.to_string(),
+                "the Gateway is not accepted; see its Accepted condition".to_owned(),
+            ),
+        )
+    } else {
+        let accepted = if valid == total {
+            (true, "Accepted", "Gateway accepted".to_owned())
+        } else if valid > 0 {
+            (
+                true,
+                "ListenersNotValid",
+                format!(
+                    "{} of {total} listeners are not valid; see their Accepted and Conflicted conditions",
+                    total - valid
+                ),
+            )
+        } else {
+            (
+                false,
+                "ListenersNotValid",
+                "no listener is valid; see their Accepted and Conflicted conditions".to_owned(),
+            )
         };
-    }
-    let accepted = if valid == total {
-        Condition::new(
-            GatewayConditionType::Accepted,
-            true,
-            GatewayConditionReason::Accepted,
-            "Gateway accepted",
-        )
-    } else if valid > 0 {
-        Condition::new(
-            GatewayConditionType::Accepted,
-            true,
-            GatewayConditionReason::ListenersNotValid,
-            format!("{} of {total} listeners are not valid", total - valid),
-        )
-    } else {
-        Condition::new(
-            GatewayConditionType::Accepted,
-            false,
-            GatewayConditionReason::ListenersNotValid,
-            "no listener is valid",
-        )
-    };
-    let programmed = if valid > 0 {
-        Condition::new(
-            GatewayConditionType::Programmed,
-            true,
-            GatewayConditionReason::Programmed,
-            "Gateway programmed",
-        )
-    } else {
-        Condition::new(
-            GatewayConditionType::Programmed,
-            false,
-            GatewayConditionReason::Invalid,
-            "no listener can be programmed",
-        )
+        let programmed = if valid == 0 {
+            (
+                false,
+                GatewayConditionReason::Invalid.to_string(),
+                "no listener can be programmed".to_owned(),
+            )
+        } else if let Some(message) = &gateway.unusable_address {
+            (
+                false,
+                GatewayConditionReason::AddressNotUsable.to_string(),
+                message.clone(),
+            )
+        } else {
+            (
+                true,
+                GatewayConditionReason::Programmed.to_string(),
+                "Gateway programmed".to_owned(),
+            )
+        };
+        (accepted, programmed)
     };
     ObjectStatus {
         key: ObjectKey {
@@ -897,8 +983,22 @@ fn gateway_status(gateway: &GatewayState) -> ObjectStatus {
         },
         location: gateway.location.clone(),
         generation: gateway.generation,
-        conditions: vec![accepted, programmed],
+        conditions: vec![
+            Condition::new(
+                GatewayConditionType::Accepted,
+                accepted.0,
+                accepted.1,
+                accepted.2,
+            ),
+            Condition::new(
+                GatewayConditionType::Programmed,
+                programmed.0,
+                programmed.1,
+                programmed.2,
+            ),
+        ],
         listeners,
+        addresses: addresses.to_vec(),
         parents: Vec::new(),
     }
 }

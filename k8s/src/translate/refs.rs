@@ -166,7 +166,7 @@ impl<'a> BackendResolver<'a> {
                 slices
                     .entry(ObjectName::new(name.namespace.clone(), service.clone()))
                     .or_default()
-                    .push(&slice.object);
+                    .push(slice.object.as_ref());
             }
         }
         Self {

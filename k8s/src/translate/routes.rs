@@ -399,51 +399,21 @@ fn compile_filters(
         seen.push(filter.r#type.clone());
         let next = match filter.r#type {
             HttpRouteRulesFiltersType::RequestHeaderModifier => {
-                let m = filter
-                    .request_header_modifier
-                    .as_ref()
-                    .ok_or_else(|| missing("requestHeaderModifier"))?;
-                let set: Vec<_> = m
-                    .set
-                    .iter()
-                    .flatten()
-                    .map(|h| (h.name.as_str(), h.value.as_str()))
-                    .collect();
-                let add: Vec<_> = m
-                    .add
-                    .iter()
-                    .flatten()
-                    .map(|h| (h.name.as_str(), h.value.as_str()))
-                    .collect();
                 Filter::RequestHeaders(header_modifier(
                     &at,
-                    &set,
-                    &add,
-                    m.remove.as_deref().unwrap_or(&[]),
+                    filter
+                        .request_header_modifier
+                        .as_ref()
+                        .ok_or_else(|| missing("requestHeaderModifier"))?,
                 )?)
             }
             HttpRouteRulesFiltersType::ResponseHeaderModifier => {
-                let m = filter
-                    .response_header_modifier
-                    .as_ref()
-                    .ok_or_else(|| missing("responseHeaderModifier"))?;
-                let set: Vec<_> = m
-                    .set
-                    .iter()
-                    .flatten()
-                    .map(|h| (h.name.as_str(), h.value.as_str()))
-                    .collect();
-                let add: Vec<_> = m
-                    .add
-                    .iter()
-                    .flatten()
-                    .map(|h| (h.name.as_str(), h.value.as_str()))
-                    .collect();
                 Filter::ResponseHeaders(header_modifier(
                     &at,
-                    &set,
-                    &add,
-                    m.remove.as_deref().unwrap_or(&[]),
+                    filter
+                        .response_header_modifier
+                        .as_ref()
+                        .ok_or_else(|| missing("responseHeaderModifier"))?,
                 )?)
             }
             HttpRouteRulesFiltersType::RequestRedirect => {
@@ -609,12 +579,28 @@ fn compile_filters(
     Ok(compiled)
 }
 
-fn header_modifier(
-    at: &str,
-    set: &[(&str, &str)],
-    add: &[(&str, &str)],
-    remove: &[String],
-) -> Result<HeaderModifier, String> {
+/// The request and response header modifiers share one shape (set, add, remove); the
+/// generated types differ only in name, so both are read through this one.
+#[derive(Debug, Default, serde::Deserialize)]
+struct RawHeaderModifier {
+    #[serde(default)]
+    set: Vec<RawHeader>,
+    #[serde(default)]
+    add: Vec<RawHeader>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct RawHeader {
+    name: String,
+    value: String,
+}
+
+fn header_modifier(at: &str, raw: &impl serde::Serialize) -> Result<HeaderModifier, String> {
+    let raw: RawHeaderModifier = serde_json::to_value(raw)
+        .and_then(serde_json::from_value)
+        .map_err(|e| format!("{at}: {e}"))?;
     let mut modifier = HeaderModifier::default();
     let mut names: Vec<HeaderName> = Vec::new();
     let mut name_of = |list: &str, i: usize, raw: &str| -> Result<HeaderName, String> {
@@ -629,10 +615,10 @@ fn header_modifier(
         Ok(name)
     };
     for (list, entries, target) in [
-        ("set", set, &mut modifier.set),
-        ("add", add, &mut modifier.add),
+        ("set", &raw.set, &mut modifier.set),
+        ("add", &raw.add, &mut modifier.add),
     ] {
-        for (i, (name, value)) in entries.iter().enumerate() {
+        for (i, RawHeader { name, value }) in entries.iter().enumerate() {
             let name = name_of(list, i, name)?;
             let value = HeaderValue::from_str(value).map_err(|_| {
                 format!("{at}.{list}[{i}].value {value:?} is not a valid header value")
@@ -640,8 +626,8 @@ fn header_modifier(
             target.push((name, value));
         }
     }
-    for (i, raw) in remove.iter().enumerate() {
-        modifier.remove.push(name_of("remove", i, raw)?);
+    for (i, name) in raw.remove.iter().enumerate() {
+        modifier.remove.push(name_of("remove", i, name)?);
     }
     Ok(modifier)
 }

@@ -1,0 +1,3 @@
+//! Shared helpers of the kube-layer tests.
+
+pub mod fake_api;
