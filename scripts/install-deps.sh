@@ -13,6 +13,8 @@ case "$purpose" in
     command -v npm >/dev/null || packages+=(npm)
     # prometheus: promtool and a real Prometheus scraping torhaus; chromium: the status page test.
     packages+=(prometheus chromium)
+    # The dns/ tests' rigs: knotd (RFC 2136/TSIG) and PowerDNS (HTTP API, sqlite3 backend).
+    packages+=(knot pdns-server pdns-backend-sqlite3 sqlite3)
     ;;
   bench) packages+=(nginx-light haproxy wrk nghttp2-client) ;;
   *) echo "usage: $0 build|test|bench" >&2; exit 2 ;;

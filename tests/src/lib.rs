@@ -3,6 +3,7 @@
 
 pub mod cases;
 pub mod client;
+pub mod dns_rig;
 pub mod echo;
 pub mod fixtures;
 pub mod oidc_rig;
