@@ -32,7 +32,7 @@ pub enum LogFormat {
 pub enum Command {
     /// Serve the Gateway API manifests found in a directory, or with --kubernetes those of the
     /// cluster.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Validate a directory of manifests, print the compiled listeners, routes and every object's
     /// conditions; exit 1 if anything was rejected.
     Check(CheckArgs),

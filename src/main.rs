@@ -19,7 +19,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {
-        Command::Run(args) => run::serve(args),
+        Command::Run(args) => run::serve(*args),
         Command::Check(args) => run::check(&args),
         Command::Ca {
             command: CaCommand::Export(args),
