@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod hostname;
+pub mod issuance;
 pub mod route;
 pub mod tls;
 
@@ -14,6 +15,7 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use hostname::{HostMatch, HostnameError};
+pub use issuance::{IssuerKind, IssuerRef, ManagedCertificate};
 pub use route::*;
 pub use tls::{OnDemandIssuer, TlsCertificate};
 

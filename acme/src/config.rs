@@ -1,0 +1,121 @@
+//! Issuer configuration as users write it (`torhaus.dev/v1alpha1` `Issuer` and
+//! `ClusterIssuer`, the same YAML in cluster and standalone mode), kept apart from the runtime
+//! order machinery. Unknown fields are refused so that a typo never silently changes issuance.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use torhaus_dns::{ProviderConfig, SecretKeyRef, SecretSource};
+use torhaus_model::IssuerRef;
+
+/// The API group and version of torhaus's own objects.
+pub const API_VERSION: &str = "torhaus.dev/v1alpha1";
+
+/// `spec` of an `Issuer` or `ClusterIssuer`. The shape follows cert-manager's ACME issuer so
+/// that migrating users recognise every field.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IssuerSpec {
+    pub acme: AcmeIssuerSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AcmeIssuerSpec {
+    /// The ACME directory URL, e.g. `https://acme-v02.api.letsencrypt.org/directory`.
+    pub server: String,
+    /// Contact address registered with the account (optional: Let's Encrypt sends no mail).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// The Secret holding the ACME account's credentials; created on first use.
+    pub private_key_secret_ref: SecretName,
+    /// External account binding, for CAs that require one (ZeroSSL, Google, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_account_binding: Option<ExternalAccountBinding>,
+    /// The ACME profile to order (draft-aaron-acme-profiles), e.g. `tlsserver` or `shortlived`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// PEM roots to trust for the ACME server itself (a private CA, or Pebble in tests);
+    /// the system roots when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<String>,
+    /// The DNS-01 solver: exactly one DNS provider.
+    pub dns01: ProviderConfig,
+}
+
+/// A whole Secret, by name (in the issuer's namespace, or torhaus's own for a ClusterIssuer).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretName {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExternalAccountBinding {
+    #[serde(rename = "keyID")]
+    pub key_id: String,
+    /// The base64url HMAC key the CA issued.
+    pub key_secret_ref: SecretKeyRef,
+}
+
+impl IssuerSpec {
+    /// Every Secret key this issuer reads (not the account Secret, which it writes): the
+    /// translation resolves exactly these and hands their bytes over in [`SecretMaterial`].
+    pub fn secret_refs(&self) -> Vec<SecretKeyRef> {
+        let mut refs = Vec::new();
+        if let Some(eab) = &self.acme.external_account_binding {
+            refs.push(eab.key_secret_ref.clone());
+        }
+        let dns = &self.acme.dns01;
+        if let Some(c) = &dns.rfc2136 {
+            refs.push(c.tsig_secret_ref.clone());
+        }
+        if let Some(c) = &dns.powerdns {
+            refs.push(c.api_key_secret_ref.clone());
+        }
+        if let Some(c) = &dns.cloudflare {
+            refs.push(c.api_token_secret_ref.clone());
+        }
+        refs
+    }
+}
+
+/// The bytes of the Secret keys an issuer references, resolved by the translation (missing
+/// ones are absent: the issuer is then not ready, with a condition saying which).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretMaterial {
+    values: BTreeMap<(String, String), Vec<u8>>,
+}
+
+impl std::fmt::Debug for SecretMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print secret bytes, only which keys are present.
+        f.debug_set().entries(self.values.keys()).finish()
+    }
+}
+
+impl SecretMaterial {
+    pub fn insert(&mut self, reference: &SecretKeyRef, value: Vec<u8>) {
+        self.values
+            .insert((reference.name.clone(), reference.key.clone()), value);
+    }
+}
+
+impl SecretSource for SecretMaterial {
+    fn secret(&self, reference: &SecretKeyRef) -> Result<Vec<u8>, String> {
+        self.values
+            .get(&(reference.name.clone(), reference.key.clone()))
+            .cloned()
+            .ok_or_else(|| format!("Secret {} has no key {:?}", reference.name, reference.key))
+    }
+}
+
+/// An issuer as the translation hands it to the certificate lifecycle: validated spec plus the
+/// Secret bytes it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuerConfig {
+    pub id: IssuerRef,
+    pub spec: IssuerSpec,
+    pub secrets: SecretMaterial,
+}
