@@ -31,6 +31,12 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the control runtime")?;
+    // Signal handlers first: a SIGTERM or SIGINT that arrives while the ports are being bound
+    // must start a drain, not kill the process with the default action.
+    let shutdown_signals = {
+        let _runtime = control.enter();
+        ShutdownSignals::install()
+    };
     let (mut translations, mut controller) = match &args.config {
         Some(config) => {
             let translations = control
@@ -122,7 +128,7 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     });
     let stopper = dataplane.clone();
     control.spawn(async move {
-        wait_for_shutdown_signal().await;
+        shutdown_signals.received().await;
         tracing::info!("shutting down: draining connections");
         if let Some(controller) = controller.take() {
             // Hand the status Lease over first, so another replica writes status at once.
@@ -301,21 +307,35 @@ fn log_translation(translation: &Translation, seen: Option<&mut HashSet<String>>
     }
 }
 
-async fn wait_for_shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+/// SIGTERM and SIGINT, caught from the moment they are installed (signals that arrive before
+/// anyone waits are kept, not lost).
+struct ShutdownSignals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+impl ShutdownSignals {
+    /// Must run inside a Tokio runtime context.
+    fn install() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => ShutdownSignals(Some((term, int))),
+            (Err(error), _) | (_, Err(error)) => {
+                tracing::error!(%error, "cannot install signal handlers; stop torhaus with SIGKILL");
+                ShutdownSignals(None)
             }
         }
-        _ => {
-            tracing::error!("cannot install signal handlers; stop torhaus with SIGKILL");
-            std::future::pending::<()>().await;
+    }
+
+    async fn received(self) {
+        match self.0 {
+            Some((mut term, mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            None => std::future::pending::<()>().await,
         }
     }
 }

@@ -567,7 +567,6 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_as_soon_as_they_have()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky: src/run.rs installs the SIGINT handler in a task spawned after the ports listen, so an early SIGINT can kill torhaus with the default action"]
 async fn sigint_with_nothing_in_flight_exits_at_once() -> anyhow::Result<()> {
     let mut rig = Rig::start_with_args(
         &[
