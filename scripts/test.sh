@@ -16,8 +16,10 @@ echo "== build"
 cargo build --workspace --bins --quiet
 
 echo "== tests"
-cargo test --workspace --no-fail-fast 2>&1 | tee "${TMPDIR:-/tmp}/torhaus-test.log"
-status=${PIPESTATUS[0]}
+# A failing test must not stop the script here (set -e): the deploy checks still run and the
+# totals are still printed; the exit status says whether anything failed.
+status=0
+cargo test --workspace --no-fail-fast 2>&1 | tee "${TMPDIR:-/tmp}/torhaus-test.log" || status=$?
 echo "== deploy: chart, manifests, Dockerfile, scripts (scripts/deploy-test.sh)"
 scripts/deploy-test.sh 2>&1 | tee -a "${TMPDIR:-/tmp}/torhaus-test.log" || status=1
 passed=$(grep -Eo '[0-9]+ passed' "${TMPDIR:-/tmp}/torhaus-test.log" | awk '{s+=$1} END {print s+0}')

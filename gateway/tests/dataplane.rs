@@ -917,6 +917,12 @@ async fn shutdown_lets_in_flight_requests_finish_and_returns_once_they_have() ->
     // An idle kept-alive connection must not hold the shutdown up.
     let mut idle = Client::connect(addr).await;
     assert_eq!(idle.get("a.test", "/").await?.status, 200);
+    // The first request still counts until its logging phase has run, a little after the
+    // client read the response: wait for that, so the count below means the slow request.
+    eventually("the first request is done", || async {
+        gateway.dataplane.requests_in_flight() == 0
+    })
+    .await?;
     let in_flight = tokio::spawn(async move { get(addr, "a.test", "/sleep/1500").await });
     eventually("the slow request is in flight", || async {
         gateway.dataplane.requests_in_flight() == 1
