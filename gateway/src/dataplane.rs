@@ -309,6 +309,14 @@ impl DataPlane {
                 }
             }
         }
+        self.inner.metrics.set_plain_http_ports(
+            lifecycle
+                .servers
+                .values()
+                .filter(|server| server.protocol == PortProtocol::Http)
+                .map(|server| server.bound.port())
+                .collect(),
+        );
         match first_error {
             Some(error) => Err(error),
             None => Ok(()),

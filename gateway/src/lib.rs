@@ -13,6 +13,7 @@ pub mod proxy;
 pub mod respond;
 pub mod router;
 pub mod snapshot;
+mod socket_table;
 pub mod strict;
 pub mod tls;
 pub mod upstream;

@@ -53,7 +53,7 @@ pub const HTTP_UPSTREAM_DURATION_SECONDS: &str = "torhaus_http_upstream_duration
 pub const HTTP_REQUEST_BODY_BYTES_TOTAL: &str = "torhaus_http_request_body_bytes_total";
 pub const HTTP_RESPONSE_BODY_BYTES_TOTAL: &str = "torhaus_http_response_body_bytes_total";
 pub const HTTP_REQUESTS_IN_FLIGHT: &str = "torhaus_http_requests_in_flight";
-/// Open downstream TLS connections (plain-HTTP connections are invisible to pingora's hooks).
+/// Open downstream connections, by protocol (plain HTTP counted from the kernel at scrape time).
 pub const DOWNSTREAM_CONNECTIONS_ACTIVE: &str = "torhaus_downstream_connections_active";
 pub const TLS_HANDSHAKES_TOTAL: &str = "torhaus_tls_handshakes_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "torhaus_config_reloads_total";
@@ -106,6 +106,9 @@ pub struct Metrics {
     unrouted: RouteSeries,
     in_flight: IntGauge,
     connections: IntGaugeVec,
+    /// Bound local ports of the plain-HTTP listeners, whose connections a scrape counts from
+    /// the kernel's socket table.
+    plain_http_ports: ArcSwap<HashSet<u16>>,
     tls_handshakes: IntCounterVec,
     config_reloads: IntCounterVec,
     config_rejections: IntCounter,
@@ -192,11 +195,12 @@ impl Metrics {
             connections: IntGaugeVec::new(
                 Opts::new(
                     DOWNSTREAM_CONNECTIONS_ACTIVE,
-                    "Open client connections (TLS only: plain-HTTP connections are not tracked).",
+                    "Open client connections, by protocol (http: counted from the kernel's socket table at scrape time; https: from the TLS handshake to the connection's end).",
                 ),
                 &["protocol"],
             )
             .map_err(metrics_error)?,
+            plain_http_ports: ArcSwap::default(),
             tls_handshakes: counter(
                 TLS_HANDSHAKES_TOTAL,
                 "TLS handshakes by protocol version and outcome.",
@@ -287,6 +291,10 @@ impl Metrics {
 
     /// Every metric in Prometheus' text exposition format (version 0.0.4).
     pub fn encode(&self) -> String {
+        let ports = self.plain_http_ports.load();
+        if let Some(open) = crate::socket_table::established_on(&ports) {
+            self.connections.with_label_values(&["http"]).set(open);
+        }
         let mut out = Vec::with_capacity(16 * 1024);
         if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::error!(%error, "encoding metrics");
@@ -297,6 +305,11 @@ impl Metrics {
     /// The registry, for components that register their own collectors.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// The local ports the plain-HTTP listeners are bound to now.
+    pub(crate) fn set_plain_http_ports(&self, ports: HashSet<u16>) {
+        self.plain_http_ports.store(Arc::new(ports));
     }
 
     /// A configuration was applied (`Ok`) or refused by the data plane (`Err`).

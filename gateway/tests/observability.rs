@@ -464,3 +464,35 @@ async fn request_metrics_can_be_switched_off() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_connections_are_counted_while_open() -> Result<()> {
+    let app = TestBackend::spawn("app").await;
+    let app_backend = backend("app", vec![app.addr], UpstreamProtocol::Http1);
+    let gateway = Gateway::start(&[80]);
+    gateway.apply(simple(
+        80,
+        vec![rule(vec![prefix("/")], vec![], vec![to(&app_backend, 1)])],
+    ));
+    let addr = gateway.addr(80);
+    let metrics = gateway.dataplane.metrics();
+    let open = |count: f64| {
+        move || {
+            sample(
+                &metrics.encode(),
+                "torhaus_downstream_connections_active",
+                &[("protocol", "http")],
+            ) == Some(count)
+        }
+    };
+    // Two kept-alive connections, one of which has not sent a request yet: both count.
+    let mut first = Client::connect(addr).await;
+    assert_eq!(first.get("a.test", "/").await?.status, 200);
+    let second = Client::connect(addr).await;
+    wait_until("two open connections", open(2.0)).await?;
+    drop(second);
+    wait_until("one open connection", open(1.0)).await?;
+    drop(first);
+    wait_until("no open connection", open(0.0)).await?;
+    Ok(())
+}
