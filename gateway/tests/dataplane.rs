@@ -369,18 +369,8 @@ async fn https_without_certificate_uses_the_on_demand_issuer_and_h2_alpn() -> Re
         calls
     );
 
-    let (mut h2, connection) = h2::client::handshake(stream).await?;
-    tokio::spawn(connection);
-    let request = http::Request::get("https://fresh.example.com/over-h2").body(())?;
-    let (response, _) = h2.send_request(request, true)?;
-    let response = response.await?;
-    assert_eq!(response.status(), 200);
-    let mut body = response.into_body();
-    let mut text = Vec::new();
-    while let Some(chunk) = body.data().await {
-        text.extend_from_slice(&chunk?);
-    }
-    let text = String::from_utf8(text)?;
+    let (status, text) = h2_get(stream, "https://fresh.example.com/over-h2").await?;
+    assert_eq!(status, 200);
     assert!(
         text.starts_with("backend=app\nGET /over-h2 HTTP/1.1"),
         "{text}"
@@ -436,18 +426,9 @@ async fn h2c_downstream_and_h2c_upstream() -> Result<()> {
 
     // h2c (prior knowledge) client -> h1 upstream.
     let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let (mut h2, connection) = h2::client::handshake(tcp).await?;
-    tokio::spawn(connection);
-    let request = http::Request::get("http://a.test/plain").body(())?;
-    let (response, _) = h2.send_request(request, true)?;
-    let response = response.await?;
-    assert_eq!(response.status(), 200);
-    let mut body = response.into_body();
-    let mut text = Vec::new();
-    while let Some(chunk) = body.data().await {
-        text.extend_from_slice(&chunk?);
-    }
-    assert!(String::from_utf8(text)?.starts_with("backend=h1"));
+    let (status, text) = h2_get(tcp, "http://a.test/plain").await?;
+    assert_eq!(status, 200);
+    assert!(text.starts_with("backend=h1"), "{text}");
     Ok(())
 }
 

@@ -751,3 +751,21 @@ pub fn rss_kib() -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// One HTTP/2 GET on `stream` (TLS with ALPN h2, or h2c prior knowledge): status and body.
+pub async fn h2_get<S>(stream: S, uri: &str) -> Result<(u16, String)>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut h2, connection) = h2::client::handshake(stream).await?;
+    tokio::spawn(connection);
+    let (response, _) = h2.send_request(http::Request::get(uri).body(())?, true)?;
+    let response = response.await?;
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    let mut text = Vec::new();
+    while let Some(chunk) = body.data().await {
+        text.extend_from_slice(&chunk?);
+    }
+    Ok((status, String::from_utf8(text)?))
+}
