@@ -350,6 +350,10 @@ pub fn forwarded_headers(
     host: &str,
 ) -> ForwardedHeaders {
     let trusted = usize::try_from(trusted_hops).unwrap_or(usize::MAX);
+    // This runs for every proxied request: the address is formatted once, by hand for IPv4,
+    // and each string is allocated once at its final size where that is known.
+    let mut client = String::with_capacity(15);
+    push_ip(&mut client, client_addr);
     let mut x_forwarded_for = String::new();
     if trusted > 0 {
         let entries = list_entries(incoming, &X_FORWARDED_FOR);
@@ -358,7 +362,7 @@ pub fn forwarded_headers(
             x_forwarded_for.push_str(", ");
         }
     }
-    let _ = write!(x_forwarded_for, "{client_addr}");
+    x_forwarded_for.push_str(&client);
 
     let x_forwarded_proto = if trusted > 0 {
         list_entries(incoming, &X_FORWARDED_PROTO)
@@ -382,7 +386,7 @@ pub fn forwarded_headers(
     }
     .unwrap_or_else(|| host.to_owned());
 
-    let mut forwarded = String::new();
+    let mut forwarded = String::with_capacity(client.len() + host.len() + 32);
     if trusted > 0 {
         let elements = forwarded_elements(incoming);
         for element in &elements[elements.len().saturating_sub(trusted)..] {
@@ -391,11 +395,14 @@ pub fn forwarded_headers(
         }
     }
     match client_addr {
-        IpAddr::V4(v4) => {
-            let _ = write!(forwarded, "for={v4}");
+        IpAddr::V4(_) => {
+            forwarded.push_str("for=");
+            forwarded.push_str(&client);
         }
-        IpAddr::V6(v6) => {
-            let _ = write!(forwarded, "for=\"[{v6}]\"");
+        IpAddr::V6(_) => {
+            forwarded.push_str("for=\"[");
+            forwarded.push_str(&client);
+            forwarded.push_str("]\"");
         }
     }
     forwarded.push_str(";host=");
@@ -495,13 +502,40 @@ fn push_forwarded_value(out: &mut String, value: &str) {
         return;
     }
     out.push('"');
-    for c in value.chars() {
-        if c == '"' || c == '\\' {
-            out.push('\\');
+    if !value.contains(['"', '\\']) {
+        out.push_str(value);
+    } else {
+        for c in value.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
         }
-        out.push(c);
     }
     out.push('"');
+}
+
+/// Appends `addr` as `Display` would, without the formatting machinery for IPv4.
+fn push_ip(out: &mut String, addr: IpAddr) {
+    match addr {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -98,9 +98,12 @@ impl RequestCtx {
     }
 }
 
-const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: http::HeaderName = http::HeaderName::from_static("x-forwarded-host");
+// Written as `&'static str` in their usual case: pingora keeps the name's case for HTTP/1 from
+// the string as is, where a `HeaderName` would be copied into a new buffer on every request.
+const X_FORWARDED_FOR: &str = "X-Forwarded-For";
+const X_FORWARDED_PROTO: &str = "X-Forwarded-Proto";
+const X_FORWARDED_HOST: &str = "X-Forwarded-Host";
+const FORWARDED: &str = "Forwarded";
 
 /// A response the gateway writes itself instead of proxying.
 #[derive(Debug)]
@@ -375,7 +378,7 @@ impl PortProxy {
         request.insert_header(X_FORWARDED_FOR, forwarded.x_forwarded_for)?;
         request.insert_header(X_FORWARDED_PROTO, forwarded.x_forwarded_proto)?;
         request.insert_header(X_FORWARDED_HOST, forwarded.x_forwarded_host)?;
-        request.insert_header(header::FORWARDED, forwarded.forwarded)?;
+        request.insert_header(FORWARDED, forwarded.forwarded)?;
         Ok(())
     }
 

@@ -715,3 +715,33 @@ fn forwarded_entries_with_ports_and_ipv6() {
         "for=\"[2001:db8::8]\";note=\"a,b\", for=\"[2001:db8::1]\";host=h;proto=https"
     );
 }
+
+#[test]
+fn addresses_are_written_as_display_writes_them() {
+    for raw in [
+        "0.0.0.0",
+        "1.2.3.4",
+        "10.0.100.9",
+        "255.255.255.255",
+        "192.168.1.10",
+        "::1",
+        "2001:db8::8a2e:370:7334",
+        "::ffff:192.0.2.1",
+    ] {
+        let addr = ip(raw);
+        let mut out = String::new();
+        super::push_ip(&mut out, addr);
+        assert_eq!(out, addr.to_string(), "{raw}");
+    }
+}
+
+#[test]
+fn forwarded_quotes_and_escapes_a_host_that_is_not_a_token() {
+    let none = HeaderMap::new();
+    let headers = forwarded_headers(ip("::1"), &none, 0, Scheme::Https, "a\"b:1");
+    assert_eq!(
+        headers.forwarded,
+        "for=\"[::1]\";host=\"a\\\"b:1\";proto=https"
+    );
+    assert_eq!(headers.x_forwarded_for, "::1");
+}
