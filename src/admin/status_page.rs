@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use torhaus_gateway::metrics::StateView;
-use torhaus_k8s::{Condition, ConditionStatus, ObjectKind, Translation};
+use torhaus_k8s::{Condition, ConditionStatus, ObjectKind, ObjectStatus, Translation};
 use torhaus_model::{BackendTarget, DataPlaneConfig, PathMatch};
 
 use super::RecentError;
@@ -100,20 +100,9 @@ fn gateways(
         return;
     };
     let mut any = false;
-    for object in translation
-        .report
-        .objects
-        .iter()
-        .filter(|o| o.key.kind == ObjectKind::Gateway)
-    {
+    for object in objects_of_kind(translation, ObjectKind::Gateway) {
         any = true;
-        let _ = write!(
-            page,
-            "<div class=\"card\"><h3>Gateway {}/{}</h3>{}",
-            escape(&object.key.namespace),
-            escape(&object.key.name),
-            condition_badges(&object.conditions)
-        );
+        open_card(page, "Gateway", object);
         for listener in &object.listeners {
             let served = config.and_then(|c| {
                 c.ports.iter().find_map(|port| {
@@ -158,20 +147,9 @@ fn routes(page: &mut String, translation: Option<&Translation>, config: Option<&
         return;
     };
     let mut any = false;
-    for object in translation
-        .report
-        .objects
-        .iter()
-        .filter(|o| o.key.kind == ObjectKind::HttpRoute)
-    {
+    for object in objects_of_kind(translation, ObjectKind::HttpRoute) {
         any = true;
-        let _ = write!(
-            page,
-            "<div class=\"card\"><h3>HTTPRoute {}/{}</h3>{}",
-            escape(&object.key.namespace),
-            escape(&object.key.name),
-            condition_badges(&object.conditions)
-        );
+        open_card(page, "HTTPRoute", object);
         for parent in &object.parents {
             let _ = write!(
                 page,
@@ -383,6 +361,28 @@ fn errors(page: &mut String, errors: &[RecentError]) {
         page.push_str("</ul>");
     }
     page.push_str("</section>");
+}
+
+fn objects_of_kind(
+    translation: &Translation,
+    kind: ObjectKind,
+) -> impl Iterator<Item = &ObjectStatus> {
+    translation
+        .report
+        .objects
+        .iter()
+        .filter(move |o| o.key.kind == kind)
+}
+
+/// Opens an object's card (closed by the caller) with its name and conditions.
+fn open_card(page: &mut String, kind: &str, object: &ObjectStatus) {
+    let _ = write!(
+        page,
+        "<div class=\"card\"><h3>{kind} {}/{}</h3>{}",
+        escape(&object.key.namespace),
+        escape(&object.key.name),
+        condition_badges(&object.conditions)
+    );
 }
 
 fn condition_badges(conditions: &[Condition]) -> String {
