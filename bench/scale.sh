@@ -14,6 +14,7 @@
 # Not a test: CI never runs it. Usage:
 #   bench/scale.sh                    # builds torhaus --release first
 #   SKIP_BUILD=1 ROUTES=10000 bench/scale.sh
+#   TORHAUS_LOG=debug KEEP_LOG=/tmp/scale.log bench/scale.sh   # keep torhaus's log (timings)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/torhaus/target}
@@ -35,6 +36,7 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/torhaus-scale.XXXXXX")
 pid=
 cleanup() {
   if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+  if [ -n "${KEEP_LOG:-}" ]; then cp "$work/torhaus.log" "$KEEP_LOG" || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -116,7 +116,12 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         while translations.changed().await.is_ok() {
             let translation = translations.borrow_and_update().clone();
             log_translation(&translation, logged.as_mut());
+            let started = std::time::Instant::now();
             let applied = forwarder.apply(translation.config.clone());
+            tracing::debug!(
+                compile_ms = started.elapsed().as_millis(),
+                "compiled and swapped the snapshot"
+            );
             admin.record_load(
                 Arc::clone(&translation),
                 applied.as_ref().err().map(ToString::to_string),

@@ -169,6 +169,19 @@ fn json_str(out: &mut Vec<u8>, text: &str) {
         }
         clean += 8;
     }
+    if let Some(tail) = bytes.get(clean..)
+        && tail.len() < 8
+    {
+        // The last partial word, padded with spaces (which need no escape): a clean string is
+        // copied whole without looking at its bytes one by one.
+        let mut word = [b' '; 8];
+        word[..tail.len()].copy_from_slice(tail);
+        if !needs_escape(u64::from_le_bytes(word)) {
+            out.extend_from_slice(bytes);
+            out.push(b'"');
+            return;
+        }
+    }
     let mut start = 0;
     for (index, &byte) in bytes.iter().enumerate().skip(clean) {
         let escape: &[u8] = match byte {
@@ -526,12 +539,20 @@ mod tests {
         for special in [
             "\"", "\\", "\u{0}", "\u{1f}", "\u{7f}", "\n", "é", "\u{80}", " ",
         ] {
-            for offset in 0..20 {
-                let text = format!("{}{special}{}", "a".repeat(offset), "b".repeat(20 - offset));
-                let mut out = Vec::new();
-                json_str(&mut out, &text);
-                let parsed: String = serde_json::from_slice(&out)?;
-                assert_eq!(parsed, text, "{special:?} at {offset}");
+            // Every length mod 8 and every position, so the word scan and its padded tail
+            // both meet the character.
+            for len in 0..20 {
+                for offset in 0..=len {
+                    let text = format!(
+                        "{}{special}{}",
+                        "a".repeat(offset),
+                        "b".repeat(len - offset)
+                    );
+                    let mut out = Vec::new();
+                    json_str(&mut out, &text);
+                    let parsed: String = serde_json::from_slice(&out)?;
+                    assert_eq!(parsed, text, "{special:?} at {offset} of {len}");
+                }
             }
         }
         Ok(())

@@ -277,9 +277,19 @@ async fn reload(
 ) -> Option<DirectorySource> {
     let options = options.clone();
     let joined = tokio::task::spawn_blocking(move || {
-        let result = source
-            .load()
-            .map(|objects| source.changed().then(|| translate(&objects, &options)));
+        let started = std::time::Instant::now();
+        let result = source.load().map(|objects| {
+            let read = started.elapsed();
+            let translation = source.changed().then(|| translate(&objects, &options));
+            tracing::debug!(
+                objects = objects.len(),
+                read_ms = read.as_millis(),
+                translate_ms = (started.elapsed() - read).as_millis(),
+                changed = translation.is_some(),
+                "reread the manifests"
+            );
+            translation
+        });
         (source, result)
     })
     .await;
