@@ -2,10 +2,13 @@
 //! request, checks framing, selects the listener (Host, and SNI on HTTPS), routes, applies the
 //! rule's and backend's filters, picks an endpoint, and maps failures to status codes.
 //!
-//! Timeouts: `timeouts.request` is a deadline from the request's arrival; each attempt gets
-//! `min(backendRequest, time left)` as connect and read timeout. pingora's read timeout applies
-//! to every read from the upstream, so after the response headers it acts as an idle timeout of
-//! that length (a body that stalls longer is cut); with neither timeout set nothing is cut.
+//! Timeouts: `timeouts.request` is a deadline from the request's arrival, `backendRequest` one
+//! from each attempt's start; both cover the whole response, as the spec says. A body still
+//! streaming at its deadline is cut at its next chunk (the status is already sent, so the
+//! connection is closed). Each attempt also gets the time left at its start as connect and
+//! per-read timeout: pingora fixes it per connection, so a stall is cut once it lasts that long,
+//! which may be after the deadline. Upgraded connections (WebSocket) are exempt once upgraded;
+//! with neither timeout set nothing is cut.
 //! Retries follow `Rule.retry` (listed codes and connection failures), with `backoff` between
 //! attempts, and only while pingora still holds the whole request body for replay.
 
@@ -76,6 +79,8 @@ pub struct RequestCtx {
     /// Index into `rule.matches` of the entry that matched (for prefix rewrites).
     match_index: usize,
     deadline: Option<Instant>,
+    /// `timeouts.backendRequest` of the current attempt.
+    attempt_deadline: Option<Instant>,
     attempts: u32,
     /// Set when the current attempt is abandoned for a retryable status code.
     retrying_status: bool,
@@ -585,7 +590,32 @@ impl ProxyHttp for PortProxy {
             Some(budget.map_or(DEFAULT_CONNECT_TIMEOUT, |b| b.min(DEFAULT_CONNECT_TIMEOUT)));
         peer.options.read_timeout = budget;
         peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
+        ctx.attempt_deadline = per_attempt.map(|t| Instant::now() + t);
         Ok(Box::new(peer))
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        session: &mut Session,
+        _body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Option<Duration>> {
+        let deadline = match (ctx.deadline, ctx.attempt_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(deadline) = deadline
+            && !end_of_stream
+            && !session.was_upgraded()
+            && Instant::now() >= deadline
+        {
+            return Err(Error::explain(
+                ErrorType::ReadTimedout,
+                "the route's timeout expired while the response body was streaming",
+            ));
+        }
+        Ok(None)
     }
 
     async fn upstream_response_filter(

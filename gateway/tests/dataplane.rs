@@ -518,6 +518,61 @@ async fn request_and_backend_timeouts_answer_504_and_no_default_timeout_cuts() -
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_cover_the_whole_response_body_not_each_read() -> Result<()> {
+    let app = TestBackend::spawn("app").await;
+    let app_backend = backend("app", vec![app.addr], UpstreamProtocol::Http1);
+    let gateway = Gateway::start(&[80]);
+    let addr = gateway.addr(80);
+    // Every gap (100 ms) is shorter than the timeout (600 ms); the whole body (2 s) is longer.
+    let dripping = |path: &str, timeouts: Timeouts| {
+        let mut rule = rule(
+            vec![prefix(path)],
+            vec![Filter::Rewrite(Rewrite {
+                hostname: None,
+                path: Some(PathModifier::ReplaceFullPath("/drip/20/100".into())),
+            })],
+            vec![to(&app_backend, 1)],
+        );
+        rule.timeouts = timeouts;
+        rule
+    };
+    gateway.apply(simple(
+        80,
+        vec![
+            dripping(
+                "/request",
+                Timeouts {
+                    request: Some(Duration::from_millis(600)),
+                    backend_request: None,
+                },
+            ),
+            dripping(
+                "/attempt",
+                Timeouts {
+                    request: None,
+                    backend_request: Some(Duration::from_millis(600)),
+                },
+            ),
+            dripping("/untimed", Timeouts::default()),
+        ],
+    ));
+    for path in ["/request", "/attempt"] {
+        let started = Instant::now();
+        let cut = get(addr, "a.test", path).await;
+        assert!(cut.is_err(), "{path}: the body completed: {cut:?}");
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "{path}: cut only after {:?}",
+            started.elapsed()
+        );
+    }
+    let response = get(addr, "a.test", "/untimed").await?;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), "d".repeat(20));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_listed_codes_and_connect_failures() -> Result<()> {
     let app = TestBackend::spawn("app").await;
     // An address nothing listens on: connections are refused.

@@ -274,7 +274,7 @@ pub async fn app_behind_gateway(
 // Backends
 
 /// A tiny HTTP/1.1 server. Paths select behaviour:
-/// `/status/<code>`, `/sleep/<ms>`, `/bytes/<n>` (streams n bytes), `/upload` (counts the body),
+/// `/status/<code>`, `/sleep/<ms>`, `/drip/<n>/<ms>` (a byte every ms), `/bytes/<n>` (streams n bytes), `/upload` (counts the body),
 /// `/ws` (101 then echo), anything else: 200 with `backend=<name>` and the request head.
 #[derive(Clone)]
 pub struct TestBackend {
@@ -346,6 +346,17 @@ impl TestBackend {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 let reply = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nslept";
                 stream.write_all(reply.as_bytes()).await?;
+            } else if let Some(drip) = path.strip_prefix("/drip/") {
+                // `/drip/<n>/<ms>`: n bytes, one every ms, after the headers.
+                let (count, every) = drip.split_once('/').context("/drip/<n>/<ms>")?;
+                let count: u64 = count.parse().context("drip count")?;
+                let every = Duration::from_millis(every.parse().context("drip ms")?);
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {count}\r\n\r\n");
+                stream.write_all(head.as_bytes()).await?;
+                for _ in 0..count {
+                    tokio::time::sleep(every).await;
+                    stream.write_all(b"d").await?;
+                }
             } else if let Some(n) = path.strip_prefix("/bytes/") {
                 let total: u64 = n.parse().context("byte count")?;
                 let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {total}\r\n\r\n");
