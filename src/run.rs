@@ -72,6 +72,7 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
             base_backoff: args.eject_backoff,
             max_backoff: args.eject_max_backoff.max(args.eject_backoff),
         },
+        auth_runtime: Some(control.handle().clone()),
     };
     let dataplane = DataPlane::start_with_options(settings, Arc::new(local_ca), options)
         .context("starting the data plane")?;
@@ -99,7 +100,7 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         let bound = control.block_on(admin::serve(addr, Arc::clone(&admin)))?;
         tracing::info!(%bound, "admin listener (metrics, health, status page)");
     }
-    let applied = dataplane.apply(first.config.clone());
+    let applied = dataplane.apply_with_policies(first.config.clone(), &first.policies);
     admin.record_load(
         Arc::clone(&first),
         applied.as_ref().err().map(ToString::to_string),
@@ -117,7 +118,8 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
             let translation = translations.borrow_and_update().clone();
             log_translation(&translation, logged.as_mut());
             let started = std::time::Instant::now();
-            let applied = forwarder.apply(translation.config.clone());
+            let applied =
+                forwarder.apply_with_policies(translation.config.clone(), &translation.policies);
             tracing::debug!(
                 compile_ms = started.elapsed().as_millis(),
                 "compiled and swapped the snapshot"

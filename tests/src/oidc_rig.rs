@@ -92,6 +92,16 @@ impl OidcProvider {
         self.wait_ready().await
     }
 
+    /// Changes the provider's settings and restarts it on the same port with the same keys:
+    /// for settings that depend on a gateway started after the provider (its redirect URIs).
+    /// All sessions and tokens are lost.
+    pub async fn reconfigure(&mut self, change: impl FnOnce(&mut OpOptions)) -> anyhow::Result<()> {
+        let keys = self.jwks_file();
+        change(&mut self.options);
+        self.options.jwks_file = Some(keys);
+        self.restart(None).await
+    }
+
     /// Kills the provider (the port then refuses connections).
     pub fn stop(&mut self) {
         let _ = self.child.kill();

@@ -16,6 +16,8 @@ use serde::de::DeserializeOwned;
 use torhaus_model::ObjectName;
 
 const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+/// The API group of torhaus's own kinds.
+pub const TORHAUS_GROUP: &str = "torhaus.dev";
 
 /// Where an object came from, for every message about it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -68,6 +70,7 @@ pub enum ObjectKind {
     EndpointSlice,
     Secret,
     Namespace,
+    AuthPolicy,
 }
 
 impl ObjectKind {
@@ -81,6 +84,7 @@ impl ObjectKind {
             ObjectKind::EndpointSlice => "EndpointSlice",
             ObjectKind::Secret => "Secret",
             ObjectKind::Namespace => "Namespace",
+            ObjectKind::AuthPolicy => "AuthPolicy",
         }
     }
 
@@ -101,6 +105,7 @@ impl ObjectKind {
             ("discovery.k8s.io", "EndpointSlice") => ObjectKind::EndpointSlice,
             ("", "Secret") => ObjectKind::Secret,
             ("", "Namespace") => ObjectKind::Namespace,
+            (TORHAUS_GROUP, "AuthPolicy") => ObjectKind::AuthPolicy,
             _ => return None,
         };
         Some(known)
@@ -142,6 +147,15 @@ pub enum KubeObject {
     EndpointSlice(Box<EndpointSlice>),
     Secret(Box<Secret>),
     Namespace(Box<Namespace>),
+    AuthPolicy(Box<AuthPolicyObject>),
+}
+
+/// An `AuthPolicy` (`torhaus.dev/v1alpha1`): the policies crate's strict wire type, plus the
+/// metadata in Kubernetes' own type for the bookkeeping every object shares.
+#[derive(Debug, Clone)]
+pub struct AuthPolicyObject {
+    pub metadata: ObjectMeta,
+    pub policy: torhaus_policies::AuthPolicy,
 }
 
 impl KubeObject {
@@ -155,6 +169,7 @@ impl KubeObject {
             KubeObject::EndpointSlice(_) => ObjectKind::EndpointSlice,
             KubeObject::Secret(_) => ObjectKind::Secret,
             KubeObject::Namespace(_) => ObjectKind::Namespace,
+            KubeObject::AuthPolicy(_) => ObjectKind::AuthPolicy,
         }
     }
 
@@ -168,6 +183,7 @@ impl KubeObject {
             KubeObject::EndpointSlice(o) => &o.metadata,
             KubeObject::Secret(o) => &o.metadata,
             KubeObject::Namespace(o) => &o.metadata,
+            KubeObject::AuthPolicy(o) => &o.metadata,
         }
     }
 
@@ -254,6 +270,7 @@ pub struct ObjectSet {
     pub endpoint_slices: BTreeMap<ObjectName, Sourced<EndpointSlice>>,
     pub secrets: BTreeMap<ObjectName, Sourced<Secret>>,
     pub namespaces: BTreeMap<String, Sourced<Namespace>>,
+    pub auth_policies: BTreeMap<ObjectName, Sourced<AuthPolicyObject>>,
     pub problems: Vec<Problem>,
 }
 
@@ -314,6 +331,9 @@ impl ObjectSet {
             KubeObject::Namespace(o) => {
                 self.namespaces.insert(name.name, sourced(*o, location));
             }
+            KubeObject::AuthPolicy(o) => {
+                self.auth_policies.insert(name, sourced(*o, location));
+            }
         }
     }
 
@@ -329,6 +349,7 @@ impl ObjectSet {
             ObjectKind::EndpointSlice => self.endpoint_slices.remove(&name).is_some(),
             ObjectKind::Secret => self.secrets.remove(&name).is_some(),
             ObjectKind::Namespace => self.namespaces.remove(&key.name).is_some(),
+            ObjectKind::AuthPolicy => self.auth_policies.remove(&name).is_some(),
         }
     }
 
@@ -353,6 +374,7 @@ impl ObjectSet {
             ObjectKind::Service => self.services.keys().map(namespaced).collect(),
             ObjectKind::EndpointSlice => self.endpoint_slices.keys().map(namespaced).collect(),
             ObjectKind::Secret => self.secrets.keys().map(namespaced).collect(),
+            ObjectKind::AuthPolicy => self.auth_policies.keys().map(namespaced).collect(),
         }
     }
 
@@ -382,6 +404,10 @@ impl ObjectSet {
             ObjectKind::EndpointSlice => self.endpoint_slices.get(&name).map(parts),
             ObjectKind::Secret => self.secrets.get(&name).map(parts),
             ObjectKind::Namespace => self.namespaces.get(&key.name).map(parts),
+            ObjectKind::AuthPolicy => self
+                .auth_policies
+                .get(&name)
+                .map(|o| (&o.location, &o.object.metadata)),
         }
     }
 
@@ -395,6 +421,7 @@ impl ObjectSet {
             + self.endpoint_slices.len()
             + self.secrets.len()
             + self.namespaces.len()
+            + self.auth_policies.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -582,6 +609,7 @@ fn parse_object(
         ObjectKind::EndpointSlice => decode(json).map(|o| KubeObject::EndpointSlice(Box::new(o))),
         ObjectKind::Secret => decode(json).map(|o| KubeObject::Secret(Box::new(o))),
         ObjectKind::Namespace => decode(json).map(|o| KubeObject::Namespace(Box::new(o))),
+        ObjectKind::AuthPolicy => decode_auth_policy(json),
     };
     match parsed {
         Ok(object) => objects.push((object, location)),
@@ -594,4 +622,13 @@ fn parse_object(
 
 fn decode<T: DeserializeOwned>(json: serde_json::Value) -> Result<T, serde_json::Error> {
     serde_json::from_value(json)
+}
+
+fn decode_auth_policy(json: serde_json::Value) -> Result<KubeObject, serde_json::Error> {
+    let metadata = decode(json.get("metadata").cloned().unwrap_or_default())?;
+    let policy = decode(json)?;
+    Ok(KubeObject::AuthPolicy(Box::new(AuthPolicyObject {
+        metadata,
+        policy,
+    })))
 }

@@ -1,6 +1,7 @@
 //! The pure translation: Gateway API objects in, the data plane's configuration and every
 //! object's conditions out. No I/O happens here, so the kube source reuses it as is.
 
+mod policies;
 mod refs;
 mod routes;
 mod tls;
@@ -61,6 +62,9 @@ impl Default for TranslateOptions {
 pub struct Translation {
     pub config: Arc<DataPlaneConfig>,
     pub report: Report,
+    /// The valid `AuthPolicy` objects in force on some route rule (`AttachedRoute::auth` names
+    /// them by `namespace/name`).
+    pub policies: Vec<Arc<torhaus_policies::Policy>>,
 }
 
 /// A failed condition: its reason and message.
@@ -267,6 +271,7 @@ pub fn translate(objects: &ObjectSet, options: &TranslateOptions) -> Translation
         }
     }
 
+    let mut policies = policies::PolicyIndex::new(objects);
     let mut ports: BTreeMap<u16, PortConfig> = BTreeMap::new();
     for gateway in &mut gateways {
         let status = gateway_status(gateway, &options.addresses);
@@ -278,6 +283,7 @@ pub fn translate(objects: &ObjectSet, options: &TranslateOptions) -> Translation
             routes.sort_by(|a, b| {
                 (a.route.created_unix, &a.route.id).cmp(&(b.route.created_unix, &b.route.id))
             });
+            policies.bind(&gateway.name, &listener.name, &mut routes);
             ports
                 .entry(listener.port)
                 .or_insert_with(|| PortConfig {
@@ -308,6 +314,7 @@ pub fn translate(objects: &ObjectSet, options: &TranslateOptions) -> Translation
                 .then_with(|| a.id.cmp(&b.id))
         });
     }
+    statuses.extend(policies.statuses(objects));
     statuses.sort_by(|a, b| a.key.cmp(&b.key));
     let config = Arc::new(config);
     Translation {
@@ -317,6 +324,7 @@ pub fn translate(objects: &ObjectSet, options: &TranslateOptions) -> Translation
             objects: statuses,
             problems,
         },
+        policies: policies.in_force(),
     }
 }
 
@@ -820,6 +828,7 @@ fn attach_to_listeners(
         listener.routes.push(AttachedRoute {
             route: compiled.route.clone(),
             hostnames,
+            auth: Vec::new(),
         });
     }
     if any {
