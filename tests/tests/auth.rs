@@ -4,8 +4,8 @@
 //! identity headers upstream, forged ones stripped, 401/403/503 answers, logout, bearer JWTs, a
 //! policy changed while serving, and the effective policy in `torhaus check`.
 //!
-//! The browser flows (login, refresh, logout, back-channel logout, WebSocket) are in
-//! `auth_browser.rs`.
+//! The browser flows (login, refresh, logout, back-channel logout, a WebSocket ended by logout,
+//! a denied group) run in headless Chromium through `tests/browser/auth-flow.mjs`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -73,6 +73,7 @@ spec:
     issuer: "{issuer}"
     clientID: gateway
     clientSecretRef: {{ name: oidc, key: client-secret }}
+    refresh: {{ before: 2s }}
   session:
     keySecretRefs: [{{ name: session, key: key }}]
   jwt:
@@ -119,7 +120,11 @@ struct AuthRig {
 
 impl AuthRig {
     async fn start(admin_groups: &str) -> anyhow::Result<Self> {
-        let mut op = OidcProvider::start(OpOptions::default()).await?;
+        Self::start_with(admin_groups, OpOptions::default()).await
+    }
+
+    async fn start_with(admin_groups: &str, options: OpOptions) -> anyhow::Result<Self> {
+        let mut op = OidcProvider::start(options).await?;
         let dead_issuer = format!("http://127.0.0.1:{}/application/o/gone/", free_port()?);
         let rig = Rig::start(&[
             ("base", base_manifests()),
@@ -619,6 +624,97 @@ async fn check_prints_the_effective_policy_of_each_rule_and_rejects_a_bad_one() 
             && out.contains("spec.jwt.issuers[0].algorithms[0]")
             && out.contains("e2e/sso"),
         "{out}"
+    );
+    Ok(())
+}
+
+/// Runs one scenario of `tests/browser/auth-flow.mjs` in headless Chromium; returns what it saw.
+async fn browser_scenario(rig: &AuthRig, scenario: &str) -> anyhow::Result<serde_json::Value> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    ensure!(
+        root.join("browser/node_modules/playwright-core").is_dir(),
+        "playwright-core is not installed in tests/browser: run scripts/install-deps.sh test"
+    );
+    let output = tokio::process::Command::new("node")
+        .arg(root.join("browser/auth-flow.mjs"))
+        .arg(scenario)
+        .arg(rig.origin())
+        .arg(rig.op.issuer())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(90), output)
+        .await
+        .context("the browser scenario did not finish in 90 s")?
+        .context("running node (scripts/install-deps.sh test installs it)")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        output.status.success(),
+        "{scenario} failed: {}\n{stdout}\ntorhaus log:\n{}\nprovider log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        rig.rig.torhaus.log_tail(),
+        rig.op.log()
+    );
+    let line = stdout
+        .lines()
+        .last()
+        .context("the scenario printed nothing")?;
+    Ok(serde_json::from_str(line)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_login_and_refresh_after_the_access_token_expires() -> anyhow::Result<()> {
+    let options = OpOptions {
+        access_token_ttl: Some(5),
+        ..OpOptions::default()
+    };
+    let rig = AuthRig::start_with("admins", options).await?;
+    let seen = browser_scenario(&rig, "login-refresh").await?;
+    assert_eq!(seen["user"], "alice", "{seen}");
+    assert_eq!(seen["refreshed"], true, "{seen}");
+    assert_eq!(seen["userAfterRefresh"], "alice", "{seen}");
+    assert_eq!(seen["providerRequestsDuringRefresh"], 0, "{seen}");
+    // Small enough for any browser and proxy: never a 431.
+    let bytes = seen["cookieBytes"].as_u64().unwrap_or(u64::MAX);
+    assert!(bytes > 0 && bytes < 3800, "{seen}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_logout_ends_the_provider_session_and_the_websocket() -> anyhow::Result<()> {
+    let rig = AuthRig::start("admins").await?;
+    let seen = browser_scenario(&rig, "logout-websocket").await?;
+    assert_eq!(seen["user"], "alice", "{seen}");
+    assert_eq!(seen["echoBeforeLogout"], "hello", "{seen}");
+    assert_eq!(seen["logoutAt"], "provider", "{seen}");
+    assert_eq!(seen["socketClosedAfterLogout"], true, "{seen}");
+    assert_eq!(seen["askedForPasswordAgain"], true, "{seen}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_backchannel_logout_revokes_the_gateway_session() -> anyhow::Result<()> {
+    let rig = AuthRig::start("admins").await?;
+    let seen = browser_scenario(&rig, "backchannel").await?;
+    assert_eq!(seen["user"], "alice", "{seen}");
+    assert_eq!(seen["revokedByBackchannel"], true, "{seen}");
+    assert!(
+        rig.op.log().contains("backchannel.success"),
+        "{}",
+        rig.op.log()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_a_denied_group_gets_the_403_page_not_a_loop() -> anyhow::Result<()> {
+    let rig = AuthRig::start("admins").await?;
+    let seen = browser_scenario(&rig, "denied").await?;
+    assert_eq!(seen["status"], 403, "{seen}");
+    assert_eq!(seen["title"], "Access denied", "{seen}");
+    assert_eq!(seen["stillOnGateway"], true, "{seen}");
+    assert!(
+        seen["text"].as_str().is_some_and(|t| t.contains("admins")),
+        "{seen}"
     );
     Ok(())
 }
