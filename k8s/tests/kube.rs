@@ -1036,3 +1036,70 @@ async fn the_controller_reads_the_crd_version_serves_writes_and_hands_over() {
         "released on shutdown: {lease}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_policies_and_their_secrets_are_watched_and_the_leader_writes_their_status() {
+    let api = FakeApi::new();
+    seed(&api);
+    api.put(json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": "session", "namespace": "apps"},
+        "data": {"key": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="}
+    }));
+    api.put(json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": "db-password", "namespace": "apps"},
+        "data": {"password": "aHVudGVyMg=="}
+    }));
+    api.put(json!({
+        "apiVersion": "torhaus.dev/v1alpha1", "kind": "AuthPolicy",
+        "metadata": {"name": "sso", "namespace": "apps", "resourceVersion": "1"},
+        "spec": {
+            "targetRefs": [{"kind": "HTTPRoute", "name": "app"}],
+            "session": {"keySecretRefs": [{"name": "session", "key": "key"}]},
+            "jwt": {"issuers": [{"issuer": "https://idp.example.com/", "audiences": ["app"]}]}
+        }
+    }));
+    let mut one = replica(&api, 0);
+    wait_for(&mut one.election.is_leader, "leadership", |l| *l).await;
+    let snapshot = wait_for(&mut one.source.snapshots, "the policy in force", |s| {
+        !s.translation.policies.is_empty()
+    })
+    .await;
+    let held: Vec<String> = snapshot
+        .objects
+        .secrets
+        .keys()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(held, ["apps/session"], "only the policy's Secret is held");
+    let on_app = snapshot
+        .translation
+        .config
+        .ports
+        .iter()
+        .flat_map(|p| &p.listeners)
+        .flat_map(|l| &l.routes)
+        .find(|r| r.route.id.name == "app")
+        .and_then(|r| r.auth_of(0))
+        .map(ToString::to_string);
+    assert_eq!(on_app.as_deref(), Some("apps/sso"));
+
+    let path = "/apis/torhaus.dev/v1alpha1/namespaces/apps/authpolicies/sso/status";
+    let body = eventually("the AuthPolicy status patch", || {
+        let patch = status_patches(&api)
+            .into_iter()
+            .find(|(_, p, _)| p == path)
+            .map(|(_, _, body)| without_times(&body));
+        async move { patch }
+    })
+    .await;
+    assert_eq!(
+        body,
+        json!({"status": {"conditions": [
+            {"type": "Accepted", "status": "True", "reason": "Accepted",
+             "message": "in force for HTTPRoute apps/app rule 0 on listener infra/edge/http",
+             "lastTransitionTime": "T", "observedGeneration": 1}
+        ]}})
+    );
+}

@@ -8,11 +8,12 @@ pub use directory::{
     DirectorySource, WatchMode, load_directory, spawn_directory_source, spawn_directory_source_with,
 };
 pub use kubernetes::{
-    DEFAULT_DEBOUNCE, KubeSnapshot, KubernetesOptions, KubernetesSource, spawn_kubernetes_source,
+    DEFAULT_DEBOUNCE, KubeSnapshot, KubernetesOptions, KubernetesSource, auth_policy_resource,
+    spawn_kubernetes_source,
 };
 pub use objects::{
-    KubeObject, ObjectKey, ObjectKind, ObjectSet, Problem, Severity, SourceLocation, Sourced,
-    parse_manifests,
+    AuthPolicyObject, KubeObject, ObjectKey, ObjectKind, ObjectSet, Problem, Severity,
+    SourceLocation, Sourced, TORHAUS_GROUP, parse_manifests,
 };
 
 use std::path::PathBuf;
