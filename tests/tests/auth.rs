@@ -377,6 +377,26 @@ async fn a_login_passes_identity_upstream_and_forged_headers_never_pass() -> any
             "torhaus_auth_decisions_total{outcome=\"forbidden\",policy=\"e2e/admins\"} 1"
         )
     );
+    // The effective policy of each rule is on the status page and in /debug/config.
+    let admin = rig.rig.torhaus.admin_addr()?;
+    let page = reqwest::get(format!("http://{admin}/"))
+        .await?
+        .text()
+        .await?;
+    assert!(
+        page.contains("AuthPolicy e2e/sso") && page.contains("AuthPolicy e2e/admins"),
+        "{page}"
+    );
+    let config: serde_json::Value = reqwest::get(format!("http://{admin}/debug/config"))
+        .await?
+        .json()
+        .await?;
+    assert!(
+        config
+            .to_string()
+            .contains(r#""authPolicies":["e2e/sso","e2e/admins"]"#),
+        "{config}"
+    );
     Ok(())
 }
 
