@@ -37,6 +37,8 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         let _runtime = control.enter();
         ShutdownSignals::install()
     };
+    // Sessions revoked by a logout; in Kubernetes mode shared with the other replicas.
+    let revocations = torhaus_policies::revocation::RevocationList::new();
     let (mut translations, mut controller) = match &args.config {
         Some(config) => {
             let translations = control
@@ -47,7 +49,8 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
             (translations, None)
         }
         None => {
-            let (translations, controller) = control.block_on(start_controller(&args))?;
+            let (translations, controller) =
+                control.block_on(start_controller(&args, Arc::clone(&revocations)))?;
             (translations, Some(controller))
         }
     };
@@ -73,6 +76,7 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
             max_backoff: args.eject_max_backoff.max(args.eject_backoff),
         },
         auth_runtime: Some(control.handle().clone()),
+        revocations: Some(revocations),
     };
     let dataplane = DataPlane::start_with_options(settings, Arc::new(local_ca), options)
         .context("starting the data plane")?;
@@ -152,6 +156,7 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
 /// and returns the translations and the controller.
 async fn start_controller(
     args: &RunArgs,
+    revocations: Arc<torhaus_policies::revocation::RevocationList>,
 ) -> anyhow::Result<(
     tokio::sync::watch::Receiver<Arc<Translation>>,
     torhaus_k8s::Controller,
@@ -177,6 +182,7 @@ async fn start_controller(
         lease_namespace: args.kube.lease_namespace.clone(),
         lease_name: args.kube.lease_name.clone(),
         identity,
+        revocations: Some(revocations),
     };
     let mut controller = torhaus_k8s::Controller::start(settings).await?;
     let translations = controller

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use http::HeaderName;
 use prometheus::IntCounter;
+use torhaus_policies::revocation::RevocationList;
 use torhaus_policies::{AuthContext, Authenticator, Policy};
 
 use crate::error::GatewayError;
@@ -109,16 +110,22 @@ impl Drop for Entry {
 #[derive(Debug)]
 pub struct AuthRegistry {
     runtime: Option<tokio::runtime::Handle>,
+    revocations: Arc<RevocationList>,
     context: Option<AuthContext>,
     entries: HashMap<String, Entry>,
 }
 
 impl AuthRegistry {
     /// `runtime` runs the provider refreshers; without one, the runtime of the first caller
-    /// that brings policies is used.
-    pub fn new(runtime: Option<tokio::runtime::Handle>) -> Self {
+    /// that brings policies is used. `revocations` is shared by every policy (and possibly
+    /// with other replicas).
+    pub fn new(
+        runtime: Option<tokio::runtime::Handle>,
+        revocations: Option<Arc<RevocationList>>,
+    ) -> Self {
         Self {
             runtime,
+            revocations: revocations.unwrap_or_default(),
             context: None,
             entries: HashMap::new(),
         }
@@ -146,9 +153,15 @@ impl AuthRegistry {
         let context = match &self.context {
             Some(context) => context.clone(),
             None => {
-                let context = AuthContext::new().map_err(|error| {
+                // Built on first use: the HTTP client costs memory a gateway without identity
+                // policies should not pay.
+                let http = torhaus_policies::provider::http_client().map_err(|error| {
                     GatewayError::Settings(format!("identity provider HTTP client: {error}"))
                 })?;
+                let context = AuthContext {
+                    http,
+                    revocations: Arc::clone(&self.revocations),
+                };
                 self.context = Some(context.clone());
                 context
             }

@@ -95,6 +95,9 @@ pub struct DataPlaneOptions {
     /// Runs the identity providers' background refreshes (discovery and keys); without it,
     /// the runtime of the first `apply` that brings policies.
     pub auth_runtime: Option<tokio::runtime::Handle>,
+    /// The revocation list the identity policies share (Kubernetes mode shares it with the other
+    /// replicas); a private one when unset.
+    pub revocations: Option<Arc<torhaus_policies::revocation::RevocationList>>,
 }
 
 #[derive(Debug)]
@@ -209,7 +212,7 @@ impl DataPlane {
                     servers: HashMap::new(),
                     retiring: Vec::new(),
                     shutting_down: false,
-                    auth: AuthRegistry::new(options.auth_runtime),
+                    auth: AuthRegistry::new(options.auth_runtime, options.revocations),
                 }),
             }),
         })

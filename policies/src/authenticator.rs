@@ -354,7 +354,7 @@ impl Authenticator {
         }
         if let (Some(token), Some(verifier)) = (req.bearer(), &self.bearer) {
             // Explicit credentials decide alone; a bad token never falls back to a cookie.
-            return match verifier.verify(token) {
+            return match verifier.verify_shared(token) {
                 Ok(claims) => self.allow_claims(req, &claims, token),
                 Err(JwtError::UnknownKey) => Decision::Pending(Pending {
                     kind: PendingKind::BearerRefetch(token.to_owned()),
