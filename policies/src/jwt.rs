@@ -10,6 +10,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
 use crate::policy::{JwtIssuer, SigningAlg};
+use crate::recent::Recent;
 
 /// Refetch the key set at most this often because of unknown key ids (a token with a random
 /// kid must not turn the gateway into a JWKS fetch amplifier).
@@ -298,14 +299,13 @@ pub(crate) async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value,
 }
 
 /// Number of recently verified tokens remembered per policy.
-const VERIFIED_SLOTS: usize = 4096;
+const VERIFIED_SLOTS: usize = 1024;
 /// A remembered verification is used at most this long; then the signature is checked again.
 const VERIFIED_REUSE_SECS: u64 = 60;
 
 /// A token whose signature and claims were verified, and until when that may be reused.
 #[derive(Debug)]
 struct Verified {
-    token: Box<str>,
     claims: Arc<Map<String, Value>>,
     issuer: usize,
     key_generation: usize,
@@ -315,45 +315,13 @@ struct Verified {
     usable_from: u64,
 }
 
-/// Recently verified tokens: a direct-mapped table whose slots are swapped atomically, so a
-/// hit costs a hash and a comparison, never a lock or an RSA verification. Bounded; two tokens
-/// hashing to one slot simply evict each other.
-struct VerifiedTokens {
-    slots: Box<[ArcSwapOption<Verified>]>,
-    hasher: std::hash::RandomState,
-}
-
-impl std::fmt::Debug for VerifiedTokens {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VerifiedTokens")
-            .field("slots", &self.slots.len())
-            .finish()
-    }
-}
-
-impl VerifiedTokens {
-    fn new() -> Self {
-        Self {
-            slots: (0..VERIFIED_SLOTS)
-                .map(|_| ArcSwapOption::empty())
-                .collect(),
-            hasher: std::hash::RandomState::new(),
-        }
-    }
-
-    fn slot(&self, token: &str) -> &ArcSwapOption<Verified> {
-        use std::hash::BuildHasher as _;
-        let index = (self.hasher.hash_one(token) as usize) % self.slots.len();
-        &self.slots[index]
-    }
-}
-
 /// Verifies bearer tokens for the issuers of one policy.
 #[derive(Debug)]
 pub struct BearerVerifier {
     issuers: Vec<(JwtIssuer, Arc<JwksCache>)>,
     leeway: Duration,
-    verified: VerifiedTokens,
+    /// Recent verifications: a hit skips the RSA verification and the claims' parsing.
+    verified: Recent<Verified>,
 }
 
 impl BearerVerifier {
@@ -361,7 +329,7 @@ impl BearerVerifier {
         Self {
             issuers,
             leeway,
-            verified: VerifiedTokens::new(),
+            verified: Recent::new(VERIFIED_SLOTS),
         }
     }
 
@@ -369,9 +337,8 @@ impl BearerVerifier {
     /// current keys within the last minute and before the token's `exp`. Lock-free.
     pub fn verify_shared(&self, token: &str) -> Result<Arc<Map<String, Value>>, JwtError> {
         let now = now_secs();
-        let slot = self.verified.slot(token);
-        if let Some(hit) = slot.load().as_ref()
-            && &*hit.token == token
+        if let Some(hit) = self.verified.get(token)
+            && let hit = &hit.value
             && now < hit.reuse_until
             && now >= hit.usable_from
             && self
@@ -389,14 +356,16 @@ impl BearerVerifier {
         let reuse_until = number("exp")
             .map_or(now, |exp| exp.saturating_add(leeway))
             .min(now + VERIFIED_REUSE_SECS);
-        slot.store(Some(Arc::new(Verified {
-            token: token.into(),
-            claims: Arc::clone(&claims),
-            issuer,
-            key_generation,
-            reuse_until,
-            usable_from: number("nbf").map_or(0, |nbf| nbf.saturating_sub(leeway)),
-        })));
+        self.verified.put(
+            token,
+            Verified {
+                claims: Arc::clone(&claims),
+                issuer,
+                key_generation,
+                reuse_until,
+                usable_from: number("nbf").map_or(0, |nbf| nbf.saturating_sub(leeway)),
+            },
+        );
         Ok(claims)
     }
 
