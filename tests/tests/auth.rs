@@ -172,11 +172,34 @@ impl AuthRig {
 
 /// An HTTP client that keeps cookies like a browser and never follows redirects by itself.
 fn browser() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .cookie_store(true)
+    Ok(browser_with_jar()?.0)
+}
+
+/// [`browser`], with its cookie jar for a test to read.
+fn browser_with_jar() -> anyhow::Result<(reqwest::Client, std::sync::Arc<reqwest::cookie::Jar>)> {
+    let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
+    let client = reqwest::Client::builder()
+        .cookie_provider(std::sync::Arc::clone(&jar))
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(10))
-        .build()?)
+        .build()?;
+    Ok((client, jar))
+}
+
+/// A GET with only the given Cookie header (a copied or altered cookie), as a browser page.
+async fn get_with_cookie(
+    rig: &AuthRig,
+    path: &str,
+    cookie: &str,
+) -> anyhow::Result<reqwest::Response> {
+    Ok(reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?
+        .get(rig.url(path))
+        .header("accept", "text/html")
+        .header("cookie", cookie)
+        .send()
+        .await?)
 }
 
 fn location(response: &reqwest::Response) -> anyhow::Result<String> {
@@ -282,7 +305,7 @@ fn header_values(headers: &[(String, String)], name: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_passes_identity_upstream_and_forged_headers_never_pass() -> anyhow::Result<()> {
     let rig = AuthRig::start("wheel").await?;
-    let client = browser()?;
+    let (client, jar) = browser_with_jar()?;
 
     // API clients and XHR get 401, never a redirect they cannot follow.
     let api = client
@@ -347,6 +370,35 @@ async fn a_login_passes_identity_upstream_and_forged_headers_never_pass() -> any
         page.headers().get("set-cookie").is_none()
     };
     assert!(copied_cookie, "an unchanged session sets no cookie");
+    use reqwest::cookie::CookieStore as _;
+    let cookie = jar
+        .cookies(&url::Url::parse(&rig.origin())?)
+        .context("the session cookie")?
+        .to_str()?
+        .to_owned();
+    ensure!(cookie.contains("torhaus_session="), "{cookie}");
+    assert_eq!(
+        get_with_cookie(&rig, "/", &cookie).await?.status(),
+        StatusCode::OK,
+        "the copied cookie works while the session lives"
+    );
+    // A tampered cookie is a login, never a pass (and never an error page).
+    let tampered = {
+        let at = cookie.find("torhaus_session=").unwrap_or(0) + "torhaus_session=".len() + 20;
+        let mut bytes = cookie.into_bytes();
+        if let Some(b) = bytes.get_mut(at) {
+            *b = if *b == b'A' { b'B' } else { b'A' };
+        }
+        String::from_utf8(bytes)?
+    };
+    let response = get_with_cookie(&rig, "/", &tampered).await?;
+    assert_eq!(response.status(), StatusCode::FOUND);
+    assert!(location(&response)?.starts_with(&rig.op.issuer()));
+    let cookie = jar
+        .cookies(&url::Url::parse(&rig.origin())?)
+        .context("the session cookie")?
+        .to_str()?
+        .to_owned();
     let logout = client.get(rig.url("/oauth2/sign_out")).send().await?;
     assert_eq!(logout.status(), StatusCode::FOUND);
     let to = location(&logout)?;
@@ -361,6 +413,10 @@ async fn a_login_passes_identity_upstream_and_forged_headers_never_pass() -> any
         .await?;
     assert_eq!(after.status(), StatusCode::FOUND);
     assert!(location(&after)?.starts_with(&rig.op.issuer()));
+    // The copy of the cookie taken before the logout is replayed: refused.
+    let replayed = get_with_cookie(&rig, "/", &cookie).await?;
+    assert_eq!(replayed.status(), StatusCode::FOUND);
+    assert!(location(&replayed)?.starts_with(&rig.op.issuer()));
 
     // Decisions are counted by policy and outcome.
     let metrics = reqwest::get(format!("http://{}/metrics", rig.rig.torhaus.admin_addr()?))
