@@ -164,6 +164,24 @@ impl OidcProvider {
         self.dir.path().join(name)
     }
 
+    /// A client-credentials access token for `api-client` (an RS256 JWT; audience `gateway`
+    /// unless `api_audience` says otherwise).
+    pub async fn client_credentials_token(&self) -> anyhow::Result<String> {
+        let response = reqwest::Client::new()
+            .post(format!("{}token", self.issuer()))
+            .basic_auth("api-client", Some("api-secret"))
+            .form(&[("grant_type", "client_credentials"), ("scope", "api:read")])
+            .send()
+            .await?;
+        let status = response.status();
+        let body: serde_json::Value = serde_json::from_str(&response.text().await?)?;
+        let token = body
+            .get("access_token")
+            .and_then(|t| t.as_str())
+            .with_context(|| format!("no access token ({status}): {body}"))?;
+        Ok(token.to_owned())
+    }
+
     /// The provider's output so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("op.log")).unwrap_or_default()

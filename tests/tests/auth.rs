@@ -456,22 +456,6 @@ async fn a_login_passes_identity_upstream_and_forged_headers_never_pass() -> any
     Ok(())
 }
 
-/// A client-credentials access token (RS256 JWT, aud=gateway) from the provider.
-async fn api_token(op: &OidcProvider) -> anyhow::Result<String> {
-    let response = reqwest::Client::new()
-        .post(format!("{}token", op.issuer()))
-        .basic_auth("api-client", Some("api-secret"))
-        .form(&[("grant_type", "client_credentials"), ("scope", "api:read")])
-        .send()
-        .await?;
-    let body: serde_json::Value = response.json().await?;
-    Ok(body
-        .get("access_token")
-        .and_then(|t| t.as_str())
-        .with_context(|| format!("no access token: {body}"))?
-        .to_owned())
-}
-
 fn base64url(bytes: &[u8]) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
@@ -490,7 +474,7 @@ fn base64url(bytes: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bearer_tokens_pass_and_forged_ones_get_401() -> anyhow::Result<()> {
     let rig = AuthRig::start("admins").await?;
-    let token = api_token(&rig.op).await?;
+    let token = rig.op.client_credentials_token().await?;
     let client = reqwest::Client::new();
     let ok = client
         .get(rig.url("/api"))
