@@ -246,6 +246,7 @@ EXPECTED_CLUSTER_RULES = {
     ("gateway.networking.k8s.io", "gatewayclasses/status"): {"patch", "update"},
     ("gateway.networking.k8s.io", "gateways/status"): {"patch", "update"},
     ("gateway.networking.k8s.io", "httproutes/status"): {"patch", "update"},
+    ("apiextensions.k8s.io", "customresourcedefinitions"): {"get"},
     ("torhaus.dev", "authpolicies"): {"get", "list", "watch"},
     ("torhaus.dev", "authpolicies/status"): {"patch", "update"},
     ("", "namespaces"): {"get", "list", "watch"},
