@@ -98,7 +98,7 @@ pub struct RequestCtx {
     /// The identity policy of the matched rule.
     auth: Option<Arc<PolicyEnforcer>>,
     /// The browser session the request was allowed under, re-checked on upgraded connections.
-    auth_session: Option<torhaus_policies::SessionHandle>,
+    auth_session: Option<Arc<torhaus_policies::SessionHandle>>,
     /// Headers the identity layer adds to the response (a refreshed session cookie).
     auth_response_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// Counts this request as in flight until the context is dropped.

@@ -89,7 +89,7 @@ pub struct Allow {
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
     /// The browser session behind the request, for long-lived connections (WebSockets) to
     /// re-check with [`Authenticator::session_active`].
-    pub session: Option<SessionHandle>,
+    pub session: Option<Arc<SessionHandle>>,
     pub identity: Option<Arc<Identity>>,
 }
 
@@ -448,13 +448,13 @@ impl Authenticator {
         Decision::Allow(Box::new(Allow {
             upstream_headers: self.policy.headers.render(&session.identity),
             response_headers,
-            session: Some(SessionHandle {
+            session: Some(Arc::new(SessionHandle {
                 id: session.id.clone(),
                 sid: session.sid.clone(),
                 sub: session.identity.sub.clone(),
                 issued_at: session.issued_at,
                 expires_at: session.expires_at,
-            }),
+            })),
             identity: Some(Arc::new(session.identity.clone())),
         }))
     }

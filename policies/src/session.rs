@@ -248,16 +248,21 @@ pub fn open_session(
     codec.open_json(cookie_name, &value)
 }
 
-/// The sealed session value, its chunks put back together; `None` without a session cookie.
-pub fn sealed_session(cookie_name: &str, cookies: &Cookies<'_>) -> Option<String> {
-    let mut value = String::new();
-    for i in 0..MAX_CHUNKS {
+/// The sealed session value, its chunks put back together (borrowed when there is one, the
+/// usual case); `None` without a session cookie.
+pub fn sealed_session<'a>(
+    cookie_name: &str,
+    cookies: &Cookies<'a>,
+) -> Option<std::borrow::Cow<'a, str>> {
+    let first = cookies.get(cookie_name).filter(|v| !v.is_empty())?;
+    let mut value: Option<String> = None;
+    for i in 1..MAX_CHUNKS {
         match cookies.get(&chunk_name(cookie_name, i)) {
-            Some(v) => value.push_str(v),
+            Some(v) => value.get_or_insert_with(|| first.to_owned()).push_str(v),
             None => break,
         }
     }
-    (!value.is_empty()).then_some(value)
+    Some(value.map_or(std::borrow::Cow::Borrowed(first), std::borrow::Cow::Owned))
 }
 
 /// The cookies of a request (all `Cookie` headers), first occurrence of a name wins.
