@@ -182,6 +182,12 @@ def check_daemonset_shape(objects: list[dict[str, Any]], values: dict[str, Any])
     require(args[:2] == ["run", "--kubernetes"], f"container args must start with run --kubernetes, got {args}")
     require(f"--grace-period={grace}s" in args, f"--grace-period={grace}s missing from {args}")
     require(f"--admin-bind={admin_bind}" in args, f"--admin-bind={admin_bind} missing from {args}")
+    addresses = values.get("gatewayAddresses", [])
+    published = [a for a in args if a.startswith("--gateway-address")]
+    require(
+        published == ([f"--gateway-address={','.join(addresses)}"] if addresses else []),
+        f"gatewayAddresses {addresses} must become one --gateway-address flag, got {published}",
+    )
     require(
         pod["terminationGracePeriodSeconds"] >= grace + 5,
         "terminationGracePeriodSeconds must exceed the drain grace period by at least 5 s",
@@ -223,7 +229,7 @@ def check_daemonset_shape(objects: list[dict[str, Any]], values: dict[str, Any])
     for name, field in (
         ("POD_NAME", "metadata.name"),
         ("POD_NAMESPACE", "metadata.namespace"),
-        ("NODE_NAME", "spec.nodeName"),
+        ("POD_IP", "status.podIP"),
     ):
         require(env.get(name) == field, f"env {name} must come from the field {field}")
 
@@ -253,9 +259,6 @@ EXPECTED_CLUSTER_RULES = {
     ("", "services"): {"get", "list", "watch"},
     ("discovery.k8s.io", "endpointslices"): {"get", "list", "watch"},
     ("", "secrets"): {"get", "list", "watch"},
-    ("", "nodes"): {"get", "list", "watch"},
-    ("", "events"): {"create", "patch"},
-    ("events.k8s.io", "events"): {"create", "patch"},
 }
 EXPECTED_NAMESPACED_RULES = {
     ("coordination.k8s.io", "leases"): {"get", "create", "update", "patch"},
@@ -389,6 +392,7 @@ def check_value_variants() -> None:
             "stateDir": "/state",
             "stateVolume": {"hostPath": {"path": "/var/lib/torhaus", "type": "DirectoryOrCreate"}},
             "extraArgs": ["--trusted-hops", "1"],
+            "gatewayAddresses": ["192.0.2.10", "2001:db8::10"],
             "extraEnv": [{"name": "TZ", "value": "UTC"}],
             "tolerations": [{"operator": "Exists"}],
             "nodeSelector": {"torhaus.dev/edge": "true"},
