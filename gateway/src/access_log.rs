@@ -80,7 +80,8 @@ pub struct AccessEntry<'a> {
     pub upstream_ms: Option<f64>,
     pub request_bytes: u64,
     pub response_bytes: u64,
-    /// The authenticated user, once routes enforce login; null until then.
+    /// The user the identity layer let through (preferred username, else subject); null on
+    /// routes without a policy and for requests it answered itself.
     pub user: Option<&'a str>,
 }
 

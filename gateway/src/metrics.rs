@@ -594,7 +594,7 @@ impl Observer {
                 upstream_ms: finished.obs.upstream_seconds.map(|s| s * 1000.0),
                 request_bytes: bytes.0,
                 response_bytes: bytes.1,
-                user: None,
+                user: finished.user,
             });
         }
     }
@@ -795,6 +795,8 @@ pub struct Finished<'a> {
     pub backend_index: Option<usize>,
     /// The endpoint of the last attempt.
     pub upstream: Option<SocketAddr>,
+    /// Who the identity layer let through (username, else subject), for the access log.
+    pub user: Option<&'a str>,
 }
 
 /// Exports the current snapshot's shape at scrape time: nothing on the request path.

@@ -99,6 +99,8 @@ pub struct RequestCtx {
     auth: Option<Arc<PolicyEnforcer>>,
     /// The browser session the request was allowed under, re-checked on upgraded connections.
     auth_session: Option<Arc<torhaus_policies::SessionHandle>>,
+    /// Who the identity layer let through, for the access log.
+    auth_identity: Option<Arc<torhaus_policies::identity::Identity>>,
     /// Headers the identity layer adds to the response (a refreshed session cookie).
     auth_response_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// Counts this request as in flight until the context is dropped.
@@ -500,6 +502,7 @@ impl PortProxy {
                 }
                 ctx.auth_response_headers = allow.response_headers;
                 ctx.auth_session = allow.session;
+                ctx.auth_identity = allow.identity;
                 Ok(false)
             }
             Decision::Reply(reply) => {
@@ -858,6 +861,10 @@ impl ProxyHttp for PortProxy {
                 rule: ctx.rule.as_ref(),
                 backend_index: ctx.backend_index,
                 upstream: ctx.in_flight.as_ref().map(|claim| claim.endpoint().addr),
+                user: ctx
+                    .auth_identity
+                    .as_deref()
+                    .map(|id| id.username.as_deref().unwrap_or(&id.sub)),
             },
         );
     }

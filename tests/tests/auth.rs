@@ -116,6 +116,8 @@ struct AuthRig {
     rig: Rig,
     addr: SocketAddr,
     dead_issuer: String,
+    access_log: std::path::PathBuf,
+    _logs: torhaus_tests::process::TempDir,
 }
 
 impl AuthRig {
@@ -126,13 +128,19 @@ impl AuthRig {
     async fn start_with(admin_groups: &str, options: OpOptions) -> anyhow::Result<Self> {
         let mut op = OidcProvider::start(options).await?;
         let dead_issuer = format!("http://127.0.0.1:{}/application/o/gone/", free_port()?);
-        let rig = Rig::start(&[
-            ("base", base_manifests()),
-            (
-                "app",
-                app_manifests(&op.issuer(), admin_groups, &dead_issuer),
-            ),
-        ])
+        let logs = torhaus_tests::process::TempDir::new("access-log")?;
+        let access_log = logs.path().join("access.log");
+        let rig = Rig::start_with_args(
+            &[
+                ("base", base_manifests()),
+                (
+                    "app",
+                    app_manifests(&op.issuer(), admin_groups, &dead_issuer),
+                ),
+            ],
+            None,
+            &["--access-log", &access_log.to_string_lossy()],
+        )
         .await?;
         let addr = rig.torhaus.addr(80)?;
         let origin = format!("http://{addr}");
@@ -147,6 +155,8 @@ impl AuthRig {
             rig,
             addr,
             dead_issuer,
+            access_log,
+            _logs: logs,
         };
         // Served once the unauthenticated route answers.
         wait_for("torhaus to serve /open", Duration::from_secs(15), || {
@@ -417,6 +427,29 @@ async fn a_login_passes_identity_upstream_and_forged_headers_never_pass() -> any
     let replayed = get_with_cookie(&rig, "/", &cookie).await?;
     assert_eq!(replayed.status(), StatusCode::FOUND);
     assert!(location(&replayed)?.starts_with(&rig.op.issuer()));
+
+    // The access log names the user and never holds a cookie or token.
+    let session_value = cookie
+        .split("torhaus_session=")
+        .nth(1)
+        .and_then(|v| v.split(';').next())
+        .unwrap_or_default()
+        .to_owned();
+    let log = wait_for("the access log lines", Duration::from_secs(5), || {
+        let path = rig.access_log.clone();
+        async move {
+            let text = std::fs::read_to_string(path).ok()?;
+            text.contains("/oauth2/sign_out").then_some(text)
+        }
+    })
+    .await?;
+    assert!(log.contains(r#""user":"alice""#), "{log}");
+    assert!(session_value.len() > 100);
+    assert!(
+        !log.contains(&session_value[..40]),
+        "a session cookie in the log"
+    );
+    assert!(!log.contains("code="), "an authorization code in the log");
 
     // Decisions are counted by policy and outcome.
     let metrics = reqwest::get(format!("http://{}/metrics", rig.rig.torhaus.admin_addr()?))
