@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # auth.sh - what identity costs per request: torhaus serving one upstream on three routes, side by
-# side in one run: /open with no policy, /app under an AuthPolicy carrying a valid session cookie
-# (OIDC login done once, through torhaus, against the test provider tests/rigs/oidc), and /api
-# under an AuthPolicy carrying a bearer JWT (client credentials, RS256). Rounds are interleaved
-# (open, cookie, bearer, then backwards) and medians reported, with each policy's ratio to /open.
+# side in one run: /app under an AuthPolicy with a valid session cookie (OIDC login done once,
+# through torhaus, against the test provider tests/rigs/oidc), /api under an AuthPolicy with a
+# bearer JWT (client credentials, RS256), and /open with no policy, requested with the same
+# cookie or token so that each pair differs only in the policy. Rounds are interleaved (and
+# reversed every other round); medians of req/s and of torhaus's CPU time per request are
+# reported, with each policy's ratio to /open.
 # Goal (issue 5): under 10% fewer requests per second than the same route without a policy.
 # Not a test: CI never runs it.
 #
@@ -129,6 +131,8 @@ EOF
 "$TORHAUS_BIN" check --config "$RUN/config" > "$RUN/check.txt" || { cat "$RUN/check.txt"; exit 1; }
 taskset -c 1 "$TORHAUS_BIN" run --config "$RUN/config" --state-dir "$RUN/state" --threads 1 \
   --port-map "80:$GW_PORT" --admin-bind "127.0.0.1:$ADMIN_PORT" > "$RUN/torhaus.log" 2>&1 & PIDS+=($!)
+TORHAUS_PID=$!
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
 wait_http "$GW/open" "torhaus"
 
 # One login through torhaus, as a browser does it, with curl: the session cookie for /app.
@@ -149,31 +153,54 @@ for check in "open|" "app|Cookie: $COOKIE" "api|Authorization: Bearer $TOKEN"; d
   [ "$code" = 200 ] || { echo "/$path answers $code, not 200" >&2; exit 1; }
 done
 
-run_wrk() { # name header
-  local out
+# torhaus's CPU time (user + system) in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$TORHAUS_PID/stat"; }
+
+run_wrk() { # name header -> "req/s cpu-us-per-request"
+  local out before after
+  before=$(cpu_ticks)
   if [ -n "$2" ]; then
     out=$(taskset -c 0 wrk -t"$THREADS" -c"$CONNS" -d"${DUR}s" -H "$2" "$GW/$1/x" 2>&1)
   else
     out=$(taskset -c 0 wrk -t"$THREADS" -c"$CONNS" -d"${DUR}s" "$GW/$1/x" 2>&1)
   fi
+  after=$(cpu_ticks)
   if grep -q "Non-2xx" <<<"$out"; then echo "/$1: non-2xx answers during the run:" >&2; echo "$out" >&2; exit 1; fi
-  awk '/Requests\/sec/ {print $2}' <<<"$out"
+  awk -v ticks=$((after - before)) -v tick_us="$TICK_US" '
+    / requests in / {n = $1}
+    /Requests\/sec/ {rps = $2}
+    END {printf "%s %.1f\n", rps, ticks * tick_us / n}' <<<"$out"
 }
-declare -A RPS
-order=(open app api)
+declare -A RPS CPU
+# Each policy is compared with /open carrying the same credential header, so the request sizes
+# are the same and only the policy's work (and the identity headers it adds) differs.
+header_of() {
+  case $1 in
+    open-cookie|app) echo "Cookie: $COOKIE" ;;
+    open-bearer|api) echo "Authorization: Bearer $TOKEN" ;;
+  esac
+}
+path_of() { case $1 in open-*) echo open ;; *) echo "$1" ;; esac; }
+order=(open-cookie app open-bearer api)
 for r in $(seq 1 "$ROUNDS"); do
-  [ $((r % 2)) = 0 ] && list=(api app open) || list=("${order[@]}")
+  [ $((r % 2)) = 0 ] && list=(api open-bearer app open-cookie) || list=("${order[@]}")
   for name in "${list[@]}"; do
-    case $name in open) h= ;; app) h="Cookie: $COOKIE" ;; api) h="Authorization: Bearer $TOKEN" ;; esac
-    RPS[$name]="${RPS[$name]:-} $(run_wrk "$name" "$h")"
+    read -r rps cpu <<<"$(run_wrk "$(path_of "$name")" "$(header_of "$name")")"
+    RPS[$name]="${RPS[$name]:-} $rps"; CPU[$name]="${CPU[$name]:-} $cpu"
   done
 done
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-open=$(median <<<"${RPS[open]}")
-printf '%-28s %12s %8s   %s\n' "route" "req/s" "ratio" "rounds"
-for name in open app api; do
-  m=$(median <<<"${RPS[$name]}")
-  label=$(case $name in open) echo "no policy (/open)";; app) echo "session cookie (/app)";; api) echo "bearer JWT RS256 (/api)";; esac)
-  printf '%-28s %12.0f %8.3f   %s\n' "$label" "$m" "$(awk -v a="$m" -v b="$open" 'BEGIN {print a/b}')" "${RPS[$name]# }"
+printf '%-34s %9s %7s %14s %7s   %s\n' "route (same request headers per pair)" "req/s" "ratio" "CPU us/request" "ratio" "req/s per round"
+for pair in "open-cookie app" "open-bearer api"; do
+  read -r base name <<<"$pair"
+  b=$(median <<<"${RPS[$base]}"); bc=$(median <<<"${CPU[$base]}")
+  for row in "$base" "$name"; do
+    m=$(median <<<"${RPS[$row]}"); c=$(median <<<"${CPU[$row]}")
+    label=$(case $row in
+      open-cookie) echo "no policy, with the cookie";; app) echo "session cookie policy (/app)";;
+      open-bearer) echo "no policy, with the bearer token";; api) echo "bearer JWT RS256 policy (/api)";; esac)
+    printf '%-34s %9.0f %7.3f %14.1f %7.3f   %s\n' "$label" "$m" "$(awk -v a="$m" -v b="$b" 'BEGIN {print a/b}')" \
+      "$c" "$(awk -v a="$c" -v b="$bc" 'BEGIN {print a/b}')" "${RPS[$row]# }"
+  done
 done
 echo "goal: ratio >= 0.90 for both policies (issue 5); cookie ${#COOKIE} bytes; torhaus $("$TORHAUS_BIN" --version 2>/dev/null || echo '?')"
