@@ -189,6 +189,13 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("reading {}", args.config.display()))?;
     let translation = torhaus_k8s::translate(&objects, &TranslateOptions::default());
     println!("{}", translation.report);
+    for line in torhaus_k8s::describe_certificates(
+        &translation.certificates,
+        &translation.issuers,
+        &translation.config,
+    ) {
+        println!("{line}");
+    }
     let verdict = CheckVerdict::of(&translation.report);
     for warning in &verdict.warnings {
         println!("warning: {warning}");

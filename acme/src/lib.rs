@@ -7,7 +7,7 @@ mod local_ca;
 mod state_dir;
 pub mod store;
 
-pub use config::{IssuerConfig, IssuerSpec, SecretMaterial};
+pub use config::{CLUSTER_RESOURCE_NAMESPACE, IssuerConfig, IssuerSpec, SecretMaterial};
 pub use local_ca::{LocalCa, LocalCaError};
 pub use state_dir::default_state_dir;
 pub use store::{CertificateStore, StoreError, StoredCertificate};

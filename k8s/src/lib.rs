@@ -20,7 +20,11 @@ pub use report::{
     Condition, ConditionStatus, GatewayAddress, ListenerStatus, ObjectStatus, ParentReference,
     ParentStatus, Report, RouteGroupKind,
 };
-pub use translate::{TranslateOptions, Translation, translate};
+pub use translate::{
+    CERT_MANAGER_CLUSTER_ISSUER_ANNOTATION, CERT_MANAGER_ISSUER_ANNOTATION,
+    CLUSTER_ISSUER_ANNOTATION, ISSUER_ANNOTATION, TranslateOptions, Translation,
+    describe_certificates, translate,
+};
 
 /// The `spec.controllerName` of the GatewayClasses torhaus serves.
 pub const CONTROLLER_NAME: &str = "torhaus.dev/gateway-controller";

@@ -11,8 +11,8 @@ pub use kubernetes::{
     DEFAULT_DEBOUNCE, KubeSnapshot, KubernetesOptions, KubernetesSource, spawn_kubernetes_source,
 };
 pub use objects::{
-    KubeObject, ObjectKey, ObjectKind, ObjectSet, Problem, Severity, SourceLocation, Sourced,
-    parse_manifests,
+    IssuerObject, KubeObject, ObjectKey, ObjectKind, ObjectSet, Problem, Severity, SourceLocation,
+    Sourced, parse_manifests,
 };
 
 use std::path::PathBuf;

@@ -16,6 +16,17 @@ use serde::de::DeserializeOwned;
 use torhaus_model::ObjectName;
 
 const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+/// The API group of torhaus's own objects (`Issuer`, `ClusterIssuer`).
+const TORHAUS_GROUP: &str = "torhaus.dev";
+
+/// A `torhaus.dev/v1alpha1` `Issuer` or `ClusterIssuer`: metadata and the validated spec
+/// (unknown fields are refused, see [`torhaus_acme::IssuerSpec`]).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct IssuerObject {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    pub spec: torhaus_acme::IssuerSpec,
+}
 
 /// Where an object came from, for every message about it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -68,6 +79,8 @@ pub enum ObjectKind {
     EndpointSlice,
     Secret,
     Namespace,
+    Issuer,
+    ClusterIssuer,
 }
 
 impl ObjectKind {
@@ -81,12 +94,17 @@ impl ObjectKind {
             ObjectKind::EndpointSlice => "EndpointSlice",
             ObjectKind::Secret => "Secret",
             ObjectKind::Namespace => "Namespace",
+            ObjectKind::Issuer => "Issuer",
+            ObjectKind::ClusterIssuer => "ClusterIssuer",
         }
     }
 
     /// Cluster-scoped kinds have no namespace (it is kept empty in their keys).
     pub fn is_namespaced(self) -> bool {
-        !matches!(self, ObjectKind::GatewayClass | ObjectKind::Namespace)
+        !matches!(
+            self,
+            ObjectKind::GatewayClass | ObjectKind::Namespace | ObjectKind::ClusterIssuer
+        )
     }
 
     /// The kind for an `apiVersion` + `kind` pair, or `None` when torhaus does not read it.
@@ -101,6 +119,8 @@ impl ObjectKind {
             ("discovery.k8s.io", "EndpointSlice") => ObjectKind::EndpointSlice,
             ("", "Secret") => ObjectKind::Secret,
             ("", "Namespace") => ObjectKind::Namespace,
+            (TORHAUS_GROUP, "Issuer") => ObjectKind::Issuer,
+            (TORHAUS_GROUP, "ClusterIssuer") => ObjectKind::ClusterIssuer,
             _ => return None,
         };
         Some(known)
@@ -142,6 +162,8 @@ pub enum KubeObject {
     EndpointSlice(Box<EndpointSlice>),
     Secret(Box<Secret>),
     Namespace(Box<Namespace>),
+    Issuer(Box<IssuerObject>),
+    ClusterIssuer(Box<IssuerObject>),
 }
 
 impl KubeObject {
@@ -155,6 +177,8 @@ impl KubeObject {
             KubeObject::EndpointSlice(_) => ObjectKind::EndpointSlice,
             KubeObject::Secret(_) => ObjectKind::Secret,
             KubeObject::Namespace(_) => ObjectKind::Namespace,
+            KubeObject::Issuer(_) => ObjectKind::Issuer,
+            KubeObject::ClusterIssuer(_) => ObjectKind::ClusterIssuer,
         }
     }
 
@@ -168,6 +192,7 @@ impl KubeObject {
             KubeObject::EndpointSlice(o) => &o.metadata,
             KubeObject::Secret(o) => &o.metadata,
             KubeObject::Namespace(o) => &o.metadata,
+            KubeObject::Issuer(o) | KubeObject::ClusterIssuer(o) => &o.metadata,
         }
     }
 
@@ -254,6 +279,8 @@ pub struct ObjectSet {
     pub endpoint_slices: BTreeMap<ObjectName, Sourced<EndpointSlice>>,
     pub secrets: BTreeMap<ObjectName, Sourced<Secret>>,
     pub namespaces: BTreeMap<String, Sourced<Namespace>>,
+    pub issuers: BTreeMap<ObjectName, Sourced<IssuerObject>>,
+    pub cluster_issuers: BTreeMap<String, Sourced<IssuerObject>>,
     pub problems: Vec<Problem>,
 }
 
@@ -314,6 +341,13 @@ impl ObjectSet {
             KubeObject::Namespace(o) => {
                 self.namespaces.insert(name.name, sourced(*o, location));
             }
+            KubeObject::Issuer(o) => {
+                self.issuers.insert(name, sourced(*o, location));
+            }
+            KubeObject::ClusterIssuer(o) => {
+                self.cluster_issuers
+                    .insert(name.name, sourced(*o, location));
+            }
         }
     }
 
@@ -329,6 +363,8 @@ impl ObjectSet {
             ObjectKind::EndpointSlice => self.endpoint_slices.remove(&name).is_some(),
             ObjectKind::Secret => self.secrets.remove(&name).is_some(),
             ObjectKind::Namespace => self.namespaces.remove(&key.name).is_some(),
+            ObjectKind::Issuer => self.issuers.remove(&name).is_some(),
+            ObjectKind::ClusterIssuer => self.cluster_issuers.remove(&key.name).is_some(),
         }
     }
 
@@ -353,6 +389,8 @@ impl ObjectSet {
             ObjectKind::Service => self.services.keys().map(namespaced).collect(),
             ObjectKind::EndpointSlice => self.endpoint_slices.keys().map(namespaced).collect(),
             ObjectKind::Secret => self.secrets.keys().map(namespaced).collect(),
+            ObjectKind::Issuer => self.issuers.keys().map(namespaced).collect(),
+            ObjectKind::ClusterIssuer => self.cluster_issuers.keys().map(cluster).collect(),
         }
     }
 
@@ -372,6 +410,9 @@ impl ObjectSet {
         fn parts<T: kube::Resource>(o: &Sourced<T>) -> (&SourceLocation, &ObjectMeta) {
             (&o.location, o.object.meta())
         }
+        fn issuer_parts(o: &Sourced<IssuerObject>) -> (&SourceLocation, &ObjectMeta) {
+            (&o.location, &o.object.metadata)
+        }
         let name = ObjectName::new(key.namespace.clone(), key.name.clone());
         match key.kind {
             ObjectKind::GatewayClass => self.gateway_classes.get(&key.name).map(parts),
@@ -382,6 +423,8 @@ impl ObjectSet {
             ObjectKind::EndpointSlice => self.endpoint_slices.get(&name).map(parts),
             ObjectKind::Secret => self.secrets.get(&name).map(parts),
             ObjectKind::Namespace => self.namespaces.get(&key.name).map(parts),
+            ObjectKind::Issuer => self.issuers.get(&name).map(issuer_parts),
+            ObjectKind::ClusterIssuer => self.cluster_issuers.get(&key.name).map(issuer_parts),
         }
     }
 
@@ -395,6 +438,8 @@ impl ObjectSet {
             + self.endpoint_slices.len()
             + self.secrets.len()
             + self.namespaces.len()
+            + self.issuers.len()
+            + self.cluster_issuers.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -582,6 +627,12 @@ fn parse_object(
         ObjectKind::EndpointSlice => decode(json).map(|o| KubeObject::EndpointSlice(Box::new(o))),
         ObjectKind::Secret => decode(json).map(|o| KubeObject::Secret(Box::new(o))),
         ObjectKind::Namespace => decode(json).map(|o| KubeObject::Namespace(Box::new(o))),
+        // Issuers name the exact field at fault (`spec.acme.dns01.rfc2136.nameserver`): their
+        // spec is torhaus's own and refuses unknown fields, so a typo must be easy to find.
+        ObjectKind::Issuer => decode_with_path(json).map(|o| KubeObject::Issuer(Box::new(o))),
+        ObjectKind::ClusterIssuer => {
+            decode_with_path(json).map(|o| KubeObject::ClusterIssuer(Box::new(o)))
+        }
     };
     match parsed {
         Ok(object) => objects.push((object, location)),
@@ -592,6 +643,18 @@ fn parse_object(
     }
 }
 
-fn decode<T: DeserializeOwned>(json: serde_json::Value) -> Result<T, serde_json::Error> {
-    serde_json::from_value(json)
+fn decode<T: DeserializeOwned>(json: serde_json::Value) -> Result<T, String> {
+    serde_json::from_value(json).map_err(|e| e.to_string())
+}
+
+/// Like [`decode`], with the path of the offending field in the message.
+fn decode_with_path<T: DeserializeOwned>(json: serde_json::Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(json).map_err(|e| {
+        let path = e.path().to_string();
+        if path.is_empty() || path == "." {
+            e.inner().to_string()
+        } else {
+            format!("{path}: {}", e.inner())
+        }
+    })
 }
