@@ -23,6 +23,12 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(default_state_dir);
     let local_ca = LocalCa::load_or_create(&state_dir)
         .with_context(|| format!("loading the local CA from {}", state_dir.display()))?;
+    // Standalone ACME: issued certificates are Secret manifests in the store, read as an extra
+    // root of the directory source.
+    let acme_store = match &args.config {
+        Some(_) => Some(crate::acme::open_store(&args.acme, &state_dir)?),
+        None => None,
+    };
     // The control plane (directory watcher, signal handling) runs on its own small runtime;
     // pingora builds and owns the runtimes of the listeners.
     let control = tokio::runtime::Builder::new_multi_thread()
@@ -41,7 +47,12 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(config) => {
             let translations = control
                 .block_on(async {
-                    torhaus_k8s::spawn_directory_source(config.clone(), TranslateOptions::default())
+                    torhaus_k8s::spawn_directory_source_with_roots(
+                        config.clone(),
+                        acme_store.iter().map(|s| s.secrets_dir()).collect(),
+                        TranslateOptions::default(),
+                        torhaus_k8s::WatchMode::Notify,
+                    )
                 })
                 .with_context(|| format!("reading {}", config.display()))?;
             (translations, None)
@@ -75,6 +86,17 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let dataplane = DataPlane::start_with_options(settings, Arc::new(local_ca), options)
         .context("starting the data plane")?;
+    let _acme_status = match acme_store {
+        Some(store) => Some(control.block_on(async {
+            crate::acme::start(
+                store,
+                &args.acme,
+                translations.clone(),
+                Arc::clone(dataplane.metrics()),
+            )
+        })?),
+        None => None,
+    };
     match &controller {
         // Standalone mode has no election: this process is the only writer there is.
         None => dataplane.metrics().set_leader(true),

@@ -12,7 +12,7 @@ pub use source::{
     DEFAULT_DEBOUNCE, DirectorySource, KubeObject, KubeSnapshot, KubernetesOptions,
     KubernetesSource, ObjectKey, ObjectKind, ObjectSet, Problem, Severity, SourceError,
     SourceLocation, Sourced, WatchMode, load_directory, parse_manifests, spawn_directory_source,
-    spawn_directory_source_with, spawn_kubernetes_source,
+    spawn_directory_source_with, spawn_directory_source_with_roots, spawn_kubernetes_source,
 };
 
 pub use controller::{Controller, ControllerError, ControllerSettings, DEFAULT_LEASE_NAME};

@@ -5,7 +5,8 @@ mod kubernetes;
 mod objects;
 
 pub use directory::{
-    DirectorySource, WatchMode, load_directory, spawn_directory_source, spawn_directory_source_with,
+    DirectorySource, WatchMode, load_directory, spawn_directory_source,
+    spawn_directory_source_with, spawn_directory_source_with_roots,
 };
 pub use kubernetes::{
     DEFAULT_DEBOUNCE, KubeSnapshot, KubernetesOptions, KubernetesSource, spawn_kubernetes_source,
