@@ -227,8 +227,12 @@ impl IssuerRuntime {
         &self,
         store: &dyn CertificateStore,
         timings: &OrderTimings,
+        fresh: bool,
     ) -> Result<Account, OrderError> {
         let mut cached = self.account.lock().await;
+        if fresh {
+            *cached = None;
+        }
         if let Some(account) = cached.as_ref() {
             return Ok(account.clone());
         }
@@ -241,7 +245,7 @@ impl IssuerRuntime {
         let saved: Option<SavedAccount> = stored
             .as_deref()
             .and_then(|bytes| serde_json::from_slice(bytes).ok())
-            .filter(|saved: &SavedAccount| saved.server == acme.server);
+            .filter(|saved: &SavedAccount| saved.server == acme.server && !fresh);
         let account = match saved {
             Some(saved) => {
                 let credentials = serde_json::from_value(saved.credentials).map_err(|e| {
@@ -808,21 +812,31 @@ async fn order_and_store(
         .dns
         .as_ref()
         .map_err(|why| OrderError::Refused(why.clone()))?;
-    let account = issuer.account(store, &settings.timings).await?;
     let counter = Counter {
         events,
         provider: &issuer.provider,
     };
-    let issued = order::obtain(
-        &account,
-        dns,
-        &issuer.provider,
-        &certificate.dns_names,
-        issuer.config.spec.acme.profile.as_deref(),
-        &settings.timings,
-        &counter,
-    )
-    .await?;
+    let mut fresh = false;
+    let issued = loop {
+        let account = issuer.account(store, &settings.timings, fresh).await?;
+        let result = order::obtain(
+            &account,
+            dns,
+            &issuer.provider,
+            &certificate.dns_names,
+            issuer.config.spec.acme.profile.as_deref(),
+            &settings.timings,
+            &counter,
+        )
+        .await;
+        match result {
+            Err(OrderError::AccountGone(detail)) if !fresh => {
+                tracing::warn!(issuer = %issuer.config.id, %detail, "the CA no longer knows the stored ACME account; creating a new one");
+                fresh = true;
+            }
+            other => break other?,
+        }
+    };
     let mut stored = StoredCertificate {
         chain_pem: issued.chain_pem,
         key_pem: issued.key_pem,

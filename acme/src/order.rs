@@ -61,6 +61,10 @@ pub enum OrderError {
     /// The CA could not be reached or answered with errors that may pass.
     #[error("ACME server: {0}")]
     Ca(String),
+    /// The CA does not know the account (a test CA restarted, or the account was deactivated):
+    /// a new one is created.
+    #[error("the ACME account is unknown to the CA: {0}")]
+    AccountGone(String),
     /// The CA rejected the request for good (unauthorized, malformed, rejected identifier).
     #[error("ACME server refused: {0}")]
     Refused(String),
@@ -108,6 +112,9 @@ pub(crate) fn classify(error: instant_acme::Error) -> OrderError {
         instant_acme::Error::Api(problem) => {
             let detail = error.to_string();
             match problem.r#type.as_deref() {
+                Some("urn:ietf:params:acme:error:accountDoesNotExist") => {
+                    OrderError::AccountGone(detail)
+                }
                 Some(RATE_LIMITED) => OrderError::RateLimited {
                     detail,
                     retry_after: None,
