@@ -120,7 +120,15 @@ impl Pebble {
             let text = std::fs::read_to_string(&log_path).unwrap_or_default();
             let starts = text.matches("Starting Pebble").count();
             let listening = text.matches(ready.as_str()).count();
-            if starts > 0 && listening >= starts {
+            // The log line comes just before the sockets are bound: wait for both to accept.
+            let accepting = [self.acme_port, self.management_port].iter().all(|port| {
+                std::net::TcpStream::connect_timeout(
+                    &SocketAddr::from(([127, 0, 0, 1], *port)),
+                    Duration::from_millis(200),
+                )
+                .is_ok()
+            });
+            if starts > 0 && listening >= starts && accepting {
                 return Ok(());
             }
             let exited = self
