@@ -405,6 +405,51 @@ async fn pebble_down_keeps_the_old_certificate_serving_then_recovers() -> anyhow
 }
 
 #[tokio::test]
+async fn dns_server_down_then_back() -> anyhow::Result<()> {
+    let Some((mut knot, pebble)) = rig(PebbleOptions::default())? else {
+        return Ok(());
+    };
+    let config = TempDir::new("acme-config")?;
+    let mut listeners = vec![("example.test", "example-tls")];
+    write_config(
+        config.path(),
+        &manifests(&knot, &pebble, &listeners, TSIG_SECRET_B64),
+    )?;
+    let torhaus = start_torhaus(config.path(), &knot, None).await?;
+    let root = pebble.issuing_root_pem().await?;
+    let first = wait_served(&torhaus, "example.test", &root, Duration::from_secs(60)).await?;
+
+    knot.stop();
+    listeners.push(("*.example.test", "example-tls"));
+    write_config(
+        config.path(),
+        &manifests(&knot, &pebble, &listeners, TSIG_SECRET_B64),
+    )?;
+    wait_for(
+        "a failed order to be logged",
+        Duration::from_secs(30),
+        || {
+            let log = full_log(&torhaus);
+            async move { log.contains("certificate order failed").then_some(()) }
+        },
+    )
+    .await
+    .with_context(|| torhaus.log_tail())?;
+    // An unreachable DNS server is worth retrying (with backoff), not a reason to stop.
+    ensure!(
+        !full_log(&torhaus).contains("ORDERING STOPPED"),
+        "{}",
+        torhaus.log_tail()
+    );
+    ensure!(served_leaf(torhaus.addr(443)?, "example.test", &root).await? == first);
+
+    knot.restart()?;
+    let renewed = wait_served(&torhaus, "www.example.test", &root, Duration::from_secs(60)).await?;
+    ensure!(renewed != first);
+    Ok(())
+}
+
+#[tokio::test]
 async fn wrong_tsig_key_fails_loudly_without_a_retry_loop() -> anyhow::Result<()> {
     let Some((knot, pebble)) = rig(PebbleOptions::default())? else {
         return Ok(());
