@@ -379,6 +379,8 @@ struct Entry {
     validation_failures: VecDeque<SystemTime>,
     stopped: bool,
     last_error: Option<String>,
+    /// The order of a failed attempt that the CA may still hold open: resumed next time.
+    pending_order: Option<String>,
     orders: u64,
     failures: u64,
 }
@@ -395,6 +397,7 @@ impl Entry {
             validation_failures: VecDeque::new(),
             stopped: false,
             last_error: None,
+            pending_order: None,
             orders: 0,
             failures: 0,
         }
@@ -461,6 +464,7 @@ struct Lifecycle {
 struct Outcome {
     secret: ObjectName,
     names: Vec<String>,
+    pending_order: Option<String>,
     result: Result<StoredCertificate, OrderError>,
 }
 
@@ -614,6 +618,7 @@ impl Lifecycle {
                 Arc::clone(&self.store),
                 Arc::clone(issuer),
                 entry.certificate.clone(),
+                entry.pending_order.take(),
                 Arc::clone(&self.settings),
                 Arc::clone(&self.events),
             ));
@@ -625,6 +630,11 @@ impl Lifecycle {
             return;
         };
         entry.in_flight = false;
+        // A failed validation leaves the order invalid: only other failures keep it.
+        entry.pending_order = match &outcome.result {
+            Err(OrderError::Validation { .. }) | Ok(_) => None,
+            Err(_) => outcome.pending_order,
+        };
         let issuer = entry.certificate.issuer.to_string();
         match outcome.result {
             Ok(stored) => {
@@ -789,14 +799,24 @@ async fn run_order(
     store: Arc<dyn CertificateStore>,
     issuer: Arc<IssuerRuntime>,
     certificate: ManagedCertificate,
+    mut pending_order: Option<String>,
     settings: Arc<LifecycleSettings>,
     events: Arc<dyn LifecycleEvents>,
 ) -> Outcome {
     let names = certificate.dns_names.clone();
-    let result = order_and_store(&*store, &issuer, &certificate, &settings, &*events).await;
+    let result = order_and_store(
+        &*store,
+        &issuer,
+        &certificate,
+        &mut pending_order,
+        &settings,
+        &*events,
+    )
+    .await;
     Outcome {
         secret: certificate.secret,
         names,
+        pending_order,
         result,
     }
 }
@@ -805,6 +825,7 @@ async fn order_and_store(
     store: &dyn CertificateStore,
     issuer: &IssuerRuntime,
     certificate: &ManagedCertificate,
+    pending_order: &mut Option<String>,
     settings: &LifecycleSettings,
     events: &dyn LifecycleEvents,
 ) -> Result<StoredCertificate, OrderError> {
@@ -819,18 +840,24 @@ async fn order_and_store(
     let mut fresh = false;
     let issued = loop {
         let account = issuer.account(store, &settings.timings, fresh).await?;
+        let request = order::OrderRequest {
+            names: &certificate.dns_names,
+            profile: issuer.config.spec.acme.profile.as_deref(),
+            pending: pending_order,
+        };
         let result = order::obtain(
             &account,
             dns,
             &issuer.provider,
-            &certificate.dns_names,
-            issuer.config.spec.acme.profile.as_deref(),
+            request,
             &settings.timings,
             &counter,
         )
         .await;
         match result {
             Err(OrderError::AccountGone(detail)) if !fresh => {
+                // The old account's orders are gone with it.
+                *pending_order = None;
                 tracing::warn!(issuer = %issuer.config.id, %detail, "the CA no longer knows the stored ACME account; creating a new one");
                 fresh = true;
             }

@@ -168,24 +168,43 @@ pub(crate) trait DnsCounter: Sync {
     fn dns_request(&self, operation: &str, ok: bool);
 }
 
+/// What to order: the names, an optional profile, and a still-pending order for the same
+/// names to resume instead of placing a duplicate.
+#[derive(Debug)]
+pub(crate) struct OrderRequest<'a> {
+    pub names: &'a [String],
+    pub profile: Option<&'a str>,
+    /// Set to the URL of the order in use as soon as there is one, so that a failed attempt
+    /// can be resumed by the next one.
+    pub pending: &'a mut Option<String>,
+}
+
 /// Orders a certificate for `names` (apex and wildcards together) and waits for it.
 pub(crate) async fn obtain(
     account: &Account,
     dns: &Dns01,
     provider: &str,
-    names: &[String],
-    profile: Option<&str>,
+    request: OrderRequest<'_>,
     timings: &OrderTimings,
     counter: &dyn DnsCounter,
 ) -> Result<Issued, OrderError> {
-    let identifiers: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
-    let mut new_order = NewOrder::new(&identifiers);
-    if let Some(profile) = profile {
-        new_order = new_order.profile(profile);
-    }
-    let mut order = retry!(timings, account.new_order(&new_order)).map_err(classify)?;
+    let names = request.names;
+    let mut order = match resume(account, request.pending.take(), names, timings).await {
+        Some(order) => order,
+        None => {
+            let identifiers: Vec<Identifier> =
+                names.iter().map(|n| Identifier::Dns(n.clone())).collect();
+            let mut new_order = NewOrder::new(&identifiers);
+            if let Some(profile) = request.profile {
+                new_order = new_order.profile(profile);
+            }
+            let order = retry!(timings, account.new_order(&new_order)).map_err(classify)?;
+            tracing::info!(order = %order.url(), names = %names.join(","), "ACME order placed");
+            order
+        }
+    };
     let order_url = order.url().to_owned();
-    tracing::info!(order = %order_url, names = %names.join(","), "ACME order placed");
+    *request.pending = Some(order_url.clone());
 
     let challenges = match pending_challenges(&mut order, timings).await {
         Ok(challenges) => challenges,
@@ -238,6 +257,38 @@ pub(crate) async fn obtain(
         key_pem,
         order_url,
     })
+}
+
+/// The previous attempt's order, when the CA still holds it open for exactly these names: no
+/// duplicate order while one is pending.
+async fn resume(
+    account: &Account,
+    url: Option<String>,
+    names: &[String],
+    timings: &OrderTimings,
+) -> Option<Order> {
+    let url = url?;
+    let mut order = retry!(timings, account.order(url.clone())).ok()?;
+    let usable = matches!(
+        order.state().status,
+        OrderStatus::Pending | OrderStatus::Ready
+    );
+    if !usable {
+        return None;
+    }
+    let mut identifiers = Vec::new();
+    let mut stream = order.identifiers();
+    while let Some(identifier) = stream.next().await {
+        identifiers.push(identifier.ok()?.to_string());
+    }
+    identifiers.sort();
+    let mut wanted = names.to_vec();
+    wanted.sort();
+    if identifiers != wanted {
+        return None;
+    }
+    tracing::info!(order = %url, "resuming the pending ACME order for the same names");
+    Some(order)
 }
 
 /// A pending DNS-01 challenge: the identifier (`*.example.com` for a wildcard) and the TXT

@@ -446,6 +446,14 @@ async fn dns_server_down_then_back() -> anyhow::Result<()> {
     knot.restart()?;
     let renewed = wait_served(&torhaus, "www.example.test", &root, Duration::from_secs(60)).await?;
     ensure!(renewed != first);
+    // The retries resumed the order the failed attempt had placed: no duplicate orders.
+    let attempts = full_log(&torhaus).matches("ordering a certificate").count();
+    ensure!(attempts >= 3, "expected retries, saw {attempts} attempts");
+    ensure!(
+        pebble.new_order_requests() == 2,
+        "expected 2 orders (the first, then one resumed across retries), Pebble saw {}",
+        pebble.new_order_requests()
+    );
     Ok(())
 }
 
