@@ -686,7 +686,15 @@ impl Lifecycle {
                 };
                 entry.retry_at = Some(retry_at);
                 entry.stopped = stopped;
-                let message = format!("{}: {error}", entry.certificate.issuer);
+                let mut message = format!("{}: {error}", entry.certificate.issuer);
+                if matches!(error, OrderError::Validation { .. }) && stopped {
+                    message.push_str(&format!(
+                        " ({} failed validations within {:?}: no further order before {}, to stay inside the CA's rate limits)",
+                        entry.validation_failures.len(),
+                        settings.validation_window,
+                        rfc3339(retry_at)
+                    ));
+                }
                 if stopped {
                     tracing::error!(
                         certificate = %entry.label(),

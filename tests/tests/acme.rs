@@ -509,6 +509,62 @@ async fn wrong_tsig_key_fails_loudly_without_a_retry_loop() -> anyhow::Result<()
 }
 
 #[tokio::test]
+async fn failed_validations_stop_after_three_per_hour() -> anyhow::Result<()> {
+    let (Some(knotd), Some(pebble_bin)) = (knotd_path(), pebble_path()) else {
+        eprintln!("SKIPPED: pebble or knotd is not installed (run scripts/install-deps.sh test)");
+        return Ok(());
+    };
+    // torhaus writes its TXT values to one knotd, but Pebble asks another that serves the same
+    // zone without them: every validation fails at the CA.
+    let knot = Knot::start(&knotd)?;
+    let elsewhere = Knot::start(&knotd)?;
+    let pebble = Pebble::start(&pebble_bin, elsewhere.addr, PebbleOptions::default())?;
+    let config = TempDir::new("acme-config")?;
+    write_config(
+        config.path(),
+        &manifests(
+            &knot,
+            &pebble,
+            &[("example.test", "example-tls")],
+            TSIG_SECRET_B64,
+        ),
+    )?;
+    let torhaus = start_torhaus(config.path(), &knot, None).await?;
+    let stopped = wait_for("ordering to stop", Duration::from_secs(60), || {
+        let log = full_log(&torhaus);
+        async move { log.contains("ORDERING STOPPED").then_some(log) }
+    })
+    .await
+    .with_context(|| torhaus.log_tail())?;
+    let line = stopped
+        .lines()
+        .find(|l| l.contains("ORDERING STOPPED"))
+        .unwrap_or_default()
+        .to_owned();
+    ensure!(line.contains("3 failed validations"), "{line}");
+    ensure!(line.contains("could not validate example.test"), "{line}");
+    let window = Instant::now();
+    while window.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let attempts = full_log(&torhaus).matches("ordering a certificate").count();
+    ensure!(attempts == 3, "expected 3 attempts, saw {attempts}");
+    ensure!(
+        pebble.new_order_requests() == 3,
+        "Pebble saw {}",
+        pebble.new_order_requests()
+    );
+    let metrics = admin_get(torhaus.admin_addr()?, "/metrics").await?;
+    ensure!(
+        metrics.lines().any(
+            |l| l.starts_with("torhaus_certificate_renewal_failures_total") && l.ends_with(" 3")
+        ),
+        "metrics:\n{metrics}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn two_processes_sharing_a_store_place_one_order() -> anyhow::Result<()> {
     let Some((knot, pebble)) = rig(PebbleOptions::default())? else {
         return Ok(());
