@@ -86,7 +86,7 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let dataplane = DataPlane::start_with_options(settings, Arc::new(local_ca), options)
         .context("starting the data plane")?;
-    let _acme_status = match acme_store {
+    let acme_status = match acme_store {
         Some(store) => Some(control.block_on(async {
             crate::acme::start(
                 store,
@@ -117,6 +117,9 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     // serves (in Kubernetes mode the controller has waited for its first full sync).
     let (ready, ready_signal) = tokio::sync::watch::channel(false);
     let admin = Arc::new(AdminState::new(dataplane.clone(), ready_signal));
+    if let Some(status) = acme_status {
+        admin.watch_acme(status);
+    }
     if let Some(addr) = args.observability.admin_bind.0 {
         let bound = control.block_on(admin::serve(addr, Arc::clone(&admin)))?;
         tracing::info!(%bound, "admin listener (metrics, health, status page)");

@@ -242,6 +242,27 @@ async fn apex_and_wildcard_are_issued_in_one_order_and_served() -> anyhow::Resul
                 && l.contains("operation=\"present\"")),
         "metrics:\n{metrics}"
     );
+
+    // /debug/config and the status page show each managed certificate's state.
+    let admin = torhaus.admin_addr()?;
+    let debug: serde_json::Value = serde_json::from_str(&admin_get(admin, "/debug/config").await?)?;
+    let rows = debug["acmeCertificates"]
+        .as_array()
+        .context("acmeCertificates")?;
+    ensure!(rows.len() == 2, "{debug}");
+    let example = rows
+        .iter()
+        .find(|r| r["secret"] == "acme/example-tls")
+        .context("the example-tls row")?;
+    ensure!(example["state"] == "valid", "{example}");
+    ensure!(example["issuer"] == "Issuer acme/pebble", "{example}");
+    ensure!(
+        example["dnsNames"] == serde_json::json!(["*.example.test", "example.test"]),
+        "{example}"
+    );
+    ensure!(example["notAfterUnix"].is_i64() && example["nextRenewalUnix"].is_i64());
+    let page = admin_get(admin, "/").await?;
+    ensure!(page.contains("Managed certificates (ACME)") && page.contains("acme/example-tls"));
     Ok(())
 }
 
