@@ -169,6 +169,8 @@ struct IssuerRuntime {
     dns: Result<Dns01, String>,
     provider: String,
     account: Mutex<Option<Account>>,
+    /// Whether the CA offers ARI: unknown until first asked.
+    ari: std::sync::Mutex<Option<bool>>,
 }
 
 impl fmt::Debug for IssuerRuntime {
@@ -207,10 +209,25 @@ impl IssuerRuntime {
             dns,
             provider: provider.to_owned(),
             account: Mutex::new(None),
+            ari: std::sync::Mutex::new(None),
         }
     }
 
     /// The Secret holding the account credentials.
+    fn ari(&self) -> Option<bool> {
+        *self
+            .ari
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn set_ari(&self, offered: bool) {
+        *self
+            .ari
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(offered);
+    }
+
     fn account_secret(&self) -> ObjectName {
         let namespace = match self.config.id.kind {
             IssuerKind::Issuer => self.config.id.name.namespace.clone(),
@@ -381,6 +398,11 @@ struct Entry {
     last_error: Option<String>,
     /// The order of a failed attempt that the CA may still hold open: resumed next time.
     pending_order: Option<String>,
+    /// When to ask the CA's renewalInfo next (ARI); `None`: as soon as possible.
+    ari_next_check: Option<SystemTime>,
+    ari_in_flight: bool,
+    /// The ARI identifier of the current certificate, for `replaces` in the renewal order.
+    ari_id: Option<instant_acme::CertificateIdentifier<'static>>,
     orders: u64,
     failures: u64,
 }
@@ -398,6 +420,9 @@ impl Entry {
             stopped: false,
             last_error: None,
             pending_order: None,
+            ari_next_check: None,
+            ari_in_flight: false,
+            ari_id: None,
             orders: 0,
             failures: 0,
         }
@@ -435,6 +460,8 @@ impl Entry {
             Ok(leaf) => {
                 let changed = self.leaf.as_ref() != Some(&leaf);
                 if changed {
+                    self.ari_next_check = None;
+                    self.ari_id = None;
                     self.renew_at = Some(
                         leaf.renew_after
                             .unwrap_or_else(|| fallback_renewal(leaf.not_before, leaf.not_after)),
@@ -460,6 +487,16 @@ struct Lifecycle {
     status: watch::Sender<Arc<Vec<CertificateStatus>>>,
 }
 
+/// What a background job hands back.
+enum Job {
+    Order(Outcome),
+    Ari {
+        secret: ObjectName,
+        leaf_der: Vec<u8>,
+        result: Result<Option<order::RenewalWindow>, String>,
+    },
+}
+
 /// What an order task hands back.
 struct Outcome {
     secret: ObjectName,
@@ -474,7 +511,7 @@ impl Lifecycle {
         mut desired: watch::Receiver<Arc<Desired>>,
         mut may_order: watch::Receiver<bool>,
     ) {
-        let mut orders: JoinSet<Outcome> = JoinSet::new();
+        let mut orders: JoinSet<Job> = JoinSet::new();
         let mut next_refresh = SystemTime::now();
         let mut desired_changed = true;
         loop {
@@ -490,6 +527,7 @@ impl Lifecycle {
             }
             let leader = *may_order.borrow_and_update();
             if leader {
+                self.start_ari_checks(&mut orders, now);
                 self.start_due_orders(&mut orders, now);
             }
             self.publish(leader);
@@ -506,8 +544,11 @@ impl Lifecycle {
                 _ = may_order.changed() => {}
                 Some(joined) = orders.join_next(), if !orders.is_empty() => {
                     match joined {
-                        Ok(outcome) => self.finish(outcome),
-                        Err(error) => tracing::error!(%error, "an ACME order task failed"),
+                        Ok(Job::Order(outcome)) => self.finish(outcome),
+                        Ok(Job::Ari { secret, leaf_der, result }) => {
+                            self.finish_ari(&secret, &leaf_der, result);
+                        }
+                        Err(error) => tracing::error!(%error, "an ACME task failed"),
                     }
                 }
                 () = tokio::time::sleep(sleep) => {}
@@ -574,14 +615,98 @@ impl Lifecycle {
         }
     }
 
-    fn start_due_orders(&mut self, orders: &mut JoinSet<Outcome>, now: SystemTime) {
+    /// Asks the CA's renewalInfo for issued certificates whose check is due (RFC 9773): the
+    /// CA's window replaces the two-thirds rule, so a CA that revokes early gets renewals early.
+    fn start_ari_checks(&mut self, jobs: &mut JoinSet<Job>, now: SystemTime) {
+        for entry in self.entries.values_mut() {
+            if entry.in_flight
+                || entry.ari_in_flight
+                || !entry.issued()
+                || entry.ari_next_check.is_some_and(|at| at > now)
+            {
+                continue;
+            }
+            let Some(issuer) = self.issuers.get(&entry.certificate.issuer) else {
+                continue;
+            };
+            if issuer.ari() == Some(false) || issuer.dns.is_err() {
+                continue;
+            }
+            let Some(leaf) = &entry.leaf else { continue };
+            entry.ari_in_flight = true;
+            let store = Arc::clone(&self.store);
+            let issuer = Arc::clone(issuer);
+            let settings = Arc::clone(&self.settings);
+            let secret = entry.certificate.secret.clone();
+            let leaf_der = leaf.leaf_der.clone();
+            jobs.spawn(async move {
+                let result = match issuer.account(&*store, &settings.timings, false).await {
+                    Ok(account) => {
+                        order::renewal_window(&account, &leaf_der, &settings.timings).await
+                    }
+                    Err(error) => Err(error.to_string()),
+                };
+                Job::Ari {
+                    secret,
+                    leaf_der,
+                    result,
+                }
+            });
+        }
+    }
+
+    fn finish_ari(
+        &mut self,
+        secret: &ObjectName,
+        leaf_der: &[u8],
+        result: Result<Option<order::RenewalWindow>, String>,
+    ) {
+        let Some(entry) = self.entries.get_mut(secret) else {
+            return;
+        };
+        entry.ari_in_flight = false;
+        // The certificate changed while the CA was asked: the answer is about the old one.
+        if entry.leaf.as_ref().map(|l| l.leaf_der.as_slice()) != Some(leaf_der) {
+            return;
+        }
+        let now = SystemTime::now();
+        let issuer = self.issuers.get(&entry.certificate.issuer);
+        match result {
+            Ok(Some(window)) => {
+                if let Some(issuer) = issuer {
+                    issuer.set_ari(true);
+                }
+                let at = window.pick(now);
+                entry.renew_at = Some(at);
+                entry.ari_id = Some(window.id.clone());
+                entry.ari_next_check = Some(
+                    now + window
+                        .retry_after
+                        .clamp(Duration::from_secs(60), Duration::from_secs(86_400)),
+                );
+                tracing::debug!(certificate = %entry.label(), renew_at = %rfc3339(at), "renewal time from the CA's renewalInfo (ARI)");
+            }
+            Ok(None) => {
+                if let Some(issuer) = issuer {
+                    issuer.set_ari(false);
+                }
+                entry.ari_next_check = None;
+            }
+            Err(error) => {
+                tracing::warn!(certificate = %entry.label(), %error, "renewalInfo (ARI) unavailable; renewing at two thirds of the lifetime");
+                entry.ari_next_check = Some(now + Duration::from_secs(3600));
+            }
+        }
+    }
+
+    fn start_due_orders(&mut self, orders: &mut JoinSet<Job>, now: SystemTime) {
         let running = self.entries.values().filter(|e| e.in_flight).count();
         let mut free = self.settings.max_concurrent_orders.saturating_sub(running);
         for entry in self.entries.values_mut() {
             if free == 0 {
                 break;
             }
-            if entry.in_flight || entry.due_at(now) > now {
+            if entry.in_flight || entry.ari_in_flight || entry.due_at(now) > now {
                 continue;
             }
             // The hourly failed-validation budget.
@@ -614,11 +739,13 @@ impl Lifecycle {
                 renewal = entry.leaf.is_some(),
                 "ordering a certificate"
             );
+            let replaces = entry.ari_id.clone().filter(|_| entry.issued());
             orders.spawn(run_order(
                 Arc::clone(&self.store),
                 Arc::clone(issuer),
                 entry.certificate.clone(),
                 entry.pending_order.take(),
+                replaces,
                 Arc::clone(&self.settings),
                 Arc::clone(&self.events),
             ));
@@ -733,6 +860,9 @@ impl Lifecycle {
                 at = at.max(*oldest + self.settings.validation_window);
             }
             wake = wake.min(at.max(now + Duration::from_millis(50)));
+            if let Some(check) = entry.ari_next_check.filter(|_| entry.issued()) {
+                wake = wake.min(check.max(now + Duration::from_millis(50)));
+            }
         }
         wake
     }
@@ -808,25 +938,27 @@ async fn run_order(
     issuer: Arc<IssuerRuntime>,
     certificate: ManagedCertificate,
     mut pending_order: Option<String>,
+    replaces: Option<instant_acme::CertificateIdentifier<'static>>,
     settings: Arc<LifecycleSettings>,
     events: Arc<dyn LifecycleEvents>,
-) -> Outcome {
+) -> Job {
     let names = certificate.dns_names.clone();
     let result = order_and_store(
         &*store,
         &issuer,
         &certificate,
         &mut pending_order,
+        replaces,
         &settings,
         &*events,
     )
     .await;
-    Outcome {
+    Job::Order(Outcome {
         secret: certificate.secret,
         names,
         pending_order,
         result,
-    }
+    })
 }
 
 async fn order_and_store(
@@ -834,6 +966,7 @@ async fn order_and_store(
     issuer: &IssuerRuntime,
     certificate: &ManagedCertificate,
     pending_order: &mut Option<String>,
+    replaces: Option<instant_acme::CertificateIdentifier<'static>>,
     settings: &LifecycleSettings,
     events: &dyn LifecycleEvents,
 ) -> Result<StoredCertificate, OrderError> {
@@ -852,6 +985,7 @@ async fn order_and_store(
             names: &certificate.dns_names,
             profile: issuer.config.spec.acme.profile.as_deref(),
             pending: pending_order,
+            replaces: replaces.clone().filter(|_| !fresh),
         };
         let result = order::obtain(
             &account,

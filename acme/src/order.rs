@@ -177,6 +177,8 @@ pub(crate) struct OrderRequest<'a> {
     /// Set to the URL of the order in use as soon as there is one, so that a failed attempt
     /// can be resumed by the next one.
     pub pending: &'a mut Option<String>,
+    /// The certificate this order replaces (ARI, RFC 9773 §5), when the CA offers ARI.
+    pub replaces: Option<instant_acme::CertificateIdentifier<'static>>,
 }
 
 /// Orders a certificate for `names` (apex and wildcards together) and waits for it.
@@ -197,6 +199,9 @@ pub(crate) async fn obtain(
             let mut new_order = NewOrder::new(&identifiers);
             if let Some(profile) = request.profile {
                 new_order = new_order.profile(profile);
+            }
+            if let Some(replaces) = request.replaces.clone() {
+                new_order = new_order.replaces(replaces);
             }
             let order = retry!(timings, account.new_order(&new_order)).map_err(classify)?;
             tracing::info!(order = %order.url(), names = %names.join(","), "ACME order placed");
@@ -289,6 +294,52 @@ async fn resume(
     }
     tracing::info!(order = %url, "resuming the pending ACME order for the same names");
     Some(order)
+}
+
+/// The CA's suggested renewal window for a certificate (ARI), with when to ask again; `None`
+/// when the CA does not offer renewalInfo.
+pub(crate) async fn renewal_window(
+    account: &Account,
+    leaf_der: &[u8],
+    timings: &OrderTimings,
+) -> Result<Option<RenewalWindow>, String> {
+    let der = rustls_pki_types::CertificateDer::from(leaf_der.to_vec());
+    let id = instant_acme::CertificateIdentifier::try_from(&der)?.into_owned();
+    match retry!(timings, account.renewal_info(&id)) {
+        Ok((info, retry_after)) => {
+            let start = crate::leaf::unix(info.suggested_window.start.unix_timestamp());
+            let end = crate::leaf::unix(info.suggested_window.end.unix_timestamp());
+            Ok(Some(RenewalWindow {
+                start,
+                end,
+                retry_after,
+                id,
+            }))
+        }
+        Err(instant_acme::Error::Unsupported(_)) => Ok(None),
+        Err(error) => Err(format!("renewalInfo: {error}")),
+    }
+}
+
+/// An ARI answer.
+#[derive(Debug, Clone)]
+pub(crate) struct RenewalWindow {
+    pub start: std::time::SystemTime,
+    pub end: std::time::SystemTime,
+    pub retry_after: Duration,
+    pub id: instant_acme::CertificateIdentifier<'static>,
+}
+
+impl RenewalWindow {
+    /// A uniformly random time in the window (RFC 9773 §4.2), or `now` when it has passed.
+    pub fn pick(&self, now: std::time::SystemTime) -> std::time::SystemTime {
+        let span = self
+            .end
+            .duration_since(self.start)
+            .unwrap_or(Duration::ZERO);
+        let at = self.start + span.mul_f64(fastrand::f64());
+        if self.end <= now { now } else { at.max(now) }
+    }
 }
 
 /// A pending DNS-01 challenge: the identifier (`*.example.com` for a wildcard) and the TXT
@@ -445,5 +496,91 @@ async fn invalid_reasons(order: &mut Order) -> String {
         "the order became invalid".to_owned()
     } else {
         reasons.join("; ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+
+    fn window(start: SystemTime, end: SystemTime) -> RenewalWindow {
+        RenewalWindow {
+            start,
+            end,
+            retry_after: Duration::from_secs(3600),
+            id: instant_acme::CertificateIdentifier {
+                authority_key_identifier: "aki".into(),
+                serial: "serial".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn renewal_time_is_inside_the_window_and_never_in_the_past() {
+        let now = SystemTime::now();
+        let future = window(
+            now + Duration::from_secs(100),
+            now + Duration::from_secs(200),
+        );
+        for _ in 0..100 {
+            let at = future.pick(now);
+            assert!(at >= future.start && at <= future.end);
+        }
+        let passed = window(
+            now - Duration::from_secs(200),
+            now - Duration::from_secs(100),
+        );
+        assert_eq!(passed.pick(now), now);
+        let open = window(
+            now - Duration::from_secs(100),
+            now + Duration::from_secs(100),
+        );
+        for _ in 0..100 {
+            let at = open.pick(now);
+            assert!(at >= now && at <= open.end);
+        }
+    }
+
+    #[test]
+    fn bad_nonce_and_server_errors_are_transient_others_are_not() {
+        let problem = |kind: &str, status: u16| {
+            instant_acme::Error::Api(
+                serde_json::from_value(serde_json::json!({"type": kind, "status": status}))
+                    .unwrap_or_else(|_| unreachable!()),
+            )
+        };
+        assert!(transient(&problem(BAD_NONCE, 400)));
+        assert!(transient(&problem(
+            "urn:ietf:params:acme:error:serverInternal",
+            500
+        )));
+        assert!(!transient(&problem(
+            "urn:ietf:params:acme:error:unauthorized",
+            403
+        )));
+        assert!(matches!(
+            classify(problem(RATE_LIMITED, 429)),
+            OrderError::RateLimited { .. }
+        ));
+        assert!(matches!(
+            classify(problem("urn:ietf:params:acme:error:unauthorized", 403)),
+            OrderError::Validation { .. }
+        ));
+        assert!(matches!(
+            classify(problem(
+                "urn:ietf:params:acme:error:accountDoesNotExist",
+                400
+            )),
+            OrderError::AccountGone(_)
+        ));
+        assert!(
+            classify(problem(
+                "urn:ietf:params:acme:error:rejectedIdentifier",
+                400
+            ))
+            .is_permanent()
+        );
     }
 }
