@@ -153,12 +153,12 @@ gateway() {
   done
 }
 
-start_torhaus() {  # NAME CONFIG STATE HTTPS_PORT ADMIN_PORT
+start_torhaus() {  # NAME CONFIG STATE HTTPS_PORT ADMIN_PORT; sets STARTED to the pid
   "$TORHAUS_BIN" run --config "$2" --state-dir "$3" --threads 1 --port-map "443:$4" \
     --admin-bind "127.0.0.1:$5" --acme-dns-resolver "127.0.0.1:$DNS_PORT" --acme-dns-port "$DNS_PORT" \
     > "$RUN/$1.log" 2>&1 &
-  PIDS+=($!)
-  echo $!
+  STARTED=$!
+  PIDS+=("$STARTED")
 }
 
 served() {  # HOST HTTPS_PORT: true when torhaus serves a Pebble certificate for HOST
@@ -170,7 +170,7 @@ served() {  # HOST HTTPS_PORT: true when torhaus serves a Pebble certificate for
 mkdir -p "$RUN/a/config" "$RUN/a/state"
 hosts=(app0.$ZONE)
 { common; gateway edge yes "${hosts[@]}"; } > "$RUN/a/config/bench.yaml"
-start_torhaus a "$RUN/a/config" "$RUN/a/state" "$HTTPS_A" "$ADMIN_A" > /dev/null
+start_torhaus a "$RUN/a/config" "$RUN/a/state" "$HTTPS_A" "$ADMIN_A"
 for _ in $(seq 300); do served "app0.$ZONE" "$HTTPS_A" && break; sleep 0.1; done
 served "app0.$ZONE" "$HTTPS_A" || { echo "first certificate not served:"; tail -20 "$RUN/a.log"; exit 1; }
 times=()
@@ -225,8 +225,8 @@ for ((start = 0; start < MANAGED; start += chunk)); do
 done
 common > "$RUN/b/config/common.yaml"
 common > "$RUN/c/config/common.yaml"
-pid_b=$(start_torhaus managed "$RUN/b/config" "$RUN/b/state" "$HTTPS_B" "$ADMIN_B")
-pid_c=$(start_torhaus unmanaged "$RUN/c/config" "$RUN/c/state" "$HTTPS_C" "$ADMIN_C")
+start_torhaus managed "$RUN/b/config" "$RUN/b/state" "$HTTPS_B" "$ADMIN_B"; pid_b=$STARTED
+start_torhaus unmanaged "$RUN/c/config" "$RUN/c/state" "$HTTPS_C" "$ADMIN_C"; pid_c=$STARTED
 for _ in $(seq 600); do
   curl -sf "http://127.0.0.1:$ADMIN_B/readyz" >/dev/null && curl -sf "http://127.0.0.1:$ADMIN_C/readyz" >/dev/null && break
   sleep 0.1
