@@ -67,7 +67,7 @@ impl Default for LifecycleSettings {
             max_failed_validations: 3,
             validation_window: Duration::from_secs(3600),
             max_concurrent_orders: 4,
-            refresh_interval: Duration::from_secs(30),
+            refresh_interval: Duration::from_secs(60),
         }
     }
 }
@@ -389,6 +389,8 @@ struct SavedAccount {
 struct Entry {
     certificate: ManagedCertificate,
     leaf: Option<LeafInfo>,
+    /// The stored certificate `leaf` was parsed from.
+    loaded: Option<StoredCertificate>,
     renew_at: Option<SystemTime>,
     in_flight: bool,
     retry_at: Option<SystemTime>,
@@ -412,6 +414,7 @@ impl Entry {
         Self {
             certificate,
             leaf: None,
+            loaded: None,
             renew_at: None,
             in_flight: false,
             retry_at: None,
@@ -454,8 +457,14 @@ impl Entry {
         let Some(stored) = stored else {
             self.leaf = None;
             self.renew_at = None;
+            self.loaded = None;
             return;
         };
+        // Rereading an unchanged Secret is the common case (every refresh): skip the parse.
+        if self.loaded.as_ref() == Some(&stored) && self.leaf.is_some() {
+            return;
+        }
+        self.loaded = Some(stored.clone());
         match LeafInfo::parse(&stored) {
             Ok(leaf) => {
                 let changed = self.leaf.as_ref() != Some(&leaf);
@@ -514,6 +523,8 @@ impl Lifecycle {
         let mut orders: JoinSet<Job> = JoinSet::new();
         let mut next_refresh = SystemTime::now();
         let mut desired_changed = true;
+        let mut leader_open = true;
+        let mut was_leader = false;
         loop {
             if std::mem::take(&mut desired_changed) {
                 let wanted = desired.borrow_and_update().clone();
@@ -526,6 +537,12 @@ impl Lifecycle {
                 next_refresh = now + self.settings.refresh_interval;
             }
             let leader = *may_order.borrow_and_update();
+            if leader && !was_leader {
+                // Just became the orderer: what the previous one stored must be known first,
+                // or its fresh certificates would be ordered again.
+                self.reload_all().await;
+            }
+            was_leader = leader;
             if leader {
                 self.start_ari_checks(&mut orders, now);
                 self.start_due_orders(&mut orders, now);
@@ -541,7 +558,10 @@ impl Lifecycle {
                     }
                     desired_changed = true;
                 }
-                _ = may_order.changed() => {}
+                changed = may_order.changed(), if leader_open => {
+                    // A dropped sender leaves the last value in force; stop polling it.
+                    leader_open = changed.is_ok();
+                }
                 Some(joined) = orders.join_next(), if !orders.is_empty() => {
                     match joined {
                         Ok(Job::Order(outcome)) => self.finish(outcome),
