@@ -146,6 +146,22 @@ fn stored_secret(store: &Path, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Writes the manifests for `listeners` into a fresh config directory and starts torhaus on it.
+async fn serve(
+    knot: &Knot,
+    pebble: &Pebble,
+    listeners: &[(&str, &str)],
+    tsig_secret: &str,
+) -> anyhow::Result<(TempDir, Torhaus)> {
+    let config = TempDir::new("acme-config")?;
+    write_config(
+        config.path(),
+        &manifests(knot, pebble, listeners, tsig_secret),
+    )?;
+    let torhaus = start_torhaus(config.path(), knot, None).await?;
+    Ok((config, torhaus))
+}
+
 /// Waits until torhaus serves, for `sni`, a certificate that verifies against Pebble's root.
 async fn wait_served(
     torhaus: &Torhaus,
@@ -168,23 +184,19 @@ async fn apex_and_wildcard_are_issued_in_one_order_and_served() -> anyhow::Resul
     let Some((knot, pebble)) = rig(PebbleOptions::default())? else {
         return Ok(());
     };
-    let config = TempDir::new("acme-config")?;
-    write_config(
-        config.path(),
-        &manifests(
-            &knot,
-            &pebble,
-            &[
-                ("example.test", "example-tls"),
-                ("*.example.test", "example-tls"),
-                // `_acme-challenge.delegated` is a CNAME into `target.acme-dns`: the TXT value
-                // must be written at the target (a TXT beside a CNAME would be refused).
-                ("delegated.example.test", "delegated-tls"),
-            ],
-            TSIG_SECRET_B64,
-        ),
-    )?;
-    let torhaus = start_torhaus(config.path(), &knot, None).await?;
+    let (_config, torhaus) = serve(
+        &knot,
+        &pebble,
+        &[
+            ("example.test", "example-tls"),
+            ("*.example.test", "example-tls"),
+            // `_acme-challenge.delegated` is a CNAME into `target.acme-dns`: the TXT value
+            // must be written at the target (a TXT beside a CNAME would be refused).
+            ("delegated.example.test", "delegated-tls"),
+        ],
+        TSIG_SECRET_B64,
+    )
+    .await?;
     let root = pebble.issuing_root_pem().await?;
     let apex = wait_served(&torhaus, "example.test", &root, Duration::from_secs(60)).await?;
     let wildcard =
@@ -291,20 +303,16 @@ async fn renewal_serves_the_new_certificate_without_dropping_a_connection() -> a
     else {
         return Ok(());
     };
-    let config = TempDir::new("acme-config")?;
-    write_config(
-        config.path(),
-        &manifests(
-            &knot,
-            &pebble,
-            &[
-                ("example.test", "example-tls"),
-                ("*.example.test", "example-tls"),
-            ],
-            TSIG_SECRET_B64,
-        ),
-    )?;
-    let torhaus = start_torhaus(config.path(), &knot, None).await?;
+    let (_config, torhaus) = serve(
+        &knot,
+        &pebble,
+        &[
+            ("example.test", "example-tls"),
+            ("*.example.test", "example-tls"),
+        ],
+        TSIG_SECRET_B64,
+    )
+    .await?;
     let root = pebble.issuing_root_pem().await?;
     let first = wait_served(&torhaus, "example.test", &root, Duration::from_secs(60)).await?;
     let addr = torhaus.addr(443)?;
@@ -349,20 +357,16 @@ async fn issuance_survives_thirty_percent_rejected_nonces() -> anyhow::Result<()
     else {
         return Ok(());
     };
-    let config = TempDir::new("acme-config")?;
-    write_config(
-        config.path(),
-        &manifests(
-            &knot,
-            &pebble,
-            &[
-                ("example.test", "example-tls"),
-                ("*.example.test", "example-tls"),
-            ],
-            TSIG_SECRET_B64,
-        ),
-    )?;
-    let torhaus = start_torhaus(config.path(), &knot, None).await?;
+    let (_config, torhaus) = serve(
+        &knot,
+        &pebble,
+        &[
+            ("example.test", "example-tls"),
+            ("*.example.test", "example-tls"),
+        ],
+        TSIG_SECRET_B64,
+    )
+    .await?;
     let root = pebble.issuing_root_pem().await?;
     wait_served(&torhaus, "www.example.test", &root, Duration::from_secs(60)).await?;
     let rejected = pebble.log().matches("badNonce").count();
@@ -540,17 +544,13 @@ async fn failed_validations_stop_after_three_per_hour() -> anyhow::Result<()> {
     let knot = Knot::start(&knotd)?;
     let elsewhere = Knot::start(&knotd)?;
     let pebble = Pebble::start(&pebble_bin, elsewhere.addr, PebbleOptions::default())?;
-    let config = TempDir::new("acme-config")?;
-    write_config(
-        config.path(),
-        &manifests(
-            &knot,
-            &pebble,
-            &[("example.test", "example-tls")],
-            TSIG_SECRET_B64,
-        ),
-    )?;
-    let torhaus = start_torhaus(config.path(), &knot, None).await?;
+    let (_config, torhaus) = serve(
+        &knot,
+        &pebble,
+        &[("example.test", "example-tls")],
+        TSIG_SECRET_B64,
+    )
+    .await?;
     let stopped = wait_for("ordering to stop", Duration::from_secs(60), || {
         let log = full_log(&torhaus);
         async move { log.contains("ORDERING STOPPED").then_some(log) }
