@@ -43,6 +43,8 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         let _runtime = control.enter();
         ShutdownSignals::install()
     };
+    // Sessions revoked by a logout; in Kubernetes mode shared with the other replicas.
+    let revocations = torhaus_policies::revocation::RevocationList::new();
     let (mut translations, mut controller) = match &args.config {
         Some(config) => {
             let translations = control
@@ -58,7 +60,8 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
             (translations, None)
         }
         None => {
-            let (translations, controller) = control.block_on(start_controller(&args))?;
+            let (translations, controller) =
+                control.block_on(start_controller(&args, Arc::clone(&revocations)))?;
             (translations, Some(controller))
         }
     };
@@ -83,6 +86,8 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
             base_backoff: args.eject_backoff,
             max_backoff: args.eject_max_backoff.max(args.eject_backoff),
         },
+        auth_runtime: Some(control.handle().clone()),
+        revocations: Some(revocations),
     };
     let dataplane = DataPlane::start_with_options(settings, Arc::new(local_ca), options)
         .context("starting the data plane")?;
@@ -124,7 +129,7 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         let bound = control.block_on(admin::serve(addr, Arc::clone(&admin)))?;
         tracing::info!(%bound, "admin listener (metrics, health, status page)");
     }
-    let applied = dataplane.apply(first.config.clone());
+    let applied = dataplane.apply_with_policies(first.config.clone(), &first.policies);
     admin.record_load(
         Arc::clone(&first),
         applied.as_ref().err().map(ToString::to_string),
@@ -142,7 +147,8 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
             let translation = translations.borrow_and_update().clone();
             log_translation(&translation, logged.as_mut());
             let started = std::time::Instant::now();
-            let applied = forwarder.apply(translation.config.clone());
+            let applied =
+                forwarder.apply_with_policies(translation.config.clone(), &translation.policies);
             tracing::debug!(
                 compile_ms = started.elapsed().as_millis(),
                 "compiled and swapped the snapshot"
@@ -175,6 +181,7 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
 /// and returns the translations and the controller.
 async fn start_controller(
     args: &RunArgs,
+    revocations: Arc<torhaus_policies::revocation::RevocationList>,
 ) -> anyhow::Result<(
     tokio::sync::watch::Receiver<Arc<Translation>>,
     torhaus_k8s::Controller,
@@ -200,6 +207,7 @@ async fn start_controller(
         lease_namespace: args.kube.lease_namespace.clone(),
         lease_name: args.kube.lease_name.clone(),
         identity,
+        revocations: Some(revocations),
     };
     let mut controller = torhaus_k8s::Controller::start(settings).await?;
     let translations = controller

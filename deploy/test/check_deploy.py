@@ -45,6 +45,7 @@ GATEWAY_API_FOR_CRATE = {"0.22": "v1.5.1"}
 # The order helm installs kinds in (a subset of its InstallOrder), used for deploy/torhaus.yaml.
 INSTALL_ORDER = [
     "namespace.yaml",
+    "crd-authpolicy.yaml",
     "serviceaccount.yaml",
     "clusterrole.yaml",
     "role.yaml",
@@ -245,6 +246,9 @@ EXPECTED_CLUSTER_RULES = {
     ("gateway.networking.k8s.io", "gatewayclasses/status"): {"patch", "update"},
     ("gateway.networking.k8s.io", "gateways/status"): {"patch", "update"},
     ("gateway.networking.k8s.io", "httproutes/status"): {"patch", "update"},
+    ("apiextensions.k8s.io", "customresourcedefinitions"): {"get"},
+    ("torhaus.dev", "authpolicies"): {"get", "list", "watch"},
+    ("torhaus.dev", "authpolicies/status"): {"patch", "update"},
     ("", "namespaces"): {"get", "list", "watch"},
     ("", "services"): {"get", "list", "watch"},
     ("discovery.k8s.io", "endpointslices"): {"get", "list", "watch"},
@@ -299,6 +303,7 @@ def check_default_render_is_valid() -> None:
         kinds
         == sorted(
             [
+                "CustomResourceDefinition",
                 "ServiceAccount",
                 "ClusterRole",
                 "ClusterRoleBinding",
@@ -313,7 +318,13 @@ def check_default_render_is_valid() -> None:
     )
     validate_objects(objects, "chart (default values)")
     for obj in objects:
-        if obj["kind"] not in ("ClusterRole", "ClusterRoleBinding", "GatewayClass", "Namespace"):
+        if obj["kind"] not in (
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "CustomResourceDefinition",
+            "GatewayClass",
+            "Namespace",
+        ):
             require(obj["metadata"].get("namespace") == NAMESPACE, f"{obj['kind']} must be in the release namespace")
     check_daemonset_shape(objects, {})
 

@@ -53,6 +53,7 @@ fn config(routes: usize) -> DataPlaneConfig {
                 rules,
             }),
             hostnames: vec![HostMatch::Exact(HOST.to_owned())],
+            auth: Vec::new(),
         });
     }
     attached.push(AttachedRoute {
@@ -63,6 +64,7 @@ fn config(routes: usize) -> DataPlaneConfig {
             rules: vec![rule(0, vec![RequestMatch::default()])],
         }),
         hostnames: vec![HostMatch::Wildcard(".example.com".to_owned())],
+        auth: Vec::new(),
     });
     DataPlaneConfig {
         ports: vec![PortConfig {

@@ -32,6 +32,7 @@ use tokio::sync::watch;
 use torhaus_model::{DataPlaneConfig, OnDemandIssuer, PortProtocol};
 
 use crate::access_log::{AccessLog, AccessLogTarget};
+use crate::auth::AuthRegistry;
 use crate::drain::InFlightRequests;
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, Observer, StateView};
@@ -88,9 +89,15 @@ impl Default for GatewaySettings {
 }
 
 /// Tuning beyond the command line (tests shorten the ejection backoff with it).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct DataPlaneOptions {
     pub ejection: EjectionPolicy,
+    /// Runs the identity providers' background refreshes (discovery and keys); without it,
+    /// the runtime of the first `apply` that brings policies.
+    pub auth_runtime: Option<tokio::runtime::Handle>,
+    /// The revocation list the identity policies share (Kubernetes mode shares it with the other
+    /// replicas); a private one when unset.
+    pub revocations: Option<Arc<torhaus_policies::revocation::RevocationList>>,
 }
 
 #[derive(Debug)]
@@ -122,6 +129,7 @@ struct Lifecycle {
     /// Stopped servers finishing their requests in flight; their sockets are already closed.
     retiring: Vec<PortServer>,
     shutting_down: bool,
+    auth: AuthRegistry,
 }
 
 #[derive(Debug)]
@@ -204,6 +212,7 @@ impl DataPlane {
                     servers: HashMap::new(),
                     retiring: Vec::new(),
                     shutting_down: false,
+                    auth: AuthRegistry::new(options.auth_runtime, options.revocations),
                 }),
             }),
         })
@@ -242,12 +251,26 @@ impl DataPlane {
     /// keep their connections. The new snapshot serves every bound port even when binding or
     /// closing one fails (the first such error is returned).
     pub fn apply(&self, config: Arc<DataPlaneConfig>) -> Result<(), GatewayError> {
-        let result = self.apply_inner(config);
+        self.apply_with_policies(config, &[])
+    }
+
+    /// [`DataPlane::apply`] with the identity policies the configuration's routes name (see
+    /// `AttachedRoute::auth`); they swap in the same snapshot as the routes.
+    pub fn apply_with_policies(
+        &self,
+        config: Arc<DataPlaneConfig>,
+        policies: &[Arc<torhaus_policies::Policy>],
+    ) -> Result<(), GatewayError> {
+        let result = self.apply_inner(config, policies);
         self.inner.metrics.config_reloaded(result.is_ok());
         result
     }
 
-    fn apply_inner(&self, config: Arc<DataPlaneConfig>) -> Result<(), GatewayError> {
+    fn apply_inner(
+        &self,
+        config: Arc<DataPlaneConfig>,
+        policies: &[Arc<torhaus_policies::Policy>],
+    ) -> Result<(), GatewayError> {
         let mut lifecycle = self
             .inner
             .lifecycle
@@ -258,7 +281,9 @@ impl DataPlane {
         }
         self.check_port_map(&config)?;
         let previous = self.inner.proxy.snapshot.load_full();
+        let auth = lifecycle.auth.update(policies, &self.inner.metrics)?;
         let mut snapshot = Snapshot::build(Arc::clone(&config), &previous);
+        snapshot.auth = auth;
         snapshot.series = self.inner.metrics.series_for(&snapshot, &previous.series);
         self.inner.proxy.snapshot.store(Arc::new(snapshot));
         lifecycle

@@ -73,7 +73,7 @@ pub const CERTIFICATE_RENEWAL_FAILURES_TOTAL: &str = "torhaus_certificate_renewa
 pub const ACME_ORDERS_TOTAL: &str = "torhaus_acme_orders_total";
 /// Not fed yet: DNS provider API calls by provider, operation and outcome.
 pub const DNS_PROVIDER_REQUESTS_TOTAL: &str = "torhaus_dns_provider_requests_total";
-/// Not fed yet: authentication decisions by policy and outcome.
+/// Identity decisions by policy and outcome (allow, login, unauthenticated, forbidden, unavailable, answered).
 pub const AUTH_DECISIONS_TOTAL: &str = "torhaus_auth_decisions_total";
 /// 1 while this replica leads (writes status, runs ACME); 1 in standalone mode.
 pub const LEADER: &str = "torhaus_leader";
@@ -354,11 +354,15 @@ impl Metrics {
             .inc();
     }
 
-    /// For the policies work: one decision (`outcome` e.g. `allow`, `deny`, `login`).
+    /// One identity decision (`outcome`: `allow`, `login`, `unauthenticated`, `forbidden`,
+    /// `unavailable` or `answered`).
     pub fn auth_decision(&self, policy: &str, outcome: &str) {
-        self.auth_decisions
-            .with_label_values(&[policy, outcome])
-            .inc();
+        self.auth_decision_counter(policy, outcome).inc();
+    }
+
+    /// The counter of one policy and outcome, for callers that count often.
+    pub fn auth_decision_counter(&self, policy: &str, outcome: &str) -> IntCounter {
+        self.auth_decisions.with_label_values(&[policy, outcome])
     }
 
     pub(crate) fn access_log_dropped(&self) -> IntCounter {

@@ -9,6 +9,11 @@
 //! per-read timeout: pingora fixes it per connection, so a stall is cut once it lasts that long,
 //! which may be after the deadline. Upgraded connections (WebSocket) are exempt once upgraded;
 //! with neither timeout set nothing is cut.
+//! Identity: on a rule under an `AuthPolicy` the policy's authenticator decides before any
+//! filter runs (a CORS preflight the rule answers itself excepted, as browsers send those without
+//! credentials); identity header names of every policy in force are stripped from every request
+//! first. A WebSocket opened under a session is closed at its next frame, in either direction,
+//! once the session is revoked or expired.
 //! Retries follow `Rule.retry` (listed codes and connection failures), with `backoff` between
 //! attempts, and only while pingora still holds the whole request body for replay.
 
@@ -26,12 +31,14 @@ use torhaus_model::hostname::normalize_request_host;
 use torhaus_model::{
     Backend, BackendTarget, Filter, PortProtocol, Redirect, Rewrite, Rule, Scheme, UpstreamProtocol,
 };
+use torhaus_policies::{Decision, RequestView as IdentityRequest};
 
+use crate::auth::PolicyEnforcer;
 use crate::drain::{ActiveRequest, InFlightRequests};
 use crate::filters;
 use crate::metrics::{Finished, Observer, RequestObs};
 use crate::mirror::{MirrorBody, MirrorChunk, Mirrors};
-use crate::respond::respond;
+use crate::respond::{respond, respond_with_body};
 use crate::router::{RequestView, pick_backend};
 use crate::snapshot::Snapshot;
 use crate::strict::check_request;
@@ -88,6 +95,12 @@ pub struct RequestCtx {
     mirrors: Vec<MirrorBody>,
     /// Timings and the listener, for metrics and the access log.
     obs: RequestObs,
+    /// The identity policy of the matched rule.
+    auth: Option<Arc<PolicyEnforcer>>,
+    /// The browser session the request was allowed under, re-checked on upgraded connections.
+    auth_session: Option<torhaus_policies::SessionHandle>,
+    /// Headers the identity layer adds to the response (a refreshed session cookie).
+    auth_response_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// Counts this request as in flight until the context is dropped.
     _active: Option<ActiveRequest>,
 }
@@ -153,6 +166,51 @@ fn request_host(session: &Session) -> Option<std::borrow::Cow<'_, str>> {
     }
 }
 
+/// The request as the identity layer sees it; `None` when its target is not UTF-8.
+fn identity_request(session: &Session, scheme: Scheme) -> Option<IdentityRequest<'_>> {
+    let request = session.req_header();
+    let host = request
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri.authority().map(|a| a.as_str()))
+        .unwrap_or_default();
+    Some(IdentityRequest {
+        method: &request.method,
+        scheme: scheme.as_str(),
+        host,
+        path_and_query: std::str::from_utf8(request.raw_path()).ok()?,
+        headers: &request.headers,
+    })
+}
+
+/// Reads the whole request body if it is at most `limit` bytes; `None` when it is larger.
+async fn read_small_body(session: &mut Session, limit: usize) -> pingora::Result<Option<Vec<u8>>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = session.read_request_body().await? {
+        if body.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
+/// Whether the rule's CORS filter answers this request itself (a preflight, which browsers
+/// send without cookies or credentials, so the identity layer must not refuse it).
+fn answers_cors_preflight(session: &Session, rule: &Rule) -> bool {
+    let request = session.req_header();
+    rule.filters.iter().any(|f| matches!(f, Filter::Cors(_)))
+        && filters::is_cors_preflight(&request.method, &request.headers)
+}
+
+fn session_ended() -> Box<Error> {
+    Error::explain(
+        ErrorType::ConnectionClosed,
+        "the session behind this upgraded connection was revoked or expired",
+    )
+}
+
 fn client_sni(session: &Session) -> Option<&ClientSni> {
     session
         .digest()?
@@ -203,6 +261,12 @@ impl PortProxy {
             headers: &request.headers,
         };
         let matched = listener.route(&view).ok_or(404u16)?;
+        if let Some(policy) = matched.auth {
+            // Translation names only policies it hands over with the routes: a missing one is
+            // an internal inconsistency, and failing closed is the only safe answer.
+            let enforcer = snapshot.auth.enforcer(policy).ok_or(500u16)?;
+            ctx.auth = Some(Arc::clone(enforcer));
+        }
         let rule = Arc::clone(matched.rule);
         ctx.match_index = rule
             .matches
@@ -387,6 +451,82 @@ impl PortProxy {
         Ok(())
     }
 
+    /// Lets the rule's identity policy decide; `true` when the gateway answered the request.
+    async fn authenticate(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        enforcer: &PolicyEnforcer,
+    ) -> pingora::Result<bool> {
+        let authenticator = &enforcer.authenticator;
+        let decision = match identity_request(session, self.scheme()) {
+            Some(view) => authenticator.check(&view),
+            None => {
+                respond(session, 400, &[], false).await?;
+                return Ok(true);
+            }
+        };
+        let decision = match decision {
+            Decision::Pending(pending) => {
+                let body = if pending.needs_body() {
+                    match read_small_body(session, torhaus_policies::authenticator::MAX_BODY)
+                        .await?
+                    {
+                        Some(body) => Some(body),
+                        None => {
+                            respond(session, 413, &[], true).await?;
+                            return Ok(true);
+                        }
+                    }
+                } else {
+                    None
+                };
+                let Some(view) = identity_request(session, self.scheme()) else {
+                    respond(session, 400, &[], false).await?;
+                    return Ok(true);
+                };
+                authenticator
+                    .complete(pending, &view, body.as_deref())
+                    .await
+            }
+            decided => decided,
+        };
+        match decision {
+            Decision::Allow(allow) => {
+                enforcer.decisions.allow.inc();
+                let request = session.req_header_mut();
+                for (name, value) in allow.upstream_headers {
+                    request.insert_header(name, value)?;
+                }
+                ctx.auth_response_headers = allow.response_headers;
+                ctx.auth_session = allow.session;
+                Ok(false)
+            }
+            Decision::Reply(reply) => {
+                let status = reply.status.as_u16();
+                enforcer.decisions.count_reply(status);
+                respond_with_body(session, status, &reply.headers, reply.body.into()).await?;
+                Ok(true)
+            }
+            Decision::Pending(_) => {
+                // `complete` never returns Pending; if it ever did, nothing may pass.
+                enforcer.decisions.unavailable.inc();
+                respond(session, 503, &[], false).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Whether an upgraded connection (WebSocket) may carry on: its session still valid.
+    fn upgraded_session_active(&self, session: &Session, ctx: &RequestCtx) -> bool {
+        match (&ctx.auth, &ctx.auth_session) {
+            (Some(enforcer), Some(handle)) if session.was_upgraded() => {
+                enforcer.authenticator.session_active(handle)
+            }
+            _ => true,
+        }
+    }
+
     fn scheme(&self) -> Scheme {
         match self.protocol {
             PortProtocol::Http => Scheme::Http,
@@ -458,6 +598,20 @@ impl ProxyHttp for PortProxy {
         let Some(rule) = ctx.rule.clone() else {
             return Ok(false);
         };
+        if let Some(snapshot) = &ctx.snapshot
+            && !snapshot.auth.is_empty()
+        {
+            let request = session.req_header_mut();
+            for name in snapshot.auth.strip_everywhere() {
+                request.remove_header(name);
+            }
+        }
+        if let Some(enforcer) = ctx.auth.clone()
+            && !answers_cors_preflight(session, &rule)
+            && self.authenticate(session, ctx, &enforcer).await?
+        {
+            return Ok(true);
+        }
         if let Some(answer) = self.apply_request_filters(session, ctx, &rule.filters)? {
             answer.send(session).await?;
             return Ok(true);
@@ -480,11 +634,14 @@ impl ProxyHttp for PortProxy {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<bytes::Bytes>,
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
+        if !self.upgraded_session_active(session, ctx) {
+            return Err(session_ended());
+        }
         if ctx.mirrors.is_empty() {
             return Ok(());
         }
@@ -506,6 +663,9 @@ impl ProxyHttp for PortProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
+        for (name, value) in &ctx.auth_response_headers {
+            upstream_response.append_header(name.clone(), value.clone())?;
+        }
         let Some(rule) = &ctx.rule else {
             return Ok(());
         };
@@ -601,6 +761,9 @@ impl ProxyHttp for PortProxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<Option<Duration>> {
+        if !self.upgraded_session_active(session, ctx) {
+            return Err(session_ended());
+        }
         let deadline = match (ctx.deadline, ctx.attempt_deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -1,5 +1,6 @@
-//! Responses the gateway writes itself (errors, redirects, CORS preflights), written as plain
-//! headers so HTTP/1.1 keep-alive survives (pingora's `respond_error` closes the connection).
+//! Responses the gateway writes itself (errors, redirects, CORS preflights, identity pages),
+//! written as plain headers so HTTP/1.1 keep-alive survives (pingora's `respond_error` closes the
+//! connection).
 
 use http::{HeaderName, HeaderValue, header};
 use pingora::http::ResponseHeader;
@@ -24,4 +25,27 @@ pub async fn respond(
     session
         .write_response_header(Box::new(response), true)
         .await
+}
+
+/// Writes a complete response with a body (pages the gateway serves itself, such as the
+/// identity layer's login, 403 and 503 pages). A HEAD request gets the headers only.
+pub async fn respond_with_body(
+    session: &mut Session,
+    status: u16,
+    headers: &[(HeaderName, HeaderValue)],
+    body: bytes::Bytes,
+) -> pingora::Result<()> {
+    let mut response = ResponseHeader::build(status, Some(headers.len() + 1))?;
+    response.insert_header(header::CONTENT_LENGTH, body.len())?;
+    for (name, value) in headers {
+        response.append_header(name.clone(), value.clone())?;
+    }
+    let headers_only = body.is_empty() || session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(response), headers_only)
+        .await?;
+    if !headers_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
 }

@@ -82,6 +82,8 @@ pub struct RouteMatch<'a> {
     pub route: &'a Arc<HttpRoute>,
     pub rule: &'a Arc<Rule>,
     pub matched: &'a RequestMatch,
+    /// The `AuthPolicy` in force for the rule where it is attached (`namespace/name`).
+    pub auth: Option<&'a Arc<str>>,
 }
 
 /// Table keys (hostnames, paths) come from configuration only; a request merely chooses which
@@ -195,6 +197,7 @@ struct Candidate {
     match_index: usize,
     /// `"namespace/name"`, the second cross-route tie-breaker.
     route_key: Box<str>,
+    auth: Option<Arc<str>>,
     /// No method, header or query condition: the path alone decides, and the lookup need not
     /// reach into the rule (a cache miss with many routes).
     path_only: bool,
@@ -210,6 +213,7 @@ impl Candidate {
             route: &self.route,
             rule: &self.rule,
             matched: self.request_match()?,
+            auth: self.auth.as_ref(),
         })
     }
 
@@ -497,6 +501,7 @@ impl CompiledListener {
                             rule: Arc::clone(rule),
                             match_index,
                             route_key: route_key.clone(),
+                            auth: attached.auth_of(rule.index).cloned(),
                             path_only: request_match.method.is_none()
                                 && request_match.headers.is_empty()
                                 && request_match.query.is_empty(),

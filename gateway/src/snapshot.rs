@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use torhaus_model::DataPlaneConfig;
 
+use crate::auth::AuthTable;
 use crate::metrics::SnapshotSeries;
 use crate::router::{CompiledConfig, CompiledListener};
 use crate::tls::{ServingCertificate, certified_key};
@@ -21,6 +22,8 @@ pub struct Snapshot {
     certificates: HashMap<usize, Box<[ServingCertificate]>>,
     /// Metric handles of this snapshot's routes, resolved by the data plane after `build`.
     pub series: SnapshotSeries,
+    /// The identity policies the routes name, set by the data plane after `build`.
+    pub auth: Arc<AuthTable>,
 }
 
 impl Snapshot {
@@ -58,6 +61,7 @@ impl Snapshot {
             endpoints,
             certificates,
             series: SnapshotSeries::default(),
+            auth: Arc::default(),
         }
     }
 

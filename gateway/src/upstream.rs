@@ -432,6 +432,7 @@ mod tests {
                             })],
                         }),
                         hostnames: vec![HostMatch::Any],
+                        auth: Vec::new(),
                     }],
                 }],
             }],

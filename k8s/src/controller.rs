@@ -26,7 +26,13 @@ pub struct ControllerSettings {
     pub lease_name: String,
     /// This replica's identity in the Lease (the pod name).
     pub identity: String,
+    /// The sessions revoked on this replica (its identity policies'), shared with the other
+    /// replicas through the Secret [`REVOCATIONS_SECRET`] in the Lease's namespace.
+    pub revocations: Option<Arc<torhaus_policies::revocation::RevocationList>>,
 }
+
+/// The Secret (in the Lease's namespace) through which replicas share revoked sessions.
+pub const REVOCATIONS_SECRET: &str = "torhaus-session-revocations";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
@@ -74,6 +80,14 @@ impl Controller {
             ..KubernetesOptions::default()
         };
         let source = spawn_kubernetes_source(client.clone(), options);
+        if let Some(list) = settings.revocations {
+            crate::revocations::spawn_revocation_sync(
+                client.clone(),
+                &namespace,
+                REVOCATIONS_SECRET,
+                list,
+            );
+        }
         let election = spawn_leader_election(
             client.clone(),
             LeaseSettings::new(&namespace, &settings.lease_name, &settings.identity),

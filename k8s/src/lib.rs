@@ -4,6 +4,7 @@
 
 pub mod controller;
 pub mod report;
+pub mod revocations;
 pub mod source;
 pub mod status;
 pub mod translate;

@@ -308,9 +308,13 @@ impl fmt::Display for Report {
                         } else {
                             backends.join(", ")
                         };
+                        let auth = attached
+                            .auth_of(rule.index)
+                            .map(|policy| format!(" auth AuthPolicy {policy}"))
+                            .unwrap_or_default();
                         writeln!(
                             f,
-                            "    rule {}: {} ->{filters} {target}",
+                            "    rule {}: {} ->{filters} {target}{auth}",
                             rule.index,
                             matches.join(" | ")
                         )?;

@@ -970,6 +970,7 @@ async fn kubernetes_mode_refuses_to_start_without_a_gateway_address() {
         lease_namespace: None,
         lease_name: torhaus_k8s::DEFAULT_LEASE_NAME.to_owned(),
         identity: "test".to_owned(),
+        revocations: None,
     };
     let error = torhaus_k8s::Controller::start(settings)
         .await
@@ -997,6 +998,7 @@ async fn the_controller_reads_the_crd_version_serves_writes_and_hands_over() {
         lease_namespace: Some("torhaus-system".to_owned()),
         lease_name: torhaus_k8s::DEFAULT_LEASE_NAME.to_owned(),
         identity: "pod-a".to_owned(),
+        revocations: None,
     };
     let mut controller = torhaus_k8s::Controller::start_with_client(api.client(0), settings).await;
     let mut translations = tokio::time::timeout(DEADLINE, controller.translations())
@@ -1035,4 +1037,125 @@ async fn the_controller_reads_the_crd_version_serves_writes_and_hands_over() {
             .is_none_or(Value::is_null),
         "released on shutdown: {lease}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_policies_and_their_secrets_are_watched_and_the_leader_writes_their_status() {
+    let api = FakeApi::new();
+    seed(&api);
+    api.put(json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": "session", "namespace": "apps"},
+        "data": {"key": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="}
+    }));
+    api.put(json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": "db-password", "namespace": "apps"},
+        "data": {"password": "aHVudGVyMg=="}
+    }));
+    api.put(json!({
+        "apiVersion": "torhaus.dev/v1alpha1", "kind": "AuthPolicy",
+        "metadata": {"name": "sso", "namespace": "apps", "resourceVersion": "1"},
+        "spec": {
+            "targetRefs": [{"kind": "HTTPRoute", "name": "app"}],
+            "session": {"keySecretRefs": [{"name": "session", "key": "key"}]},
+            "jwt": {"issuers": [{"issuer": "https://idp.example.com/", "audiences": ["app"]}]}
+        }
+    }));
+    let mut one = replica(&api, 0);
+    wait_for(&mut one.election.is_leader, "leadership", |l| *l).await;
+    let snapshot = wait_for(&mut one.source.snapshots, "the policy in force", |s| {
+        !s.translation.policies.is_empty()
+    })
+    .await;
+    let held: Vec<String> = snapshot
+        .objects
+        .secrets
+        .keys()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(held, ["apps/session"], "only the policy's Secret is held");
+    let on_app = snapshot
+        .translation
+        .config
+        .ports
+        .iter()
+        .flat_map(|p| &p.listeners)
+        .flat_map(|l| &l.routes)
+        .find(|r| r.route.id.name == "app")
+        .and_then(|r| r.auth_of(0))
+        .map(ToString::to_string);
+    assert_eq!(on_app.as_deref(), Some("apps/sso"));
+
+    let path = "/apis/torhaus.dev/v1alpha1/namespaces/apps/authpolicies/sso/status";
+    let body = eventually("the AuthPolicy status patch", || {
+        let patch = status_patches(&api)
+            .into_iter()
+            .find(|(_, p, _)| p == path)
+            .map(|(_, _, body)| without_times(&body));
+        async move { patch }
+    })
+    .await;
+    assert_eq!(
+        body,
+        json!({"status": {"conditions": [
+            {"type": "Accepted", "status": "True", "reason": "Accepted",
+             "message": "in force for HTTPRoute apps/app rule 0 on listener infra/edge/http",
+             "lastTransitionTime": "T", "observedGeneration": 1}
+        ]}})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_revoked_on_one_replica_is_revoked_on_every_replica() {
+    use torhaus_policies::revocation::{RevocationList, Revoked};
+    let api = FakeApi::new();
+    let lists: Vec<Arc<RevocationList>> = (0..3).map(|_| RevocationList::new()).collect();
+    for (id, list) in lists.iter().enumerate() {
+        torhaus_k8s::revocations::spawn_revocation_sync(
+            api.client(id),
+            "torhaus-system",
+            "torhaus-session-revocations",
+            Arc::clone(list),
+        );
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    // A back-channel logout reaches replica 0 only.
+    lists[0].revoke(Revoked::ProviderSession("sid-1".into()), 600);
+    // And an RP logout replica 2, at the same moment.
+    lists[2].revoke(Revoked::Session("session-9".into()), 600);
+    for (id, list) in lists.iter().enumerate() {
+        let list = Arc::clone(list);
+        eventually(
+            &format!("replica {id} to know both revocations"),
+            move || {
+                let list = Arc::clone(&list);
+                async move {
+                    (list.is_revoked("other", Some("sid-1"), "alice", now)
+                        && list.is_revoked("session-9", None, "bob", now))
+                    .then_some(())
+                }
+            },
+        )
+        .await;
+    }
+    // Written to one Secret, never deleted or written by the other replicas again when nothing
+    // is new: a quiet period sends no more writes.
+    let writes = |api: &FakeApi| {
+        api.requests()
+            .into_iter()
+            .filter(|r| {
+                r.path.ends_with("/secrets/torhaus-session-revocations")
+                    || (r.method == "POST" && r.path.ends_with("/secrets"))
+            })
+            .filter(|r| r.method == "PUT" || r.method == "POST")
+            .count()
+    };
+    let settled = writes(&api);
+    assert!((1..=6).contains(&settled), "{settled} writes");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(writes(&api), settled, "no write without something new");
 }

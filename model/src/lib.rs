@@ -123,4 +123,15 @@ pub struct AttachedRoute {
     /// The intersection of the route's hostnames with the listener's hostname; never empty
     /// (a route without hostnames gets the listener's hostname, possibly [`HostMatch::Any`]).
     pub hostnames: Vec<HostMatch>,
+    /// The `AuthPolicy` (`namespace/name`) in force for each rule, indexed like
+    /// `route.rules`; empty when no rule of the route is under a policy. Per attachment, not per
+    /// route: a policy on a Gateway or listener covers a route only where it is attached there.
+    pub auth: Vec<Option<Arc<str>>>,
+}
+
+impl AttachedRoute {
+    /// The policy in force for rule `index` of this attachment.
+    pub fn auth_of(&self, index: usize) -> Option<&Arc<str>> {
+        self.auth.get(index).and_then(Option::as_ref)
+    }
 }

@@ -14,11 +14,12 @@ use crate::jwt::{BearerVerifier, JwksCache, JwtError, now_secs};
 use crate::pages::Reply;
 use crate::policy::Policy;
 use crate::provider::{Provider, ProviderError, TokenSet, http_client};
+use crate::recent::Recent;
 use crate::redirect::RedirectScope;
 use crate::revocation::{RevocationList, Revoked};
 use crate::session::{
     CookieAttrs, CookieCodec, Cookies, LoginState, MAX_CHUNKS, PendingLogin, Session, chunk_name,
-    open_session, random_token, seal_session,
+    open_session, random_token, seal_session, sealed_session,
 };
 
 /// What the proxy knows about a request; no Kubernetes or pingora types.
@@ -89,7 +90,7 @@ pub struct Allow {
     /// The browser session behind the request, for long-lived connections (WebSockets) to
     /// re-check with [`Authenticator::session_active`].
     pub session: Option<SessionHandle>,
-    pub identity: Option<Identity>,
+    pub identity: Option<Arc<Identity>>,
 }
 
 /// Enough of a session to re-check it later without the cookie.
@@ -171,6 +172,17 @@ type RefreshSlot = (Instant, Arc<tokio::sync::OnceCell<RefreshResult>>);
 /// token again (rotating providers revoke the grant on reuse).
 const REFRESH_REUSE: Duration = Duration::from_secs(30);
 
+/// Number of recently opened session cookies remembered per policy.
+const OPENED_SLOTS: usize = 1024;
+
+/// A session cookie opened before, with the decision its identity gets under the policy (the
+/// rules and headers depend on nothing else).
+#[derive(Debug)]
+struct OpenedSession {
+    session: Session,
+    decision: Decision,
+}
+
 /// One policy, ready to decide requests.
 #[derive(Debug)]
 pub struct Authenticator {
@@ -182,6 +194,7 @@ pub struct Authenticator {
     keep_claims: BTreeSet<String>,
     refreshing: tokio::sync::Mutex<HashMap<String, RefreshSlot>>,
     used_states: Mutex<VecDeque<(String, u64)>>,
+    opened: Recent<OpenedSession>,
 }
 
 impl Authenticator {
@@ -218,6 +231,7 @@ impl Authenticator {
             keep_claims,
             refreshing: tokio::sync::Mutex::new(HashMap::new()),
             used_states: Mutex::new(VecDeque::new()),
+            opened: Recent::new(OPENED_SLOTS),
         }
     }
 
@@ -354,7 +368,7 @@ impl Authenticator {
         }
         if let (Some(token), Some(verifier)) = (req.bearer(), &self.bearer) {
             // Explicit credentials decide alone; a bad token never falls back to a cookie.
-            return match verifier.verify(token) {
+            return match verifier.verify_shared(token) {
                 Ok(claims) => self.allow_claims(req, &claims, token),
                 Err(JwtError::UnknownKey) => Decision::Pending(Pending {
                     kind: PendingKind::BearerRefetch(token.to_owned()),
@@ -374,9 +388,28 @@ impl Authenticator {
         };
         let cookies = Cookies::parse(req.headers);
         let had_cookie = cookies.has(self.cookie_name());
-        let Some(session) = open_session(codec, self.cookie_name(), &cookies) else {
+        let Some(sealed) = sealed_session(self.cookie_name(), &cookies) else {
             return self.login_required(req, had_cookie);
         };
+        // Opening a session (decrypting, parsing, rendering its headers) is the expensive part of
+        // a request under a policy; a cookie seen before skips it. Expiry, revocation and refresh
+        // are still checked below on every request.
+        let opened = match self.opened.get(&sealed) {
+            Some(hit) => hit,
+            None => {
+                let Some(session) = codec.open_json::<Session>(self.cookie_name(), &sealed) else {
+                    return self.login_required(req, true);
+                };
+                let decision = self.allow_session(&session, Vec::new());
+                self.opened
+                    .put(&sealed, OpenedSession { session, decision });
+                match self.opened.get(&sealed) {
+                    Some(opened) => opened,
+                    None => return self.login_required(req, true),
+                }
+            }
+        };
+        let OpenedSession { session, decision } = &opened.value;
         let now = now_secs();
         let ident = &session.identity;
         if session.expires_at <= now
@@ -394,14 +427,14 @@ impl Authenticator {
         {
             if o.refresh_enabled && session.refresh_token.is_some() {
                 return Decision::Pending(Pending {
-                    kind: PendingKind::Refresh(Box::new(session)),
+                    kind: PendingKind::Refresh(Box::new(session.clone())),
                 });
             }
             if at_exp <= now {
                 return self.login_required(req, true);
             }
         }
-        self.allow_session(&session, Vec::new())
+        decision.clone()
     }
 
     fn allow_session(
@@ -422,7 +455,7 @@ impl Authenticator {
                 issued_at: session.issued_at,
                 expires_at: session.expires_at,
             }),
-            identity: Some(session.identity.clone()),
+            identity: Some(Arc::new(session.identity.clone())),
         }))
     }
 
@@ -451,7 +484,7 @@ impl Authenticator {
             upstream_headers: self.policy.headers.render(&identity),
             response_headers: Vec::new(),
             session: None,
-            identity: Some(identity),
+            identity: Some(Arc::new(identity)),
         }))
     }
 

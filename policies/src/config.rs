@@ -22,6 +22,28 @@ pub struct AuthPolicy {
     pub status: Option<serde_json::Value>,
 }
 
+impl AuthPolicy {
+    /// The Secrets (of the policy's namespace) the policy reads: the gateway watches exactly
+    /// these.
+    pub fn secret_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .spec
+            .oidc
+            .iter()
+            .map(|o| o.client_secret_ref.name.clone())
+            .chain(
+                self.spec
+                    .session
+                    .iter()
+                    .flat_map(|s| s.key_secret_refs.iter().map(|r| r.name.clone())),
+            )
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
 /// The subset of Kubernetes object metadata the policy uses.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -10,6 +10,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
 use crate::policy::{JwtIssuer, SigningAlg};
+use crate::recent::Recent;
 
 /// Refetch the key set at most this often because of unknown key ids (a token with a random
 /// kid must not turn the gateway into a JWKS fetch amplifier).
@@ -226,6 +227,15 @@ impl JwksCache {
         self.keys.load_full()
     }
 
+    /// Identifies the key set in use now: it changes with every fetch, so a verification made
+    /// with an earlier set is never reused after one (a removed key stops working at once).
+    fn generation(&self) -> usize {
+        self.keys
+            .load()
+            .as_ref()
+            .map_or(0, |keys| Arc::as_ptr(keys) as usize)
+    }
+
     /// Installs keys directly (tests, or keys obtained elsewhere).
     pub fn install(&self, keys: JwkSet) {
         self.keys.store(Some(Arc::new(keys)));
@@ -288,16 +298,87 @@ pub(crate) async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value,
     resp.json::<Value>().await.map_err(|e| err(e.to_string()))
 }
 
+/// Number of recently verified tokens remembered per policy.
+const VERIFIED_SLOTS: usize = 1024;
+/// A remembered verification is used at most this long; then the signature is checked again.
+const VERIFIED_REUSE_SECS: u64 = 60;
+
+/// A token whose signature and claims were verified, and until when that may be reused.
+#[derive(Debug)]
+struct Verified {
+    claims: Arc<Map<String, Value>>,
+    issuer: usize,
+    key_generation: usize,
+    /// `exp` (plus leeway) or the reuse limit, whichever comes first.
+    reuse_until: u64,
+    /// `nbf` minus leeway: the token must not be used before.
+    usable_from: u64,
+}
+
 /// Verifies bearer tokens for the issuers of one policy.
 #[derive(Debug)]
 pub struct BearerVerifier {
     issuers: Vec<(JwtIssuer, Arc<JwksCache>)>,
     leeway: Duration,
+    /// Recent verifications: a hit skips the RSA verification and the claims' parsing.
+    verified: Recent<Verified>,
 }
 
 impl BearerVerifier {
     pub fn new(issuers: Vec<(JwtIssuer, Arc<JwksCache>)>, leeway: Duration) -> Self {
-        Self { issuers, leeway }
+        Self {
+            issuers,
+            leeway,
+            verified: Recent::new(VERIFIED_SLOTS),
+        }
+    }
+
+    /// [`BearerVerifier::verify`], reusing a verification of the same token made with the
+    /// current keys within the last minute and before the token's `exp`. Lock-free.
+    pub fn verify_shared(&self, token: &str) -> Result<Arc<Map<String, Value>>, JwtError> {
+        let now = now_secs();
+        if let Some(hit) = self.verified.get(token)
+            && let hit = &hit.value
+            && now < hit.reuse_until
+            && now >= hit.usable_from
+            && self
+                .issuers
+                .get(hit.issuer)
+                .is_some_and(|(_, cache)| cache.generation() == hit.key_generation)
+        {
+            return Ok(Arc::clone(&hit.claims));
+        }
+        let issuer = self.issuer_index(token)?;
+        let key_generation = self.issuers[issuer].1.generation();
+        let claims = Arc::new(self.verify(token)?);
+        let leeway = self.leeway.as_secs();
+        let number = |name: &str| claims.get(name).and_then(Value::as_u64);
+        let reuse_until = number("exp")
+            .map_or(now, |exp| exp.saturating_add(leeway))
+            .min(now + VERIFIED_REUSE_SECS);
+        self.verified.put(
+            token,
+            Verified {
+                claims: Arc::clone(&claims),
+                issuer,
+                key_generation,
+                reuse_until,
+                usable_from: number("nbf").map_or(0, |nbf| nbf.saturating_sub(leeway)),
+            },
+        );
+        Ok(claims)
+    }
+
+    fn issuer_index(&self, token: &str) -> Result<usize, JwtError> {
+        let claims = peek_claims(token).ok_or(JwtError::Malformed)?;
+        let iss = claims
+            .get("iss")
+            .and_then(Value::as_str)
+            .ok_or(JwtError::UnknownIssuer)?;
+        self.issuers
+            .iter()
+            .position(|(i, _)| i.issuer == iss)
+            .ok_or(JwtError::UnknownIssuer)
     }
 
     pub(crate) fn caches(&self) -> impl Iterator<Item = &Arc<JwksCache>> {
@@ -389,6 +470,56 @@ mod tests {
             leeway: Duration::from_secs(5),
             require_exp: true,
         }
+    }
+
+    fn verifier_with(keys: JwkSet) -> (BearerVerifier, Arc<JwksCache>) {
+        let cache = Arc::new(JwksCache::new(
+            "https://idp.test/",
+            None,
+            reqwest::Client::new(),
+        ));
+        cache.install(keys);
+        let issuer = JwtIssuer {
+            issuer: "https://idp.test/".to_owned(),
+            jwks_uri: None,
+            audiences: vec!["gateway".to_owned()],
+            algorithms: vec![SigningAlg::RS256],
+        };
+        (
+            BearerVerifier::new(vec![(issuer, Arc::clone(&cache))], Duration::from_secs(5)),
+            cache,
+        )
+    }
+
+    #[test]
+    fn a_verified_token_is_reused_until_the_keys_change() {
+        let (verifier, cache) = verifier_with(keys());
+        let token = sign(Algorithm::RS256, Some("test-1"), claims(60));
+        let first = verifier.verify_shared(&token).expect("valid");
+        let again = verifier.verify_shared(&token).expect("valid");
+        assert!(Arc::ptr_eq(&first, &again), "the second use is a cache hit");
+        // A forged variant of a cached token is not a hit: it is verified, and fails.
+        let mut forged = token.clone();
+        forged.push('A');
+        assert!(verifier.verify_shared(&forged).is_err());
+        // New keys (a refresh): verified again; without the token's key: refused at once.
+        cache.install(keys());
+        let fresh = verifier.verify_shared(&token).expect("still valid");
+        assert!(!Arc::ptr_eq(&first, &fresh));
+        cache.install(JwkSet { keys: Vec::new() });
+        assert!(matches!(
+            verifier.verify_shared(&token),
+            Err(JwtError::UnknownKey)
+        ));
+    }
+
+    #[test]
+    fn an_expired_token_is_not_reused_past_its_exp() {
+        let (verifier, _) = verifier_with(keys());
+        // Expired beyond the leeway: refused, and nothing is remembered.
+        let token = sign(Algorithm::RS256, Some("test-1"), claims(-60));
+        assert!(verifier.verify_shared(&token).is_err());
+        assert!(verifier.verify_shared(&token).is_err());
     }
 
     #[test]

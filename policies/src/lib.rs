@@ -11,6 +11,7 @@ pub mod jwt;
 pub mod pages;
 pub mod policy;
 pub mod provider;
+mod recent;
 pub mod redirect;
 pub mod revocation;
 pub mod rules;

@@ -9,7 +9,8 @@ use arc_swap::ArcSwap;
 use crate::jwt::now_secs;
 
 /// What a back-channel logout or a logout revoked.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum Revoked {
     /// One of our session ids.
     Session(String),
@@ -26,17 +27,35 @@ struct Snapshot {
 }
 
 /// A revocation list shared by every policy of a process. Entries are kept until the longest
-/// session they can affect has expired. Export and import let replicas share it.
-#[derive(Debug, Default)]
+/// session they can affect has expired. Export and import let replicas share it, and
+/// [`RevocationList::subscribe`] tells a replication task when there is something to share.
+#[derive(Debug)]
 pub struct RevocationList {
     snapshot: ArcSwap<Snapshot>,
     /// Serializes writers only; readers never take it.
     write: Mutex<()>,
+    /// Bumped whenever an entry is added or extended.
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for RevocationList {
+    fn default() -> Self {
+        Self {
+            snapshot: ArcSwap::default(),
+            write: Mutex::new(()),
+            changes: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 impl RevocationList {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// Wakes whenever entries are added or extended (locally or by [`RevocationList::insert`]).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// Revokes `what` now, remembering it for `keep_secs`.
@@ -54,15 +73,22 @@ impl RevocationList {
         let now = now_secs();
         let mut next = (**self.snapshot.load()).clone();
         next.entries.retain(|_, (_, until)| *until > now);
+        let mut changed = false;
         for (what, at, until) in entries {
             if until <= now {
                 continue;
             }
-            let slot = next.entries.entry(what).or_insert((at, until));
+            let slot = next.entries.entry(what).or_insert((0, 0));
+            if at > slot.0 || until > slot.1 {
+                changed = true;
+            }
             slot.0 = slot.0.max(at);
             slot.1 = slot.1.max(until);
         }
         self.snapshot.store(Arc::new(next));
+        if changed {
+            self.changes.send_modify(|version| *version += 1);
+        }
     }
 
     /// Every live entry, for replication to other replicas.

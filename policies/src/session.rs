@@ -244,6 +244,12 @@ pub fn open_session(
     cookie_name: &str,
     cookies: &Cookies<'_>,
 ) -> Option<Session> {
+    let value = sealed_session(cookie_name, cookies)?;
+    codec.open_json(cookie_name, &value)
+}
+
+/// The sealed session value, its chunks put back together; `None` without a session cookie.
+pub fn sealed_session(cookie_name: &str, cookies: &Cookies<'_>) -> Option<String> {
     let mut value = String::new();
     for i in 0..MAX_CHUNKS {
         match cookies.get(&chunk_name(cookie_name, i)) {
@@ -251,10 +257,7 @@ pub fn open_session(
             None => break,
         }
     }
-    if value.is_empty() {
-        return None;
-    }
-    codec.open_json(cookie_name, &value)
+    (!value.is_empty()).then_some(value)
 }
 
 /// The cookies of a request (all `Cookie` headers), first occurrence of a name wins.

@@ -708,22 +708,6 @@ async fn refresh_after_access_token_expiry_and_relogin_when_refresh_fails() -> a
     Ok(())
 }
 
-async fn client_credentials_token(op: &OidcProvider) -> anyhow::Result<String> {
-    let resp = reqwest::Client::new()
-        .post(format!("{}token", op.issuer()))
-        .basic_auth("api-client", Some("api-secret"))
-        .form(&[("grant_type", "client_credentials"), ("scope", "api:read")])
-        .send()
-        .await?;
-    let status = resp.status();
-    let body: serde_json::Value = serde_json::from_str(&resp.text().await?)?;
-    let token = body
-        .get("access_token")
-        .and_then(|t| t.as_str())
-        .with_context(|| format!("{status}: {body}"))?;
-    Ok(token.to_owned())
-}
-
 fn bearer_policy(issuer: &str, audience: &str) -> String {
     format!(
         r#"
@@ -744,7 +728,7 @@ async fn bearer_jwts_and_key_rotation() -> anyhow::Result<()> {
     let mut op = OidcProvider::start(OpOptions::default()).await?;
     let auth = authenticator(&bearer_policy(&op.issuer(), "gateway"));
     assert!(auth.prime().await.is_empty());
-    let token = client_credentials_token(&op).await?;
+    let token = op.client_credentials_token().await?;
     let mut b = Browser::new();
     let bearer = format!("Bearer {token}");
     let a = allowed(
@@ -833,7 +817,7 @@ async fn bearer_jwts_and_key_rotation() -> anyhow::Result<()> {
     // Key rotation: the provider restarts with a new key. A token signed by it carries an
     // unknown kid, which makes the gateway refetch the JWKS once and accept it.
     op.restart(Some(op.temp_path("jwks-rotated.json"))).await?;
-    let rotated = client_credentials_token(&op).await?;
+    let rotated = op.client_credentials_token().await?;
     let headers = b.headers(&[("authorization", &format!("Bearer {rotated}"))]);
     let req = RequestView {
         method: &Method::GET,

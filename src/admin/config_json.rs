@@ -71,6 +71,8 @@ pub fn describe(config: &DataPlaneConfig, state: &StateView) -> Value {
                                 "route": attached.route.id.to_string(),
                                 "hostnames": attached.hostnames.iter().map(ToString::to_string).collect::<Vec<_>>(),
                                 "rules": attached.route.rules.iter().map(|r| rule(r)).collect::<Vec<_>>(),
+                                // The AuthPolicy in force on each rule where attached here.
+                                "authPolicies": attached.route.rules.iter().map(|r| attached.auth_of(r.index).map(|p| p.to_string())).collect::<Vec<_>>(),
                             })
                         })
                         .collect();

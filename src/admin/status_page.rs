@@ -224,6 +224,9 @@ fn routes(page: &mut String, translation: Option<&Translation>, config: Option<&
                 if let Some(retry) = &rule.retry {
                     policies.push(format!("retry ×{}", retry.attempts));
                 }
+                if let Some(auth) = attached.auth_of(rule.index) {
+                    policies.push(format!("AuthPolicy {auth}"));
+                }
                 let backends: Vec<String> = rule
                     .backends
                     .iter()

@@ -92,6 +92,16 @@ impl OidcProvider {
         self.wait_ready().await
     }
 
+    /// Changes the provider's settings and restarts it on the same port with the same keys:
+    /// for settings that depend on a gateway started after the provider (its redirect URIs).
+    /// All sessions and tokens are lost.
+    pub async fn reconfigure(&mut self, change: impl FnOnce(&mut OpOptions)) -> anyhow::Result<()> {
+        let keys = self.jwks_file();
+        change(&mut self.options);
+        self.options.jwks_file = Some(keys);
+        self.restart(None).await
+    }
+
     /// Kills the provider (the port then refuses connections).
     pub fn stop(&mut self) {
         let _ = self.child.kill();
@@ -152,6 +162,24 @@ impl OidcProvider {
     /// A path for another key file in the rig's temp dir.
     pub fn temp_path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
+    }
+
+    /// A client-credentials access token for `api-client` (an RS256 JWT; audience `gateway`
+    /// unless `api_audience` says otherwise).
+    pub async fn client_credentials_token(&self) -> anyhow::Result<String> {
+        let response = reqwest::Client::new()
+            .post(format!("{}token", self.issuer()))
+            .basic_auth("api-client", Some("api-secret"))
+            .form(&[("grant_type", "client_credentials"), ("scope", "api:read")])
+            .send()
+            .await?;
+        let status = response.status();
+        let body: serde_json::Value = serde_json::from_str(&response.text().await?)?;
+        let token = body
+            .get("access_token")
+            .and_then(|t| t.as_str())
+            .with_context(|| format!("no access token ({status}): {body}"))?;
+        Ok(token.to_owned())
     }
 
     /// The provider's output so far.

@@ -109,6 +109,7 @@ fn listener(hostname: &str, routes: Vec<(Arc<HttpRoute>, Vec<&str>)>) -> Listene
             .map(|(route, hostnames)| AttachedRoute {
                 route,
                 hostnames: hostnames.into_iter().map(host).collect(),
+                auth: Vec::new(),
             })
             .collect(),
     }

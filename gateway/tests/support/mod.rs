@@ -115,6 +115,7 @@ pub fn listener(
             .map(|route| AttachedRoute {
                 route,
                 hostnames: hostnames.clone(),
+                auth: Vec::new(),
             })
             .collect(),
     }
@@ -238,6 +239,7 @@ impl Gateway {
                 base_backoff: Duration::from_secs(3),
                 max_backoff: Duration::from_secs(6),
             },
+            ..DataPlaneOptions::default()
         }
     }
 

@@ -131,6 +131,7 @@ pub fn spawn_kubernetes_source(client: Client, options: KubernetesOptions) -> Ku
         watchers.all::<Namespace>(ObjectKind::Namespace),
         watchers.all::<Service>(ObjectKind::Service),
         watchers.all::<EndpointSlice>(ObjectKind::EndpointSlice),
+        watchers.custom(auth_policy_resource(), ObjectKind::AuthPolicy),
     ];
     index.required = [
         ObjectKind::GatewayClass,
@@ -140,6 +141,7 @@ pub fn spawn_kubernetes_source(client: Client, options: KubernetesOptions) -> Ku
         ObjectKind::Namespace,
         ObjectKind::Service,
         ObjectKind::EndpointSlice,
+        ObjectKind::AuthPolicy,
     ]
     .into_iter()
     .map(Feed::Kind)
@@ -221,6 +223,17 @@ impl Watchers {
     /// Watches every object of a kind in the cluster.
     fn all<K: Resource<DynamicType = ()>>(&self, kind: ObjectKind) -> JoinHandle<()> {
         let resource = ApiResource::erase::<K>(&());
+        self.spawn(
+            Api::all_with(self.client.clone(), &resource),
+            resource,
+            watcher::Config::default(),
+            Feed::Kind(kind),
+            kind,
+        )
+    }
+
+    /// Watches every object of one of torhaus's own kinds (a CRD).
+    fn custom(&self, resource: ApiResource, kind: ObjectKind) -> JoinHandle<()> {
         self.spawn(
             Api::all_with(self.client.clone(), &resource),
             resource,
@@ -518,7 +531,19 @@ fn secret_key(name: &ObjectName) -> ObjectKey {
     }
 }
 
-/// The Secrets the listeners of our Gateways name in `tls.certificateRefs`.
+/// The `AuthPolicy` CRD (`torhaus.dev/v1alpha1`, installed with torhaus).
+pub fn auth_policy_resource() -> ApiResource {
+    ApiResource {
+        group: crate::source::TORHAUS_GROUP.to_owned(),
+        version: "v1alpha1".to_owned(),
+        api_version: torhaus_policies::config::API_VERSION.to_owned(),
+        kind: torhaus_policies::config::KIND.to_owned(),
+        plural: "authpolicies".to_owned(),
+    }
+}
+
+/// The Secrets the listeners of our Gateways name in `tls.certificateRefs`, and those the
+/// `AuthPolicy` objects name (client secrets, session keys; always in their own namespace).
 fn referenced_secrets(objects: &ObjectSet, options: &TranslateOptions) -> BTreeSet<ObjectName> {
     let ours: HashSet<&str> = objects
         .gateway_classes
@@ -556,6 +581,11 @@ fn referenced_secrets(objects: &ObjectSet, options: &TranslateOptions) -> BTreeS
                     names.insert(ObjectName::new(namespace, reference.name.clone()));
                 }
             }
+        }
+    }
+    for (policy_name, policy) in &objects.auth_policies {
+        for secret in policy.object.policy.secret_names() {
+            names.insert(ObjectName::new(policy_name.namespace.clone(), secret));
         }
     }
     names

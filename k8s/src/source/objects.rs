@@ -16,8 +16,8 @@ use serde::de::DeserializeOwned;
 use torhaus_model::ObjectName;
 
 const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
-/// The API group of torhaus's own objects (`Issuer`, `ClusterIssuer`).
-const TORHAUS_GROUP: &str = "torhaus.dev";
+/// The API group of torhaus's own kinds.
+pub const TORHAUS_GROUP: &str = "torhaus.dev";
 
 /// A `torhaus.dev/v1alpha1` `Issuer` or `ClusterIssuer`: metadata and the validated spec
 /// (unknown fields are refused, see [`torhaus_acme::IssuerSpec`]).
@@ -81,6 +81,7 @@ pub enum ObjectKind {
     Namespace,
     Issuer,
     ClusterIssuer,
+    AuthPolicy,
 }
 
 impl ObjectKind {
@@ -96,6 +97,7 @@ impl ObjectKind {
             ObjectKind::Namespace => "Namespace",
             ObjectKind::Issuer => "Issuer",
             ObjectKind::ClusterIssuer => "ClusterIssuer",
+            ObjectKind::AuthPolicy => "AuthPolicy",
         }
     }
 
@@ -121,6 +123,7 @@ impl ObjectKind {
             ("", "Namespace") => ObjectKind::Namespace,
             (TORHAUS_GROUP, "Issuer") => ObjectKind::Issuer,
             (TORHAUS_GROUP, "ClusterIssuer") => ObjectKind::ClusterIssuer,
+            (TORHAUS_GROUP, "AuthPolicy") => ObjectKind::AuthPolicy,
             _ => return None,
         };
         Some(known)
@@ -164,6 +167,15 @@ pub enum KubeObject {
     Namespace(Box<Namespace>),
     Issuer(Box<IssuerObject>),
     ClusterIssuer(Box<IssuerObject>),
+    AuthPolicy(Box<AuthPolicyObject>),
+}
+
+/// An `AuthPolicy` (`torhaus.dev/v1alpha1`): the policies crate's strict wire type, plus the
+/// metadata in Kubernetes' own type for the bookkeeping every object shares.
+#[derive(Debug, Clone)]
+pub struct AuthPolicyObject {
+    pub metadata: ObjectMeta,
+    pub policy: torhaus_policies::AuthPolicy,
 }
 
 impl KubeObject {
@@ -179,6 +191,7 @@ impl KubeObject {
             KubeObject::Namespace(_) => ObjectKind::Namespace,
             KubeObject::Issuer(_) => ObjectKind::Issuer,
             KubeObject::ClusterIssuer(_) => ObjectKind::ClusterIssuer,
+            KubeObject::AuthPolicy(_) => ObjectKind::AuthPolicy,
         }
     }
 
@@ -193,6 +206,7 @@ impl KubeObject {
             KubeObject::Secret(o) => &o.metadata,
             KubeObject::Namespace(o) => &o.metadata,
             KubeObject::Issuer(o) | KubeObject::ClusterIssuer(o) => &o.metadata,
+            KubeObject::AuthPolicy(o) => &o.metadata,
         }
     }
 
@@ -281,6 +295,7 @@ pub struct ObjectSet {
     pub namespaces: BTreeMap<String, Sourced<Namespace>>,
     pub issuers: BTreeMap<ObjectName, Sourced<IssuerObject>>,
     pub cluster_issuers: BTreeMap<String, Sourced<IssuerObject>>,
+    pub auth_policies: BTreeMap<ObjectName, Sourced<AuthPolicyObject>>,
     pub problems: Vec<Problem>,
 }
 
@@ -348,6 +363,9 @@ impl ObjectSet {
                 self.cluster_issuers
                     .insert(name.name, sourced(*o, location));
             }
+            KubeObject::AuthPolicy(o) => {
+                self.auth_policies.insert(name, sourced(*o, location));
+            }
         }
     }
 
@@ -365,6 +383,7 @@ impl ObjectSet {
             ObjectKind::Namespace => self.namespaces.remove(&key.name).is_some(),
             ObjectKind::Issuer => self.issuers.remove(&name).is_some(),
             ObjectKind::ClusterIssuer => self.cluster_issuers.remove(&key.name).is_some(),
+            ObjectKind::AuthPolicy => self.auth_policies.remove(&name).is_some(),
         }
     }
 
@@ -391,6 +410,7 @@ impl ObjectSet {
             ObjectKind::Secret => self.secrets.keys().map(namespaced).collect(),
             ObjectKind::Issuer => self.issuers.keys().map(namespaced).collect(),
             ObjectKind::ClusterIssuer => self.cluster_issuers.keys().map(cluster).collect(),
+            ObjectKind::AuthPolicy => self.auth_policies.keys().map(namespaced).collect(),
         }
     }
 
@@ -425,6 +445,10 @@ impl ObjectSet {
             ObjectKind::Namespace => self.namespaces.get(&key.name).map(parts),
             ObjectKind::Issuer => self.issuers.get(&name).map(issuer_parts),
             ObjectKind::ClusterIssuer => self.cluster_issuers.get(&key.name).map(issuer_parts),
+            ObjectKind::AuthPolicy => self
+                .auth_policies
+                .get(&name)
+                .map(|o| (&o.location, &o.object.metadata)),
         }
     }
 
@@ -440,6 +464,7 @@ impl ObjectSet {
             + self.namespaces.len()
             + self.issuers.len()
             + self.cluster_issuers.len()
+            + self.auth_policies.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -633,6 +658,7 @@ fn parse_object(
         ObjectKind::ClusterIssuer => {
             decode_with_path(json).map(|o| KubeObject::ClusterIssuer(Box::new(o)))
         }
+        ObjectKind::AuthPolicy => decode_auth_policy(json),
     };
     match parsed {
         Ok(object) => objects.push((object, location)),
@@ -657,4 +683,13 @@ fn decode_with_path<T: DeserializeOwned>(json: serde_json::Value) -> Result<T, S
             format!("{path}: {}", e.inner())
         }
     })
+}
+
+fn decode_auth_policy(json: serde_json::Value) -> Result<KubeObject, String> {
+    let metadata = decode(json.get("metadata").cloned().unwrap_or_default())?;
+    let policy = decode(json)?;
+    Ok(KubeObject::AuthPolicy(Box::new(AuthPolicyObject {
+        metadata,
+        policy,
+    })))
 }

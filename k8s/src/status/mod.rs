@@ -56,6 +56,18 @@ pub fn plan_status_patches(
                 let wanted = gateway_status_json(status, &observed, now);
                 status_patch(key, observed, wanted, None)
             }
+            // torhaus's own kind: every one is ours. Its `Accepted` condition says where it is
+            // in force, or why not.
+            ObjectKind::AuthPolicy => {
+                let observed = observed_status(objects, key);
+                let conditions = conditions_json(
+                    &status.conditions,
+                    status.generation,
+                    observed.get("conditions"),
+                    now,
+                );
+                status_patch(key, observed, json!({ "conditions": conditions }), None)
+            }
             ObjectKind::HttpRoute => {
                 routes_seen.insert(key.clone());
                 let parents: Vec<&ParentStatus> = status
@@ -154,6 +166,10 @@ fn observed_status(objects: &ObjectSet, key: &ObjectKey) -> Value {
             .http_routes
             .get(&name)
             .and_then(|o| serde_json::to_value(&o.object.status).ok()),
+        ObjectKind::AuthPolicy => objects
+            .auth_policies
+            .get(&name)
+            .and_then(|o| o.object.policy.status.clone()),
         _ => None,
     };
     match status {

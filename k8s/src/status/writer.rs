@@ -133,6 +133,11 @@ async fn send(client: &Client, patch: &StatusPatch) -> Result<(), kube::Error> {
             &key.namespace,
             &ApiResource::erase::<HttpRoute>(&()),
         ),
+        ObjectKind::AuthPolicy => Api::namespaced_with(
+            client.clone(),
+            &key.namespace,
+            &crate::source::auth_policy_resource(),
+        ),
         // The planner only produces patches for the kinds above.
         _ => return Ok(()),
     };

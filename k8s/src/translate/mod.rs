@@ -2,6 +2,7 @@
 //! object's conditions out. No I/O happens here, so the kube source reuses it as is.
 
 mod certificates;
+mod policies;
 mod refs;
 mod routes;
 mod tls;
@@ -71,6 +72,9 @@ pub struct Translation {
     pub certificates: Vec<torhaus_model::ManagedCertificate>,
     /// Every Issuer and ClusterIssuer, with the Secret bytes it needs.
     pub issuers: Vec<torhaus_acme::IssuerConfig>,
+    /// The valid `AuthPolicy` objects in force on some route rule (`AttachedRoute::auth` names
+    /// them by `namespace/name`).
+    pub policies: Vec<Arc<torhaus_policies::Policy>>,
 }
 
 /// A failed condition: its reason and message.
@@ -287,6 +291,7 @@ pub fn translate(objects: &ObjectSet, options: &TranslateOptions) -> Translation
         }
     }
 
+    let mut policies = policies::PolicyIndex::new(objects);
     let mut ports: BTreeMap<u16, PortConfig> = BTreeMap::new();
     for gateway in &mut gateways {
         let status = gateway_status(gateway, &options.addresses);
@@ -298,6 +303,7 @@ pub fn translate(objects: &ObjectSet, options: &TranslateOptions) -> Translation
             routes.sort_by(|a, b| {
                 (a.route.created_unix, &a.route.id).cmp(&(b.route.created_unix, &b.route.id))
             });
+            policies.bind(&gateway.name, &listener.name, &mut routes);
             ports
                 .entry(listener.port)
                 .or_insert_with(|| PortConfig {
@@ -341,6 +347,7 @@ pub fn translate(objects: &ObjectSet, options: &TranslateOptions) -> Translation
             ));
         }
     }
+    statuses.extend(policies.statuses(objects));
     statuses.sort_by(|a, b| a.key.cmp(&b.key));
     let config = Arc::new(config);
     Translation {
@@ -352,6 +359,7 @@ pub fn translate(objects: &ObjectSet, options: &TranslateOptions) -> Translation
             objects: statuses,
             problems,
         },
+        policies: policies.in_force(),
     }
 }
 
@@ -910,6 +918,7 @@ fn attach_to_listeners(
         listener.routes.push(AttachedRoute {
             route: compiled.route.clone(),
             hostnames,
+            auth: Vec::new(),
         });
     }
     if any {
