@@ -34,6 +34,8 @@ pub struct PebbleOptions {
     pub nonce_reject_percent: u8,
     /// `certificateValidityPeriod` in seconds (Pebble's default is five years).
     pub validity_seconds: Option<u64>,
+    /// Require external account binding with this key id and base64url HMAC key.
+    pub external_account: Option<(String, String)>,
 }
 
 /// A running Pebble; killed on drop.
@@ -86,6 +88,10 @@ impl Pebble {
             "ocspResponderURL": "",
             "externalAccountBindingRequired": false,
         }});
+        if let Some((kid, key)) = &self.options.external_account {
+            config["pebble"]["externalAccountBindingRequired"] = true.into();
+            config["pebble"]["externalAccountMACKeys"] = serde_json::json!({ kid: key });
+        }
         if let Some(validity) = self.options.validity_seconds {
             config["pebble"]["certificateValidityPeriod"] = validity.into();
         }

@@ -294,6 +294,61 @@ async fn admin_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
 }
 
 #[tokio::test]
+async fn check_lists_managed_certificates_and_external_account_binding_works() -> anyhow::Result<()>
+{
+    // Pebble's example key pair: kid-1 and its base64url HMAC key.
+    const KID: &str = "kid-1";
+    const HMAC: &str = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+    let Some((knot, pebble)) = rig(PebbleOptions {
+        external_account: Some((KID.to_owned(), HMAC.to_owned())),
+        ..PebbleOptions::default()
+    })?
+    else {
+        return Ok(());
+    };
+    let config = TempDir::new("acme-config")?;
+    let eab = format!(
+        "    externalAccountBinding: {{keyID: {KID}, keySecretRef: {{name: eab, key: hmac}}}}\n"
+    );
+    let text = manifests(
+        &knot,
+        &pebble,
+        &[
+            ("example.test", "example-tls"),
+            ("*.example.test", "example-tls"),
+        ],
+        TSIG_SECRET_B64,
+    )
+    .replace("    dns01:\n", &format!("{eab}    dns01:\n"))
+        + &format!(
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: eab, namespace: {NAMESPACE}}}\nstringData: {{hmac: {HMAC}}}\n"
+        );
+    write_config(config.path(), &text)?;
+
+    // `torhaus check` lists the certificate as pending, and the listeners are not rejected.
+    let output = std::process::Command::new(torhaus_tests::process::torhaus_bin()?)
+        .arg("check")
+        .arg("--config")
+        .arg(config.path())
+        .output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    ensure!(output.status.success(), "check failed:\n{stdout}");
+    ensure!(
+        stdout.contains(
+            "certificate Secret acme/example-tls: issuer Issuer acme/pebble, names [*.example.test, example.test]: pending"
+        ),
+        "{stdout}"
+    );
+    ensure!(stdout.contains("certificate pending"), "{stdout}");
+
+    // The account is created with the external account binding Pebble requires.
+    let torhaus = start_torhaus(config.path(), &knot, None).await?;
+    let root = pebble.issuing_root_pem().await?;
+    wait_served(&torhaus, "example.test", &root, Duration::from_secs(60)).await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn renewal_serves_the_new_certificate_without_dropping_a_connection() -> anyhow::Result<()> {
     // 30-second certificates: renewal is due at about 20 s (two thirds, minus jitter).
     let Some((knot, pebble)) = rig(PebbleOptions {
