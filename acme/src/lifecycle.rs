@@ -869,7 +869,22 @@ impl Lifecycle {
         if !leader {
             return wake;
         }
-        for entry in self.entries.values().filter(|e| !e.in_flight) {
+        let running = self.entries.values().filter(|e| e.in_flight).count();
+        let slots_free = running < self.settings.max_concurrent_orders;
+        // A running order or ARI check wakes the loop when it ends.
+        for entry in self
+            .entries
+            .values()
+            .filter(|e| !e.in_flight && !e.ari_in_flight)
+        {
+            // Nothing to do until the issuer changes (which wakes the loop through `desired`).
+            let usable = self
+                .issuers
+                .get(&entry.certificate.issuer)
+                .is_some_and(|issuer| issuer.dns.is_ok());
+            if !usable {
+                continue;
+            }
             let mut at = entry.due_at(now);
             if let Some(retry) = entry.retry_at {
                 at = at.max(retry);
@@ -879,7 +894,10 @@ impl Lifecycle {
             {
                 at = at.max(*oldest + self.settings.validation_window);
             }
-            wake = wake.min(at.max(now + Duration::from_millis(50)));
+            // With every order slot taken, a finished order wakes the loop instead.
+            if at > now || slots_free {
+                wake = wake.min(at.max(now + Duration::from_millis(50)));
+            }
             if let Some(check) = entry.ari_next_check.filter(|_| entry.issued()) {
                 wake = wake.min(check.max(now + Duration::from_millis(50)));
             }
