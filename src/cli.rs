@@ -62,6 +62,12 @@ pub struct CheckArgs {
     /// Directory of Kubernetes manifests (searched recursively).
     #[arg(long, env = "TORHAUS_CONFIG")]
     pub config: PathBuf,
+    /// With --state-dir or --acme-store: also read the certificates ACME has issued there, as
+    /// `torhaus run` does, so that managed certificates show as issued rather than pending.
+    #[arg(long, env = "TORHAUS_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    #[arg(long, env = "TORHAUS_ACME_STORE")]
+    pub acme_store: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -218,7 +218,19 @@ async fn start_controller(
 }
 
 pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
-    let objects = torhaus_k8s::load_directory(&args.config)
+    // The ACME store only when named: validating manifests must not depend on local state.
+    let store = args
+        .acme_store
+        .clone()
+        .or_else(|| args.state_dir.as_ref().map(|dir| dir.join("acme")));
+    let objects = torhaus_k8s::DirectorySource::new(&args.config)
+        .with_extra_roots(
+            store
+                .iter()
+                .map(|root| torhaus_acme::DirectoryStore::secrets_dir_of(root))
+                .collect(),
+        )
+        .load()
         .with_context(|| format!("reading {}", args.config.display()))?;
     let translation = torhaus_k8s::translate(&objects, &TranslateOptions::default());
     println!("{}", translation.report);

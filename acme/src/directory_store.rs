@@ -36,7 +36,12 @@ impl DirectoryStore {
 
     /// The directory of Secret manifests, to be read by the directory source as an extra root.
     pub fn secrets_dir(&self) -> PathBuf {
-        self.root.join("secrets")
+        Self::secrets_dir_of(&self.root)
+    }
+
+    /// [`DirectoryStore::secrets_dir`] of a store rooted at `root`, without opening (creating) it.
+    pub fn secrets_dir_of(root: &Path) -> PathBuf {
+        root.join("secrets")
     }
 
     pub fn lock_path(&self) -> PathBuf {

@@ -294,8 +294,8 @@ async fn admin_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
 }
 
 #[tokio::test]
-async fn check_lists_managed_certificates_and_external_account_binding_works() -> anyhow::Result<()>
-{
+async fn cluster_issuer_with_cert_manager_annotation_and_external_account_binding()
+-> anyhow::Result<()> {
     // Pebble's example key pair: kid-1 and its base64url HMAC key.
     const KID: &str = "kid-1";
     const HMAC: &str = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
@@ -323,6 +323,24 @@ async fn check_lists_managed_certificates_and_external_account_binding_works() -
         + &format!(
             "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: eab, namespace: {NAMESPACE}}}\nstringData: {{hmac: {HMAC}}}\n"
         );
+    // A ClusterIssuer named by cert-manager's annotation; its Secrets live in torhaus-system.
+    let text = text
+        .replace(
+            &format!("kind: Issuer\nmetadata: {{name: pebble, namespace: {NAMESPACE}}}"),
+            "kind: ClusterIssuer\nmetadata: {name: pebble}",
+        )
+        .replace(
+            "torhaus.dev/issuer: pebble",
+            "cert-manager.io/cluster-issuer: pebble",
+        )
+        .replace(
+            &format!("metadata: {{name: tsig, namespace: {NAMESPACE}}}"),
+            "metadata: {name: tsig, namespace: torhaus-system}",
+        )
+        .replace(
+            &format!("metadata: {{name: eab, namespace: {NAMESPACE}}}"),
+            "metadata: {name: eab, namespace: torhaus-system}",
+        );
     write_config(config.path(), &text)?;
 
     // `torhaus check` lists the certificate as pending, and the listeners are not rejected.
@@ -335,16 +353,35 @@ async fn check_lists_managed_certificates_and_external_account_binding_works() -
     ensure!(output.status.success(), "check failed:\n{stdout}");
     ensure!(
         stdout.contains(
-            "certificate Secret acme/example-tls: issuer Issuer acme/pebble, names [*.example.test, example.test]: pending"
+            "certificate Secret acme/example-tls: issuer ClusterIssuer pebble, names [*.example.test, example.test]: pending"
         ),
         "{stdout}"
     );
     ensure!(stdout.contains("certificate pending"), "{stdout}");
 
-    // The account is created with the external account binding Pebble requires.
+    // The account is created with the external account binding Pebble requires, and kept in
+    // the ClusterIssuer's namespace.
     let torhaus = start_torhaus(config.path(), &knot, None).await?;
     let root = pebble.issuing_root_pem().await?;
     wait_served(&torhaus, "example.test", &root, Duration::from_secs(60)).await?;
+    let account = torhaus
+        .state_dir()
+        .join("acme/accounts/torhaus-system/pebble-account.json");
+    ensure!(account.is_file(), "{}", account.display());
+
+    // `check` with the state directory sees the issued certificate.
+    let output = std::process::Command::new(torhaus_tests::process::torhaus_bin()?)
+        .arg("check")
+        .arg("--config")
+        .arg(config.path())
+        .arg("--state-dir")
+        .arg(torhaus.state_dir())
+        .output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        stdout.contains("names [*.example.test, example.test]: issued, notAfter "),
+        "{stdout}"
+    );
     Ok(())
 }
 
