@@ -678,7 +678,7 @@ async fn failed_validations_stop_after_three_per_hour() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn two_processes_sharing_a_store_place_one_order() -> anyhow::Result<()> {
+async fn two_processes_sharing_a_store_place_one_order_and_hand_over() -> anyhow::Result<()> {
     let Some((knot, pebble)) = rig(PebbleOptions::default())? else {
         return Ok(());
     };
@@ -708,10 +708,55 @@ async fn two_processes_sharing_a_store_place_one_order() -> anyhow::Result<()> {
         "exactly one order, Pebble saw {}",
         pebble.new_order_requests()
     );
-    let leaders = [&first, &second]
-        .iter()
-        .filter(|t| full_log(t).contains("this process orders certificates"))
-        .count();
-    ensure!(leaders == 1, "exactly one process holds the ACME lock");
+    let leader_of = |t: &Torhaus| full_log(t).contains("this process orders certificates");
+    ensure!(
+        leader_of(&first) != leader_of(&second),
+        "exactly one process holds the ACME lock"
+    );
+
+    // The leader goes away; the other takes the lock over and orders a new name.
+    let (leader, survivor) = if leader_of(&first) {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    drop(leader);
+    wait_for(
+        "the survivor to take the lock",
+        Duration::from_secs(10),
+        || {
+            let taken = leader_of(&survivor);
+            async move { taken.then_some(()) }
+        },
+    )
+    .await
+    .with_context(|| survivor.log_tail())?;
+    write_config(
+        config.path(),
+        &manifests(
+            &knot,
+            &pebble,
+            &[
+                ("example.test", "example-tls"),
+                ("*.example.test", "example-tls"),
+                // Two labels below the zone: the wildcard does not cover it.
+                ("deep.sub.example.test", "deep-tls"),
+            ],
+            TSIG_SECRET_B64,
+        ),
+    )?;
+    wait_served(
+        &survivor,
+        "deep.sub.example.test",
+        &root,
+        Duration::from_secs(60),
+    )
+    .await?;
+    // The certificate the old leader stored was not ordered again.
+    ensure!(
+        pebble.new_order_requests() == 2,
+        "Pebble saw {}",
+        pebble.new_order_requests()
+    );
     Ok(())
 }
