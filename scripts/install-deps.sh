@@ -15,6 +15,8 @@ case "$purpose" in
     packages+=(prometheus chromium)
     # The dns/ tests' rigs: knotd (RFC 2136/TSIG) and PowerDNS (HTTP API, sqlite3 backend).
     packages+=(knot pdns-server pdns-backend-sqlite3 sqlite3)
+    # The ACME tests: Pebble (Let's Encrypt's test CA) validating DNS-01 at knotd; kdig to debug.
+    packages+=(pebble knot-dnsutils)
     ;;
   bench) packages+=(nginx-light haproxy wrk nghttp2-client) ;;
   *) echo "usage: $0 build|test|bench" >&2; exit 2 ;;

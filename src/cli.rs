@@ -62,6 +62,12 @@ pub struct CheckArgs {
     /// Directory of Kubernetes manifests (searched recursively).
     #[arg(long, env = "TORHAUS_CONFIG")]
     pub config: PathBuf,
+    /// With --state-dir or --acme-store: also read the certificates ACME has issued there, as
+    /// `torhaus run` does, so that managed certificates show as issued rather than pending.
+    #[arg(long, env = "TORHAUS_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    #[arg(long, env = "TORHAUS_ACME_STORE")]
+    pub acme_store: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -106,6 +112,35 @@ pub struct RunArgs {
     pub state: StateDirArg,
     #[command(flatten)]
     pub observability: ObservabilityArgs,
+    #[command(flatten)]
+    pub acme: AcmeArgs,
+}
+
+/// ACME certificates (standalone mode): where they are stored and how DNS-01 is checked.
+#[derive(Debug, Args)]
+pub struct AcmeArgs {
+    /// Where ACME keeps issued certificates (Secret manifests, read like those of --config),
+    /// accounts, and the lock that lets exactly one process order. Processes sharing it place
+    /// one order between them. Defaults to <state-dir>/acme.
+    #[arg(long, env = "TORHAUS_ACME_STORE")]
+    pub acme_store: Option<PathBuf>,
+    /// DNS servers for DNS-01 lookups (following `_acme-challenge` CNAMEs, finding the zone
+    /// and its name servers); repeatable or comma-separated. Default: the system resolver.
+    #[arg(long, value_delimiter = ',')]
+    pub acme_dns_resolver: Vec<SocketAddr>,
+    /// Port the zones' authoritative servers answer on for the propagation check.
+    #[arg(long, default_value_t = 53)]
+    pub acme_dns_port: u16,
+    /// Pause after a failed order; doubles with each failure in a row, up to an hour.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    pub acme_retry_base: Duration,
+    /// Pause after an error only a configuration change can fix (wrong DNS credentials, the
+    /// CA refusing the account); a changed issuer retries at once.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
+    pub acme_permanent_retry: Duration,
+    /// The longest wait for a TXT value to reach every authoritative server.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2m")]
+    pub acme_propagation_timeout: Duration,
 }
 
 /// The admin listener, metrics and access logs.

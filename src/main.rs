@@ -1,6 +1,7 @@
 //! The torhaus binary: the command line and the wiring of source, translation and data plane.
 #![forbid(unsafe_code)]
 
+mod acme;
 mod admin;
 mod cli;
 mod run;

@@ -23,6 +23,12 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(default_state_dir);
     let local_ca = LocalCa::load_or_create(&state_dir)
         .with_context(|| format!("loading the local CA from {}", state_dir.display()))?;
+    // Standalone ACME: issued certificates are Secret manifests in the store, read as an extra
+    // root of the directory source.
+    let acme_store = match &args.config {
+        Some(_) => Some(crate::acme::open_store(&args.acme, &state_dir)?),
+        None => None,
+    };
     // The control plane (directory watcher, signal handling) runs on its own small runtime;
     // pingora builds and owns the runtimes of the listeners.
     let control = tokio::runtime::Builder::new_multi_thread()
@@ -43,7 +49,12 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(config) => {
             let translations = control
                 .block_on(async {
-                    torhaus_k8s::spawn_directory_source(config.clone(), TranslateOptions::default())
+                    torhaus_k8s::spawn_directory_source_with_roots(
+                        config.clone(),
+                        acme_store.iter().map(|s| s.secrets_dir()).collect(),
+                        TranslateOptions::default(),
+                        torhaus_k8s::WatchMode::Notify,
+                    )
                 })
                 .with_context(|| format!("reading {}", config.display()))?;
             (translations, None)
@@ -80,6 +91,17 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let dataplane = DataPlane::start_with_options(settings, Arc::new(local_ca), options)
         .context("starting the data plane")?;
+    let acme_status = match acme_store {
+        Some(store) => Some(control.block_on(async {
+            crate::acme::start(
+                store,
+                &args.acme,
+                translations.clone(),
+                Arc::clone(dataplane.metrics()),
+            )
+        })?),
+        None => None,
+    };
     match &controller {
         // Standalone mode has no election: this process is the only writer there is.
         None => dataplane.metrics().set_leader(true),
@@ -100,6 +122,9 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     // serves (in Kubernetes mode the controller has waited for its first full sync).
     let (ready, ready_signal) = tokio::sync::watch::channel(false);
     let admin = Arc::new(AdminState::new(dataplane.clone(), ready_signal));
+    if let Some(status) = acme_status {
+        admin.watch_acme(status);
+    }
     if let Some(addr) = args.observability.admin_bind.0 {
         let bound = control.block_on(admin::serve(addr, Arc::clone(&admin)))?;
         tracing::info!(%bound, "admin listener (metrics, health, status page)");
@@ -193,10 +218,29 @@ async fn start_controller(
 }
 
 pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
-    let objects = torhaus_k8s::load_directory(&args.config)
+    // The ACME store only when named: validating manifests must not depend on local state.
+    let store = args
+        .acme_store
+        .clone()
+        .or_else(|| args.state_dir.as_ref().map(|dir| dir.join("acme")));
+    let objects = torhaus_k8s::DirectorySource::new(&args.config)
+        .with_extra_roots(
+            store
+                .iter()
+                .map(|root| torhaus_acme::DirectoryStore::secrets_dir_of(root))
+                .collect(),
+        )
+        .load()
         .with_context(|| format!("reading {}", args.config.display()))?;
     let translation = torhaus_k8s::translate(&objects, &TranslateOptions::default());
     println!("{}", translation.report);
+    for line in torhaus_k8s::describe_certificates(
+        &translation.certificates,
+        &translation.issuers,
+        &translation.config,
+    ) {
+        println!("{line}");
+    }
     let verdict = CheckVerdict::of(&translation.report);
     for warning in &verdict.warnings {
         println!("warning: {warning}");

@@ -11,6 +11,10 @@ use torhaus_model::IssuerRef;
 /// The API group and version of torhaus's own objects.
 pub const API_VERSION: &str = "torhaus.dev/v1alpha1";
 
+/// The namespace whose Secrets a `ClusterIssuer` reads and writes (its DNS credentials and its
+/// ACME account), like cert-manager's "cluster resource namespace".
+pub const CLUSTER_RESOURCE_NAMESPACE: &str = "torhaus-system";
+
 /// `spec` of an `Issuer` or `ClusterIssuer`. The shape follows cert-manager's ACME issuer so
 /// that migrating users recognise every field.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]

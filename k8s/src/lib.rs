@@ -13,7 +13,7 @@ pub use source::{
     DEFAULT_DEBOUNCE, DirectorySource, KubeObject, KubeSnapshot, KubernetesOptions,
     KubernetesSource, ObjectKey, ObjectKind, ObjectSet, Problem, Severity, SourceError,
     SourceLocation, Sourced, WatchMode, load_directory, parse_manifests, spawn_directory_source,
-    spawn_directory_source_with, spawn_kubernetes_source,
+    spawn_directory_source_with, spawn_directory_source_with_roots, spawn_kubernetes_source,
 };
 
 pub use controller::{Controller, ControllerError, ControllerSettings, DEFAULT_LEASE_NAME};
@@ -21,7 +21,11 @@ pub use report::{
     Condition, ConditionStatus, GatewayAddress, ListenerStatus, ObjectStatus, ParentReference,
     ParentStatus, Report, RouteGroupKind,
 };
-pub use translate::{TranslateOptions, Translation, translate};
+pub use translate::{
+    CERT_MANAGER_CLUSTER_ISSUER_ANNOTATION, CERT_MANAGER_ISSUER_ANNOTATION,
+    CLUSTER_ISSUER_ANNOTATION, ISSUER_ANNOTATION, TranslateOptions, Translation,
+    describe_certificates, translate,
+};
 
 /// The `spec.controllerName` of the GatewayClasses torhaus serves.
 pub const CONTROLLER_NAME: &str = "torhaus.dev/gateway-controller";

@@ -13,6 +13,30 @@ use torhaus_model::{
     Rule, StringMatch,
 };
 
+/// The ACME lifecycle's certificates: issuer, names, state, notAfter, next renewal and the
+/// last error.
+pub fn acme(statuses: &[torhaus_acme::CertificateStatus]) -> Value {
+    Value::Array(
+        statuses
+            .iter()
+            .map(|status| {
+                json!({
+                    "secret": status.secret.to_string(),
+                    "issuer": status.issuer.to_string(),
+                    "dnsNames": status.dns_names,
+                    "state": status.state.to_string(),
+                    "notAfterUnix": status.not_after_unix,
+                    "nextRenewalUnix": status.next_renewal_unix,
+                    "nextAttemptUnix": status.next_attempt_unix,
+                    "lastError": status.last_error,
+                    "orders": status.orders,
+                    "failures": status.failures,
+                })
+            })
+            .collect(),
+    )
+}
+
 pub fn describe(config: &DataPlaneConfig, state: &StateView) -> Value {
     let ports: Vec<Value> = config
         .ports

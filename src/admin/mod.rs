@@ -39,7 +39,11 @@ pub struct AdminState {
     dataplane: DataPlane,
     ready: watch::Receiver<bool>,
     history: Mutex<History>,
+    /// The ACME lifecycle's per-certificate status, once it runs.
+    acme: Mutex<Option<AcmeStatus>>,
 }
+
+type AcmeStatus = watch::Receiver<Arc<Vec<torhaus_acme::CertificateStatus>>>;
 
 #[derive(Debug, Default)]
 struct History {
@@ -61,7 +65,22 @@ impl AdminState {
             dataplane,
             ready,
             history: Mutex::new(History::default()),
+            acme: Mutex::new(None),
         }
+    }
+
+    /// Shows the ACME lifecycle's certificate status on the status page and `/debug/config`.
+    pub fn watch_acme(&self, status: AcmeStatus) {
+        *self.acme.lock().unwrap_or_else(PoisonError::into_inner) = Some(status);
+    }
+
+    fn acme_statuses(&self) -> Arc<Vec<torhaus_acme::CertificateStatus>> {
+        self.acme
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|status| Arc::clone(&status.borrow()))
+            .unwrap_or_default()
     }
 
     /// Notes a configuration load and what went wrong with it (rejected objects, or the data
@@ -171,7 +190,14 @@ fn handle(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Byte
             }
         }
         "/debug/config" => {
-            let value = config_json::describe(&state.dataplane.config(), &state.dataplane.state());
+            let mut value =
+                config_json::describe(&state.dataplane.config(), &state.dataplane.state());
+            if let Some(object) = value.as_object_mut() {
+                object.insert(
+                    "acmeCertificates".to_owned(),
+                    config_json::acme(&state.acme_statuses()),
+                );
+            }
             let body = serde_json::to_string_pretty(&value).unwrap_or_default();
             with_type(StatusCode::OK, body, "application/json")
         }
@@ -184,6 +210,7 @@ fn handle(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Byte
                 state: &state.dataplane.state(),
                 ready: *state.ready.borrow(),
                 now: SystemTime::now(),
+                acme: &state.acme_statuses(),
             });
             with_type(StatusCode::OK, page, "text/html; charset=utf-8")
         }

@@ -23,6 +23,8 @@ pub struct PageInput<'a> {
     pub state: &'a StateView,
     pub ready: bool,
     pub now: SystemTime,
+    /// Certificates the ACME lifecycle keeps issued (standalone mode), with their state.
+    pub acme: &'a [torhaus_acme::CertificateStatus],
 }
 
 const STYLE: &str = "
@@ -61,6 +63,7 @@ pub fn render(input: &PageInput<'_>) -> String {
     routes(&mut page, input.translation, config);
     backends(&mut page, input.state);
     certificates(&mut page, input.state, input.now);
+    acme_certificates(&mut page, input.acme);
     errors(&mut page, input.errors);
     page.push_str("</body></html>\n");
     page
@@ -410,6 +413,43 @@ fn condition_badges(conditions: &[Condition]) -> String {
     out
 }
 
+/// The ACME lifecycle's view: issuer, names, state, expiry, next renewal and the last error
+/// (loud: a stopped certificate is red).
+fn acme_certificates(page: &mut String, statuses: &[torhaus_acme::CertificateStatus]) {
+    if statuses.is_empty() {
+        return;
+    }
+    page.push_str("<section id=\"acme\"><h2>Managed certificates (ACME)</h2>");
+    for status in statuses {
+        let class = match status.state {
+            torhaus_acme::CertificateState::Valid => "ok",
+            torhaus_acme::CertificateState::Stopped
+            | torhaus_acme::CertificateState::IssuerNotReady => "bad",
+            _ => "warn",
+        };
+        let time = |t: Option<i64>| t.map_or_else(|| "—".to_owned(), format_time);
+        let _ = write!(
+            page,
+            "<div class=\"card\"><h3>{}</h3><span class=\"badge {class}\">{}</span>\
+             <table><tr><th>issuer</th><td>{}</td></tr>\
+             <tr><th>names</th><td><code>{}</code></td></tr>\
+             <tr><th>not after</th><td>{}</td></tr>\
+             <tr><th>next renewal</th><td>{}</td></tr>\
+             <tr><th>next attempt</th><td>{}</td></tr>\
+             <tr><th>last error</th><td>{}</td></tr></table></div>",
+            escape(&status.secret.to_string()),
+            status.state,
+            escape(&status.issuer.to_string()),
+            escape(&status.dns_names.join(", ")),
+            time(status.not_after_unix),
+            time(status.next_renewal_unix),
+            time(status.next_attempt_unix),
+            escape(status.last_error.as_deref().unwrap_or("—")),
+        );
+    }
+    page.push_str("</section>");
+}
+
 fn unix(time: SystemTime) -> i64 {
     time.duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -464,6 +504,7 @@ mod tests {
             state: &StateView::default(),
             ready: false,
             now: SystemTime::now(),
+            acme: &[],
         });
         for id in ["gateways", "routes", "backends", "certificates", "errors"] {
             assert!(page.contains(&format!("id=\"{id}\"")), "{id}");

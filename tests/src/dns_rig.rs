@@ -30,6 +30,7 @@ pub struct Knot {
     child: Child,
     pub addr: SocketAddr,
     dir: TempDir,
+    knotd: PathBuf,
 }
 
 impl Knot {
@@ -68,7 +69,12 @@ impl Knot {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", knotd.display()))?;
-        let mut knot = Self { child, addr, dir };
+        let mut knot = Self {
+            child,
+            addr,
+            dir,
+            knotd: knotd.to_owned(),
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !soa_answers(addr, ZONE) {
             if Instant::now() > deadline || knot.child.try_wait().ok().flatten().is_some() {
@@ -79,6 +85,39 @@ impl Knot {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(knot)
+    }
+}
+
+impl Knot {
+    /// Stops knotd (the "DNS server down" case); [`Knot::restart`] brings it back.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts knotd again on the same port with the same zone and keys, and waits until it
+    /// answers.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("knotd.log"))?;
+        self.child = Command::new(&self.knotd)
+            .arg("-c")
+            .arg(self.dir.path().join("knot.conf"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("restarting {}", self.knotd.display()))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !soa_answers(self.addr, ZONE) {
+            if Instant::now() > deadline || self.child.try_wait().ok().flatten().is_some() {
+                bail!("knotd did not come back on {}", self.addr);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
     }
 }
 

@@ -7,6 +7,7 @@ pub mod dns_rig;
 pub mod echo;
 pub mod fixtures;
 pub mod oidc_rig;
+pub mod pebble_rig;
 pub mod process;
 pub mod rig;
 pub mod runner;

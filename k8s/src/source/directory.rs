@@ -24,6 +24,9 @@ const POLL_INTERVAL: Duration = Duration::from_millis(500);
 #[derive(Debug)]
 pub struct DirectorySource {
     dir: PathBuf,
+    /// Further directories read the same way (the ACME store's Secret manifests), so what
+    /// torhaus writes there goes live through the same path as the user's manifests.
+    extra_roots: Vec<PathBuf>,
     files: BTreeMap<PathBuf, FileState>,
     loaded: bool,
     changed: bool,
@@ -40,6 +43,7 @@ impl DirectorySource {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: dir.into(),
+            extra_roots: Vec::new(),
             files: BTreeMap::new(),
             loaded: false,
             changed: false,
@@ -52,15 +56,31 @@ impl DirectorySource {
         self.changed
     }
 
+    /// Also reads the manifests under `roots` (each may be missing: it then holds nothing).
+    pub fn with_extra_roots(mut self, roots: Vec<PathBuf>) -> Self {
+        self.extra_roots = roots;
+        self
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    fn all_manifest_files(&self) -> Result<Vec<PathBuf>, SourceError> {
+        let mut paths = manifest_files(&self.dir)?;
+        for root in &self.extra_roots {
+            if root.is_dir() {
+                paths.extend(manifest_files(root)?);
+            }
+        }
+        Ok(paths)
     }
 
     /// Rereads the directory and returns every object it holds now. A file that no longer
     /// parses keeps contributing the objects its last good version held (with an error in
     /// [`ObjectSet::problems`]); a deleted file's objects are gone.
     pub fn load(&mut self) -> Result<ObjectSet, SourceError> {
-        let paths = manifest_files(&self.dir)?;
+        let paths = self.all_manifest_files()?;
         let present: BTreeSet<&PathBuf> = paths.iter().collect();
         let before = self.files.len();
         self.files.retain(|path, _| present.contains(path));
@@ -166,6 +186,17 @@ pub fn spawn_directory_source_with(
     options: TranslateOptions,
     mode: WatchMode,
 ) -> Result<watch::Receiver<Arc<Translation>>, SourceError> {
+    spawn_directory_source_with_roots(dir, Vec::new(), options, mode)
+}
+
+/// [`spawn_directory_source_with`] that also reads and watches `extra_roots` (created by their
+/// owner; a missing one is read as empty).
+pub fn spawn_directory_source_with_roots(
+    dir: PathBuf,
+    extra_roots: Vec<PathBuf>,
+    options: TranslateOptions,
+    mode: WatchMode,
+) -> Result<watch::Receiver<Arc<Translation>>, SourceError> {
     // Watching starts before the first load, so no change made during it is missed.
     let (event_sender, events) = mpsc::unbounded_channel::<()>();
     let watcher = match mode {
@@ -182,9 +213,11 @@ pub fn spawn_directory_source_with(
                     }
                 })
                 .and_then(|mut watcher| {
-                    watcher
-                        .watch(&dir, RecursiveMode::Recursive)
-                        .map(|()| watcher)
+                    watcher.watch(&dir, RecursiveMode::Recursive)?;
+                    for root in extra_roots.iter().filter(|r| r.is_dir()) {
+                        watcher.watch(root, RecursiveMode::Recursive)?;
+                    }
+                    Ok(watcher)
                 });
             match watcher {
                 Ok(watcher) => Some(watcher),
@@ -195,8 +228,8 @@ pub fn spawn_directory_source_with(
             }
         }
     };
-    let fingerprint = watcher.is_none().then(|| tree_fingerprint(&dir));
-    let mut source = DirectorySource::new(dir);
+    let mut source = DirectorySource::new(dir).with_extra_roots(extra_roots);
+    let fingerprint = watcher.is_none().then(|| tree_fingerprint(&source));
     let objects = source.load()?;
     let (sender, receiver) = watch::channel(Arc::new(translate(&objects, &options)));
     match (watcher, fingerprint) {
@@ -252,11 +285,16 @@ async fn follow_by_polling(
             _ = ticker.tick() => {}
             () = sender.closed() => return,
         }
-        let dir = source.dir().to_owned();
-        let current = match tokio::task::spawn_blocking(move || tree_fingerprint(&dir)).await {
-            Ok(fingerprint) => fingerprint,
-            Err(_) => continue,
+        let (current, returned) = match tokio::task::spawn_blocking(move || {
+            let fingerprint = tree_fingerprint(&source);
+            (fingerprint, source)
+        })
+        .await
+        {
+            Ok(done) => done,
+            Err(_) => return,
         };
+        source = returned;
         if current == last {
             continue;
         }
@@ -357,8 +395,9 @@ fn is_manifest(path: &Path) -> bool {
 
 type Fingerprint = Vec<(PathBuf, Option<SystemTime>, u64)>;
 
-fn tree_fingerprint(dir: &Path) -> Fingerprint {
-    manifest_files(dir)
+fn tree_fingerprint(source: &DirectorySource) -> Fingerprint {
+    source
+        .all_manifest_files()
         .unwrap_or_default()
         .into_iter()
         .map(|path| {

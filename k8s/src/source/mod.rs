@@ -5,15 +5,16 @@ mod kubernetes;
 mod objects;
 
 pub use directory::{
-    DirectorySource, WatchMode, load_directory, spawn_directory_source, spawn_directory_source_with,
+    DirectorySource, WatchMode, load_directory, spawn_directory_source,
+    spawn_directory_source_with, spawn_directory_source_with_roots,
 };
 pub use kubernetes::{
     DEFAULT_DEBOUNCE, KubeSnapshot, KubernetesOptions, KubernetesSource, auth_policy_resource,
     spawn_kubernetes_source,
 };
 pub use objects::{
-    AuthPolicyObject, KubeObject, ObjectKey, ObjectKind, ObjectSet, Problem, Severity,
-    SourceLocation, Sourced, TORHAUS_GROUP, parse_manifests,
+    AuthPolicyObject, IssuerObject, KubeObject, ObjectKey, ObjectKind, ObjectSet, Problem,
+    Severity, SourceLocation, Sourced, TORHAUS_GROUP, parse_manifests,
 };
 
 use std::path::PathBuf;

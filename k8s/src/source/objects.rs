@@ -19,6 +19,15 @@ const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 /// The API group of torhaus's own kinds.
 pub const TORHAUS_GROUP: &str = "torhaus.dev";
 
+/// A `torhaus.dev/v1alpha1` `Issuer` or `ClusterIssuer`: metadata and the validated spec
+/// (unknown fields are refused, see [`torhaus_acme::IssuerSpec`]).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct IssuerObject {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    pub spec: torhaus_acme::IssuerSpec,
+}
+
 /// Where an object came from, for every message about it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum SourceLocation {
@@ -70,6 +79,8 @@ pub enum ObjectKind {
     EndpointSlice,
     Secret,
     Namespace,
+    Issuer,
+    ClusterIssuer,
     AuthPolicy,
 }
 
@@ -84,13 +95,18 @@ impl ObjectKind {
             ObjectKind::EndpointSlice => "EndpointSlice",
             ObjectKind::Secret => "Secret",
             ObjectKind::Namespace => "Namespace",
+            ObjectKind::Issuer => "Issuer",
+            ObjectKind::ClusterIssuer => "ClusterIssuer",
             ObjectKind::AuthPolicy => "AuthPolicy",
         }
     }
 
     /// Cluster-scoped kinds have no namespace (it is kept empty in their keys).
     pub fn is_namespaced(self) -> bool {
-        !matches!(self, ObjectKind::GatewayClass | ObjectKind::Namespace)
+        !matches!(
+            self,
+            ObjectKind::GatewayClass | ObjectKind::Namespace | ObjectKind::ClusterIssuer
+        )
     }
 
     /// The kind for an `apiVersion` + `kind` pair, or `None` when torhaus does not read it.
@@ -105,6 +121,8 @@ impl ObjectKind {
             ("discovery.k8s.io", "EndpointSlice") => ObjectKind::EndpointSlice,
             ("", "Secret") => ObjectKind::Secret,
             ("", "Namespace") => ObjectKind::Namespace,
+            (TORHAUS_GROUP, "Issuer") => ObjectKind::Issuer,
+            (TORHAUS_GROUP, "ClusterIssuer") => ObjectKind::ClusterIssuer,
             (TORHAUS_GROUP, "AuthPolicy") => ObjectKind::AuthPolicy,
             _ => return None,
         };
@@ -147,6 +165,8 @@ pub enum KubeObject {
     EndpointSlice(Box<EndpointSlice>),
     Secret(Box<Secret>),
     Namespace(Box<Namespace>),
+    Issuer(Box<IssuerObject>),
+    ClusterIssuer(Box<IssuerObject>),
     AuthPolicy(Box<AuthPolicyObject>),
 }
 
@@ -169,6 +189,8 @@ impl KubeObject {
             KubeObject::EndpointSlice(_) => ObjectKind::EndpointSlice,
             KubeObject::Secret(_) => ObjectKind::Secret,
             KubeObject::Namespace(_) => ObjectKind::Namespace,
+            KubeObject::Issuer(_) => ObjectKind::Issuer,
+            KubeObject::ClusterIssuer(_) => ObjectKind::ClusterIssuer,
             KubeObject::AuthPolicy(_) => ObjectKind::AuthPolicy,
         }
     }
@@ -183,6 +205,7 @@ impl KubeObject {
             KubeObject::EndpointSlice(o) => &o.metadata,
             KubeObject::Secret(o) => &o.metadata,
             KubeObject::Namespace(o) => &o.metadata,
+            KubeObject::Issuer(o) | KubeObject::ClusterIssuer(o) => &o.metadata,
             KubeObject::AuthPolicy(o) => &o.metadata,
         }
     }
@@ -270,6 +293,8 @@ pub struct ObjectSet {
     pub endpoint_slices: BTreeMap<ObjectName, Sourced<EndpointSlice>>,
     pub secrets: BTreeMap<ObjectName, Sourced<Secret>>,
     pub namespaces: BTreeMap<String, Sourced<Namespace>>,
+    pub issuers: BTreeMap<ObjectName, Sourced<IssuerObject>>,
+    pub cluster_issuers: BTreeMap<String, Sourced<IssuerObject>>,
     pub auth_policies: BTreeMap<ObjectName, Sourced<AuthPolicyObject>>,
     pub problems: Vec<Problem>,
 }
@@ -331,6 +356,13 @@ impl ObjectSet {
             KubeObject::Namespace(o) => {
                 self.namespaces.insert(name.name, sourced(*o, location));
             }
+            KubeObject::Issuer(o) => {
+                self.issuers.insert(name, sourced(*o, location));
+            }
+            KubeObject::ClusterIssuer(o) => {
+                self.cluster_issuers
+                    .insert(name.name, sourced(*o, location));
+            }
             KubeObject::AuthPolicy(o) => {
                 self.auth_policies.insert(name, sourced(*o, location));
             }
@@ -349,6 +381,8 @@ impl ObjectSet {
             ObjectKind::EndpointSlice => self.endpoint_slices.remove(&name).is_some(),
             ObjectKind::Secret => self.secrets.remove(&name).is_some(),
             ObjectKind::Namespace => self.namespaces.remove(&key.name).is_some(),
+            ObjectKind::Issuer => self.issuers.remove(&name).is_some(),
+            ObjectKind::ClusterIssuer => self.cluster_issuers.remove(&key.name).is_some(),
             ObjectKind::AuthPolicy => self.auth_policies.remove(&name).is_some(),
         }
     }
@@ -374,6 +408,8 @@ impl ObjectSet {
             ObjectKind::Service => self.services.keys().map(namespaced).collect(),
             ObjectKind::EndpointSlice => self.endpoint_slices.keys().map(namespaced).collect(),
             ObjectKind::Secret => self.secrets.keys().map(namespaced).collect(),
+            ObjectKind::Issuer => self.issuers.keys().map(namespaced).collect(),
+            ObjectKind::ClusterIssuer => self.cluster_issuers.keys().map(cluster).collect(),
             ObjectKind::AuthPolicy => self.auth_policies.keys().map(namespaced).collect(),
         }
     }
@@ -394,6 +430,9 @@ impl ObjectSet {
         fn parts<T: kube::Resource>(o: &Sourced<T>) -> (&SourceLocation, &ObjectMeta) {
             (&o.location, o.object.meta())
         }
+        fn issuer_parts(o: &Sourced<IssuerObject>) -> (&SourceLocation, &ObjectMeta) {
+            (&o.location, &o.object.metadata)
+        }
         let name = ObjectName::new(key.namespace.clone(), key.name.clone());
         match key.kind {
             ObjectKind::GatewayClass => self.gateway_classes.get(&key.name).map(parts),
@@ -404,6 +443,8 @@ impl ObjectSet {
             ObjectKind::EndpointSlice => self.endpoint_slices.get(&name).map(parts),
             ObjectKind::Secret => self.secrets.get(&name).map(parts),
             ObjectKind::Namespace => self.namespaces.get(&key.name).map(parts),
+            ObjectKind::Issuer => self.issuers.get(&name).map(issuer_parts),
+            ObjectKind::ClusterIssuer => self.cluster_issuers.get(&key.name).map(issuer_parts),
             ObjectKind::AuthPolicy => self
                 .auth_policies
                 .get(&name)
@@ -421,6 +462,8 @@ impl ObjectSet {
             + self.endpoint_slices.len()
             + self.secrets.len()
             + self.namespaces.len()
+            + self.issuers.len()
+            + self.cluster_issuers.len()
             + self.auth_policies.len()
     }
 
@@ -609,6 +652,12 @@ fn parse_object(
         ObjectKind::EndpointSlice => decode(json).map(|o| KubeObject::EndpointSlice(Box::new(o))),
         ObjectKind::Secret => decode(json).map(|o| KubeObject::Secret(Box::new(o))),
         ObjectKind::Namespace => decode(json).map(|o| KubeObject::Namespace(Box::new(o))),
+        // Issuers name the exact field at fault (`spec.acme.dns01.rfc2136.nameserver`): their
+        // spec is torhaus's own and refuses unknown fields, so a typo must be easy to find.
+        ObjectKind::Issuer => decode_with_path(json).map(|o| KubeObject::Issuer(Box::new(o))),
+        ObjectKind::ClusterIssuer => {
+            decode_with_path(json).map(|o| KubeObject::ClusterIssuer(Box::new(o)))
+        }
         ObjectKind::AuthPolicy => decode_auth_policy(json),
     };
     match parsed {
@@ -620,11 +669,23 @@ fn parse_object(
     }
 }
 
-fn decode<T: DeserializeOwned>(json: serde_json::Value) -> Result<T, serde_json::Error> {
-    serde_json::from_value(json)
+fn decode<T: DeserializeOwned>(json: serde_json::Value) -> Result<T, String> {
+    serde_json::from_value(json).map_err(|e| e.to_string())
 }
 
-fn decode_auth_policy(json: serde_json::Value) -> Result<KubeObject, serde_json::Error> {
+/// Like [`decode`], with the path of the offending field in the message.
+fn decode_with_path<T: DeserializeOwned>(json: serde_json::Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(json).map_err(|e| {
+        let path = e.path().to_string();
+        if path.is_empty() || path == "." {
+            e.inner().to_string()
+        } else {
+            format!("{path}: {}", e.inner())
+        }
+    })
+}
+
+fn decode_auth_policy(json: serde_json::Value) -> Result<KubeObject, String> {
     let metadata = decode(json.get("metadata").cloned().unwrap_or_default())?;
     let policy = decode(json)?;
     Ok(KubeObject::AuthPolicy(Box::new(AuthPolicyObject {

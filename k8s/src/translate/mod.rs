@@ -1,6 +1,7 @@
 //! The pure translation: Gateway API objects in, the data plane's configuration and every
 //! object's conditions out. No I/O happens here, so the kube source reuses it as is.
 
+mod certificates;
 mod policies;
 mod refs;
 mod routes;
@@ -35,6 +36,11 @@ use refs::{
 use routes::{CompiledRoute, compile_route};
 use tls::{CertificateCache, certificate_from_secret};
 
+pub use certificates::{
+    CERT_MANAGER_CLUSTER_ISSUER_ANNOTATION, CERT_MANAGER_ISSUER_ANNOTATION,
+    CLUSTER_ISSUER_ANNOTATION, ISSUER_ANNOTATION, describe_certificates,
+};
+
 /// Settings of a translation.
 #[derive(Debug, Clone)]
 pub struct TranslateOptions {
@@ -62,6 +68,10 @@ impl Default for TranslateOptions {
 pub struct Translation {
     pub config: Arc<DataPlaneConfig>,
     pub report: Report,
+    /// Secrets that issuers keep valid (Gateways opted in with an issuer annotation).
+    pub certificates: Vec<torhaus_model::ManagedCertificate>,
+    /// Every Issuer and ClusterIssuer, with the Secret bytes it needs.
+    pub issuers: Vec<torhaus_acme::IssuerConfig>,
     /// The valid `AuthPolicy` objects in force on some route rule (`AttachedRoute::auth` names
     /// them by `namespace/name`).
     pub policies: Vec<Arc<torhaus_policies::Policy>>,
@@ -92,6 +102,9 @@ struct ListenerState {
     conflict: Option<Failure>,
     attached_routes: i32,
     routes: Vec<AttachedRoute>,
+    /// Why the listener serves from the local CA for now although its references resolve: its
+    /// managed Secret is not issued yet.
+    pending: Option<String>,
 }
 
 impl ListenerState {
@@ -188,6 +201,7 @@ pub fn translate(objects: &ObjectSet, options: &TranslateOptions) -> Translation
 
     let mut certificates = CertificateCache::new();
     let mut gateways: Vec<GatewayState> = Vec::new();
+    let mut managed = Vec::new();
     for (name, gateway) in &objects.gateways {
         let class = gateway.object.spec.gateway_class_name.as_str();
         if !our_classes.contains(class) {
@@ -199,13 +213,19 @@ pub fn translate(objects: &ObjectSet, options: &TranslateOptions) -> Translation
             }
             continue;
         }
+        let issuer = certificates::gateway_issuer(name, gateway, &mut problems);
         let mut listeners: Vec<ListenerState> = gateway
             .object
             .spec
             .listeners
             .iter()
-            .map(|l| listener_state(objects, name, l, &mut certificates))
+            .map(|l| listener_state(objects, name, l, &mut certificates, issuer.as_ref()))
             .collect();
+        if let Some(issuer) = &issuer {
+            for (spec, state) in gateway.object.spec.listeners.iter().zip(&mut listeners) {
+                managed_listener(name, issuer, spec, state, &mut managed);
+            }
+        }
         let rejected = gateway
             .object
             .spec
@@ -314,10 +334,25 @@ pub fn translate(objects: &ObjectSet, options: &TranslateOptions) -> Translation
                 .then_with(|| a.id.cmp(&b.id))
         });
     }
+    let certificates = certificates::merge_certificates(managed, &mut problems);
+    let issuers = certificates::resolve_issuers(objects, &mut statuses);
+    for certificate in &certificates {
+        if !issuers.iter().any(|i| i.id == certificate.issuer) {
+            problems.push(Problem::warning(
+                None,
+                format!(
+                    "Secret {} is to be issued by {}, which does not exist; the local CA serves until it does",
+                    certificate.secret, certificate.issuer
+                ),
+            ));
+        }
+    }
     statuses.extend(policies.statuses(objects));
     statuses.sort_by(|a, b| a.key.cmp(&b.key));
     let config = Arc::new(config);
     Translation {
+        certificates,
+        issuers,
         config: config.clone(),
         report: Report {
             config,
@@ -400,11 +435,53 @@ fn created_unix(metadata: &ObjectMeta) -> i64 {
         .map_or(0, |t| t.0.as_second())
 }
 
+/// Records an HTTPS listener of an opted-in Gateway as managed: each of its Secrets is to be
+/// issued for its hostname. A listener without hostname cannot be managed; it says so.
+fn managed_listener(
+    gateway: &ObjectName,
+    issuer: &torhaus_model::IssuerRef,
+    spec: &GatewayListeners,
+    state: &mut ListenerState,
+    managed: &mut Vec<certificates::ManagedListener>,
+) {
+    if state.protocol != Some(PortProtocol::Https) || !state.usable() {
+        return;
+    }
+    let secrets: Vec<ObjectName> = spec
+        .tls
+        .iter()
+        .flat_map(|tls| tls.certificate_refs.iter().flatten())
+        .filter_map(|r| certificates::manageable_secret(r, &gateway.namespace))
+        .collect();
+    if secrets.is_empty() {
+        return;
+    }
+    let hostname = match certificates::listener_hostname(&state.hostname) {
+        Ok(hostname) => hostname,
+        Err(why) => {
+            state.pending = Some(why);
+            return;
+        }
+    };
+    for secret in secrets {
+        managed.push(certificates::ManagedListener {
+            secret,
+            issuer: issuer.clone(),
+            hostname: hostname.clone(),
+            listener: ListenerId {
+                gateway: gateway.clone(),
+                section: state.name.clone(),
+            },
+        });
+    }
+}
+
 fn listener_state(
     objects: &ObjectSet,
     gateway: &ObjectName,
     spec: &GatewayListeners,
     certificates: &mut CertificateCache,
+    issuer: Option<&torhaus_model::IssuerRef>,
 ) -> ListenerState {
     let mut state = ListenerState {
         name: spec.name.clone(),
@@ -423,6 +500,7 @@ fn listener_state(
         conflict: None,
         attached_routes: 0,
         routes: Vec::new(),
+        pending: None,
     };
     let reject = |state: &mut ListenerState, reason: &'static str, message: String| {
         if state.accepted.is_ok() {
@@ -538,6 +616,18 @@ fn listener_state(
                 );
             }
             for (i, reference) in tls.certificate_refs.iter().flatten().enumerate() {
+                let managed_secret = issuer
+                    .and_then(|_| certificates::manageable_secret(reference, &gateway.namespace))
+                    .filter(|secret| !objects.secrets.contains_key(secret));
+                if let (Some(issuer), Some(secret)) = (issuer, managed_secret) {
+                    // Not an error: the issuer writes this Secret; until then the local CA serves.
+                    state.pending.get_or_insert_with(|| {
+                        format!(
+                            "tls.certificateRefs[{i}]: certificate pending: Secret {secret} is being issued by {issuer}; the local CA serves until then"
+                        )
+                    });
+                    continue;
+                }
                 match resolve_certificate(objects, gateway, reference, certificates) {
                     Ok(certificate) => listener_tls.certificates.push(certificate),
                     Err((reason, message)) => {
@@ -899,7 +989,10 @@ fn gateway_status(gateway: &GatewayState, addresses: &[GatewayAddress]) -> Objec
                 ListenerConditionType::ResolvedRefs,
                 true,
                 ListenerConditionReason::ResolvedRefs,
-                "all references resolved",
+                listener
+                    .pending
+                    .clone()
+                    .unwrap_or_else(|| "all references resolved".to_owned()),
             ),
             Err((reason, message)) => Condition::new(
                 ListenerConditionType::ResolvedRefs,
