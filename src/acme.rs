@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::sync::watch;
 use torhaus_acme::{
-    CertificateState, CertificateStatus, Desired, DirectoryStore, LifecycleEvents,
-    LifecycleSettings, OrderTimings, spawn_leader_lock, spawn_lifecycle,
+    CertificateState, CertificateStatus, CertificateStore, Desired, DirectoryStore,
+    LifecycleEvents, LifecycleSettings, OrderTimings, spawn_leader_lock, spawn_lifecycle,
 };
 use torhaus_dns::LookupConfig;
 use torhaus_gateway::Metrics;
@@ -39,14 +39,34 @@ fn desired_of(translation: &Translation) -> Desired {
     }
 }
 
+/// Standalone mode: the file lock elects the orderer among the processes sharing `store`.
 /// Starts the lock and the lifecycle on the current runtime, fed by `translations`. Returns the
 /// per-certificate status.
 pub fn start(
     store: DirectoryStore,
     args: &AcmeArgs,
-    mut translations: watch::Receiver<Arc<Translation>>,
+    translations: watch::Receiver<Arc<Translation>>,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<watch::Receiver<Arc<Vec<CertificateStatus>>>> {
+    let may_order = spawn_leader_lock(store.lock_path(), LOCK_POLL).context("the ACME lock")?;
+    Ok(start_lifecycle(
+        Arc::new(store),
+        may_order,
+        args,
+        translations,
+        metrics,
+    ))
+}
+
+/// The lifecycle over any store and leadership signal (cluster mode passes its Secret store
+/// and its Lease here), fed by `translations`, counting into `metrics`.
+pub fn start_lifecycle(
+    store: Arc<dyn CertificateStore>,
+    may_order: watch::Receiver<bool>,
+    args: &AcmeArgs,
+    mut translations: watch::Receiver<Arc<Translation>>,
+    metrics: Arc<Metrics>,
+) -> watch::Receiver<Arc<Vec<CertificateStatus>>> {
     let first = desired_of(&translations.borrow_and_update());
     let (desired, desired_receiver) = watch::channel(Arc::new(first));
     tokio::spawn(async move {
@@ -59,7 +79,6 @@ pub fn start(
             }
         }
     });
-    let may_order = spawn_leader_lock(store.lock_path(), LOCK_POLL).context("the ACME lock")?;
     let settings = LifecycleSettings {
         lookup: LookupConfig {
             resolvers: args.acme_dns_resolver.clone(),
@@ -76,7 +95,7 @@ pub fn start(
         ..LifecycleSettings::default()
     };
     let status = spawn_lifecycle(
-        Arc::new(store),
+        store,
         desired_receiver,
         may_order,
         settings,
@@ -98,7 +117,7 @@ pub fn start(
             }
         }
     });
-    Ok(status)
+    status
 }
 
 #[derive(Debug)]

@@ -354,3 +354,39 @@ spec:
         listener.conditions
     );
 }
+
+#[test]
+fn a_secret_claimed_by_two_issuers_keeps_the_first() {
+    let second_gateway = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: second
+  namespace: apps
+  annotations: {torhaus.dev/cluster-issuer: other}
+spec:
+  gatewayClassName: torhaus
+  listeners:
+    - name: again
+      port: 8443
+      protocol: HTTPS
+      hostname: again.example.test
+      tls: {certificateRefs: [{name: example-tls}]}
+"#;
+    let gw = gateway("torhaus.dev/issuer: knot");
+    let objects = objects(&[CLASS, ISSUER, TSIG_SECRET, &gw, second_gateway]);
+    let translation = translate(&objects, &TranslateOptions::default());
+    let example = translation
+        .certificates
+        .iter()
+        .find(|c| c.secret == ObjectName::new("apps", "example-tls"))
+        .expect("example-tls managed");
+    assert_eq!(example.issuer.kind, IssuerKind::Issuer);
+    assert!(!example.dns_names.contains(&"again.example.test".to_owned()));
+    assert!(translation.report.problems.iter().any(|p| {
+        p.severity == Severity::Error
+            && p.message
+                .contains("Secret apps/example-tls is managed by Issuer apps/knot")
+            && p.message.contains("ClusterIssuer other")
+    }));
+}

@@ -1,10 +1,10 @@
 //! Running the torhaus binary under test: locating it, temporary config/state directories, free
 //! ports, start-up readiness and clean shutdown.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -69,10 +69,35 @@ impl Drop for TempDir {
     }
 }
 
-/// A currently free TCP port on 127.0.0.1 (the OS may hand it out again; bind it soon).
+/// Ports handed out by [`free_port`] lie below the kernel's ephemeral range (32768 and up on
+/// Linux). Sockets bound to port 0 (test backends, rigs, outgoing connections) only ever get
+/// ephemeral ports, so none of them can take a port between our pick and the bind that uses it.
+const TEST_PORTS: std::ops::Range<u32> = 20_000..32_000;
+
+/// The next candidate; it starts at a pid-derived offset so that test binaries running one after
+/// another (or side by side) walk different parts of the range.
+static NEXT_TEST_PORT: AtomicU32 = AtomicU32::new(u32::MAX);
+
+/// A port free for TCP on every address and for UDP, never handed out twice by this process.
 pub fn free_port() -> anyhow::Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(listener.local_addr()?.port())
+    let span = TEST_PORTS.end - TEST_PORTS.start;
+    let _ = NEXT_TEST_PORT.compare_exchange(
+        u32::MAX,
+        (std::process::id().wrapping_mul(7919)) % span,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let offset = NEXT_TEST_PORT.fetch_add(1, Ordering::Relaxed) % span;
+        let Ok(port) = u16::try_from(TEST_PORTS.start + offset) else {
+            continue;
+        };
+        let tcp_free = TcpListener::bind(("0.0.0.0", port)).is_ok();
+        if tcp_free && UdpSocket::bind(("0.0.0.0", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port left in {TEST_PORTS:?}")
 }
 
 /// Polls `condition` every 20 ms until it returns `Some` or `deadline` passes.

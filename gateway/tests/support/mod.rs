@@ -28,10 +28,7 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 // Configuration builders
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    torhaus_tests::process::free_port().expect("a free port")
 }
 
 pub fn backend(name: &str, endpoints: Vec<SocketAddr>, protocol: UpstreamProtocol) -> Arc<Backend> {
