@@ -1,7 +1,8 @@
 //! ACME end to end through the torhaus binary in standalone mode, against a real Pebble that
 //! validates DNS-01 at a real knotd updated over RFC 2136 with TSIG: apex + wildcard issuance
 //! served to a client trusting Pebble's root, CNAME delegation, renewal without dropping a
-//! kept-alive connection, 30% rejected nonces, Pebble down while the old certificate serves, a
+//! kept-alive connection, renewal at the window the CA's renewalInfo (ARI) suggests, 30%
+//! rejected nonces, Pebble down while the old certificate serves, a
 //! wrong TSIG key failing loudly without a retry loop, and two processes sharing one store
 //! placing exactly one order.
 //!
@@ -10,9 +11,10 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, ensure};
+use torhaus_tests::ari_standin::{AriStandIn, Window};
 use torhaus_tests::client::{Connection, TestRequest, TlsSettings, Transport};
 use torhaus_tests::dns_rig::{Knot, TSIG_KEY_NAME, TSIG_SECRET_B64, knotd_path};
 use torhaus_tests::pebble_rig::{Pebble, PebbleOptions, leaf_of, pebble_path, served_leaf};
@@ -44,6 +46,24 @@ fn indent(text: &str, spaces: usize) -> String {
 fn manifests(
     knot: &Knot,
     pebble: &Pebble,
+    listeners: &[(&str, &str)],
+    tsig_secret: &str,
+) -> String {
+    manifests_for_directory(
+        knot,
+        &pebble.directory_url(),
+        &pebble.tls_ca_pem,
+        listeners,
+        tsig_secret,
+    )
+}
+
+/// [`manifests`] with the Issuer's ACME directory at `server`, served with a certificate that
+/// `ca_pem` issued.
+fn manifests_for_directory(
+    knot: &Knot,
+    server: &str,
+    ca_pem: &str,
     listeners: &[(&str, &str)],
     tsig_secret: &str,
 ) -> String {
@@ -91,8 +111,7 @@ kind: Secret
 metadata: {{name: tsig, namespace: {NAMESPACE}}}
 stringData: {{secret: "{tsig_secret}"}}
 "#,
-        server = pebble.directory_url(),
-        ca = indent(&pebble.tls_ca_pem, 6),
+        ca = indent(ca_pem, 6),
         nameserver = knot.addr,
     )
 }
@@ -279,6 +298,15 @@ async fn apex_and_wildcard_are_issued_in_one_order_and_served() -> anyhow::Resul
 }
 
 /// The whole log of a torhaus process (`log_tail` keeps only the end).
+/// The log lines about certificates, without the handshakes clients fail against the local CA.
+fn acme_lines(torhaus: &Torhaus) -> String {
+    full_log(torhaus)
+        .lines()
+        .filter(|line| !line.contains("handshake"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn full_log(torhaus: &Torhaus) -> String {
     std::fs::read_to_string(torhaus.state_dir().join("torhaus.log")).unwrap_or_default()
 }
@@ -436,6 +464,83 @@ async fn renewal_serves_the_new_certificate_without_dropping_a_connection() -> a
     ensure!(
         pebble.new_order_requests() == 2,
         "one order, then one renewal"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn renewal_follows_the_renewal_window_the_ca_suggests() -> anyhow::Result<()> {
+    // Pebble's default certificates live five years, so two thirds of the lifetime is years
+    // away: only the CA's renewalInfo (ARI) can make torhaus renew now.
+    let Some((knot, pebble)) = rig(PebbleOptions::default())? else {
+        return Ok(());
+    };
+    let now = SystemTime::now();
+    let hour = Duration::from_secs(3600);
+    let ari = AriStandIn::start(
+        &pebble,
+        vec![
+            // The first certificate: its window has passed, renew at once.
+            Window {
+                start: now - hour,
+                end: now - Duration::from_secs(60),
+            },
+            // Its replacement: not before next year.
+            Window {
+                start: now + 365 * 24 * hour,
+                end: now + 366 * 24 * hour,
+            },
+        ],
+    )
+    .await?;
+    let config = TempDir::new("acme-config")?;
+    write_config(
+        config.path(),
+        &manifests_for_directory(
+            &knot,
+            &ari.directory_url(),
+            &pebble.tls_ca_pem,
+            &[("example.test", "example-tls")],
+            TSIG_SECRET_B64,
+        ),
+    )?;
+    let torhaus = start_torhaus(config.path(), &knot, None).await?;
+    let root = pebble.issuing_root_pem().await?;
+    let first = wait_served(&torhaus, "example.test", &root, Duration::from_secs(60))
+        .await
+        .with_context(|| acme_lines(&torhaus))?;
+    let addr = torhaus.addr(443)?;
+    wait_for(
+        "the certificate renewed inside the CA's window",
+        Duration::from_secs(60),
+        || async {
+            served_leaf(addr, "example.test", &root)
+                .await
+                .ok()
+                .filter(|leaf| *leaf != first)
+        },
+    )
+    .await
+    .with_context(|| acme_lines(&torhaus))?;
+    // The replacement is asked about too, and its far window orders nothing more.
+    wait_for(
+        "renewalInfo asked about the replacement",
+        Duration::from_secs(30),
+        || async { (ari.asked().len() >= 2).then_some(()) },
+    )
+    .await
+    .with_context(|| acme_lines(&torhaus))?;
+    // Pebble 2.4 ignores `replaces` and does not echo it: torhaus orders again without it
+    // (one order for the first certificate, then the refused hint and the plain renewal).
+    let log = full_log(&torhaus);
+    ensure!(
+        log.contains("did not take `replaces`"),
+        "the renewal carried `replaces`; log:\n{log}"
+    );
+    ensure!(
+        pebble.new_order_requests() == 3,
+        "expected 3 new-order requests, Pebble saw {}",
+        pebble.new_order_requests()
     );
     Ok(())
 }
