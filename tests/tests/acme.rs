@@ -571,43 +571,81 @@ async fn issuance_survives_thirty_percent_rejected_nonces() -> anyhow::Result<()
     Ok(())
 }
 
+/// torhaus serving a Pebble certificate for `example.test`, from a config directory that can
+/// still be changed.
+struct Issued {
+    config: TempDir,
+    torhaus: Torhaus,
+    /// Pebble's issuing root.
+    root: String,
+    /// The leaf served first.
+    first: Vec<u8>,
+}
+
+impl Issued {
+    async fn example(knot: &Knot, pebble: &Pebble) -> anyhow::Result<Self> {
+        let (config, torhaus) = serve(
+            knot,
+            pebble,
+            &[("example.test", "example-tls")],
+            TSIG_SECRET_B64,
+        )
+        .await?;
+        let root = pebble.issuing_root_pem().await?;
+        let first = wait_served(&torhaus, "example.test", &root, Duration::from_secs(60)).await?;
+        Ok(Self {
+            config,
+            torhaus,
+            root,
+            first,
+        })
+    }
+
+    /// Adds `*.example.test` to the certificate (a new name needs a new order) and waits until
+    /// an order has failed, for tests that took a service down first.
+    async fn add_wildcard_and_wait_for_a_failed_order(
+        &self,
+        knot: &Knot,
+        pebble: &Pebble,
+    ) -> anyhow::Result<()> {
+        let listeners = [
+            ("example.test", "example-tls"),
+            ("*.example.test", "example-tls"),
+        ];
+        write_config(
+            self.config.path(),
+            &manifests(knot, pebble, &listeners, TSIG_SECRET_B64),
+        )?;
+        wait_for(
+            "a failed order to be logged",
+            Duration::from_secs(30),
+            || {
+                let log = full_log(&self.torhaus);
+                async move { log.contains("certificate order failed").then_some(()) }
+            },
+        )
+        .await
+        .with_context(|| self.torhaus.log_tail())
+    }
+}
+
 #[tokio::test]
 async fn pebble_down_keeps_the_old_certificate_serving_then_recovers() -> anyhow::Result<()> {
     let Some((knot, mut pebble)) = rig(PebbleOptions::default())? else {
         return Ok(());
     };
-    let config = TempDir::new("acme-config")?;
-    let mut listeners = vec![("example.test", "example-tls")];
-    write_config(
-        config.path(),
-        &manifests(&knot, &pebble, &listeners, TSIG_SECRET_B64),
-    )?;
-    let torhaus = start_torhaus(config.path(), &knot, None).await?;
-    let root = pebble.issuing_root_pem().await?;
-    let first = wait_served(&torhaus, "example.test", &root, Duration::from_secs(60)).await?;
-
+    let issued = Issued::example(&knot, &pebble).await?;
+    let (torhaus, root, first) = (&issued.torhaus, &issued.root, &issued.first);
     pebble.stop();
     // A new name needs a new order, which cannot succeed while the CA is down.
-    listeners.push(("*.example.test", "example-tls"));
-    write_config(
-        config.path(),
-        &manifests(&knot, &pebble, &listeners, TSIG_SECRET_B64),
-    )?;
-    let failed_attempt = wait_for(
-        "a failed order to be logged",
-        Duration::from_secs(30),
-        || {
-            let log = torhaus.log_tail();
-            async move { log.contains("certificate order failed").then_some(()) }
-        },
-    )
-    .await;
-    failed_attempt.with_context(|| torhaus.log_tail())?;
+    issued
+        .add_wildcard_and_wait_for_a_failed_order(&knot, &pebble)
+        .await?;
     // The old certificate keeps serving its name meanwhile.
-    let still = served_leaf(torhaus.addr(443)?, "example.test", &root)
+    let still = served_leaf(torhaus.addr(443)?, "example.test", root)
         .await
         .with_context(|| format!("the old certificate; log:\n{}", torhaus.log_tail()))?;
-    ensure!(still == first);
+    ensure!(still == *first);
 
     pebble.restart()?;
     let new_root = pebble
@@ -616,13 +654,13 @@ async fn pebble_down_keeps_the_old_certificate_serving_then_recovers() -> anyhow
         .with_context(|| format!("pebble's new root; log:\n{}", pebble.log()))?;
     // Pebble forgot the account on restart: torhaus must create a new one, then order.
     let renewed = wait_served(
-        &torhaus,
+        torhaus,
         "www.example.test",
         &new_root,
         Duration::from_secs(60),
     )
     .await?;
-    ensure!(renewed != first);
+    ensure!(renewed != *first);
     Ok(())
 }
 
@@ -631,45 +669,25 @@ async fn dns_server_down_then_back() -> anyhow::Result<()> {
     let Some((mut knot, pebble)) = rig(PebbleOptions::default())? else {
         return Ok(());
     };
-    let config = TempDir::new("acme-config")?;
-    let mut listeners = vec![("example.test", "example-tls")];
-    write_config(
-        config.path(),
-        &manifests(&knot, &pebble, &listeners, TSIG_SECRET_B64),
-    )?;
-    let torhaus = start_torhaus(config.path(), &knot, None).await?;
-    let root = pebble.issuing_root_pem().await?;
-    let first = wait_served(&torhaus, "example.test", &root, Duration::from_secs(60)).await?;
-
+    let issued = Issued::example(&knot, &pebble).await?;
+    let (torhaus, root, first) = (&issued.torhaus, &issued.root, &issued.first);
     knot.stop();
-    listeners.push(("*.example.test", "example-tls"));
-    write_config(
-        config.path(),
-        &manifests(&knot, &pebble, &listeners, TSIG_SECRET_B64),
-    )?;
-    wait_for(
-        "a failed order to be logged",
-        Duration::from_secs(30),
-        || {
-            let log = full_log(&torhaus);
-            async move { log.contains("certificate order failed").then_some(()) }
-        },
-    )
-    .await
-    .with_context(|| torhaus.log_tail())?;
+    issued
+        .add_wildcard_and_wait_for_a_failed_order(&knot, &pebble)
+        .await?;
     // An unreachable DNS server is worth retrying (with backoff), not a reason to stop.
     ensure!(
-        !full_log(&torhaus).contains("ORDERING STOPPED"),
+        !full_log(torhaus).contains("ORDERING STOPPED"),
         "{}",
         torhaus.log_tail()
     );
-    ensure!(served_leaf(torhaus.addr(443)?, "example.test", &root).await? == first);
+    ensure!(served_leaf(torhaus.addr(443)?, "example.test", root).await? == *first);
 
     knot.restart()?;
-    let renewed = wait_served(&torhaus, "www.example.test", &root, Duration::from_secs(60)).await?;
-    ensure!(renewed != first);
+    let renewed = wait_served(torhaus, "www.example.test", root, Duration::from_secs(60)).await?;
+    ensure!(renewed != *first);
     // The retries resumed the order the failed attempt had placed: no duplicate orders.
-    let attempts = full_log(&torhaus).matches("ordering a certificate").count();
+    let attempts = full_log(torhaus).matches("ordering a certificate").count();
     ensure!(attempts >= 3, "expected retries, saw {attempts} attempts");
     ensure!(
         pebble.new_order_requests() == 2,
