@@ -1,5 +1,6 @@
-//! Wiring of ACME in standalone mode: the directory store under the state directory, the file
-//! lock that elects the one process that orders, the lifecycle fed from the translations, and
+//! Wiring of ACME: in standalone mode the directory store under the state directory and the
+//! file lock that elects the one process that orders; in Kubernetes mode the Secret store and
+//! the Lease the controller hands over. In both, the lifecycle fed from the translations, and
 //! its events into the Prometheus metrics.
 
 use std::path::Path;
@@ -39,6 +40,34 @@ fn desired_of(translation: &Translation) -> Desired {
     }
 }
 
+/// The leaf certificate served from each managed Secret. When it changes, a Secret was written
+/// (by the process that orders, seen here through the source) or removed, and the lifecycle
+/// rereads the store; other translations (in Kubernetes mode, every EndpointSlice change) do
+/// not make it reread every Secret.
+fn served_of(translation: &Translation) -> Vec<(String, Option<Vec<u8>>)> {
+    translation
+        .certificates
+        .iter()
+        .map(|certificate| {
+            let source = format!(
+                "{}/{}",
+                certificate.secret.namespace, certificate.secret.name
+            );
+            let leaf = translation
+                .config
+                .ports
+                .iter()
+                .flat_map(|port| &port.listeners)
+                .filter_map(|listener| listener.tls.as_ref())
+                .flat_map(|tls| &tls.certificates)
+                .find(|served| served.source == source)
+                .and_then(|served| served.chain.first())
+                .map(|leaf| leaf.as_ref().to_vec());
+            (source, leaf)
+        })
+        .collect()
+}
+
 /// Standalone mode: the file lock elects the orderer among the processes sharing `store`.
 /// Starts the lock and the lifecycle on the current runtime, fed by `translations`. Returns the
 /// per-certificate status.
@@ -67,13 +96,24 @@ pub fn start_lifecycle(
     mut translations: watch::Receiver<Arc<Translation>>,
     metrics: Arc<Metrics>,
 ) -> watch::Receiver<Arc<Vec<CertificateStatus>>> {
-    let first = desired_of(&translations.borrow_and_update());
+    let (first, mut served) = {
+        let translation = translations.borrow_and_update();
+        (desired_of(&translation), served_of(&translation))
+    };
     let (desired, desired_receiver) = watch::channel(Arc::new(first));
     tokio::spawn(async move {
         while translations.changed().await.is_ok() {
-            let next = desired_of(&translations.borrow_and_update());
-            // Every translation is passed on (even an unchanged one): the lifecycle rereads the
-            // store then, which is how a process that does not order learns of new Secrets.
+            let (next, next_served) = {
+                let translation = translations.borrow_and_update();
+                (desired_of(&translation), served_of(&translation))
+            };
+            // Passed on when what to issue changed, or when a managed Secret changed: the
+            // lifecycle rereads the store on every message, which is how a process that does
+            // not order learns of the Secrets the orderer writes.
+            if next == **desired.borrow() && next_served == served {
+                continue;
+            }
+            served = next_served;
             if desired.send(Arc::new(next)).is_err() {
                 return;
             }

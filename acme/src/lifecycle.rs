@@ -537,6 +537,11 @@ impl Lifecycle {
                 next_refresh = now + self.settings.refresh_interval;
             }
             let leader = *may_order.borrow_and_update();
+            if was_leader && !leader {
+                // Another replica may take over any moment now and order the same names: only
+                // one process may talk to the CA, so this one abandons what it has in flight.
+                self.abandon_orders(&mut orders).await;
+            }
             if leader && !was_leader {
                 // Just became the orderer: what the previous one stored must be known first,
                 // or its fresh certificates would be ordered again.
@@ -573,6 +578,25 @@ impl Lifecycle {
                 }
                 () = tokio::time::sleep(sleep) => {}
             }
+        }
+    }
+
+    /// Ends every order and ARI check in flight, at once. An order cut short may leave its TXT
+    /// values in DNS (harmless: the CA checks for its own value only); the next orderer
+    /// resumes nothing and places a new order, which the CA typically answers with the same
+    /// still-pending authorizations.
+    async fn abandon_orders(&mut self, orders: &mut JoinSet<Job>) {
+        if orders.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            tasks = orders.len(),
+            "no longer the replica that orders: abandoning the ACME orders in flight"
+        );
+        orders.shutdown().await;
+        for entry in self.entries.values_mut() {
+            entry.in_flight = false;
+            entry.ari_in_flight = false;
         }
     }
 

@@ -251,3 +251,86 @@ async fn an_issuer_without_its_dns_secret_is_not_ready_and_orders_nothing() -> a
     assert_eq!(pebble.new_order_requests(), 0);
     Ok(())
 }
+
+/// A TCP server that accepts connections and never answers: an ACME request to it hangs in the
+/// TLS handshake, so an order stays in flight for as long as the test wants.
+async fn hanging_server() -> anyhow::Result<(std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(socket);
+        }
+    });
+    Ok((addr, accepted))
+}
+
+#[tokio::test]
+async fn losing_leadership_abandons_the_order_in_flight() -> anyhow::Result<()> {
+    let (ca, accepted) = hanging_server().await?;
+    let ca_root = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
+    let spec: IssuerSpec = serde_json::from_value(serde_json::json!({"acme": {
+        "server": format!("https://{ca}/directory"),
+        "privateKeySecretRef": {"name": "hanging-account"},
+        "caBundle": ca_root.cert.pem(),
+        "dns01": {"rfc2136": {
+            "nameserver": "127.0.0.1:9",
+            "tsigKeyName": TSIG_KEY_NAME,
+            "tsigSecretRef": {"name": "tsig", "key": "secret"},
+        }},
+    }}))?;
+    let mut secrets = SecretMaterial::default();
+    secrets.insert(
+        &SecretKeyRef {
+            name: "tsig".into(),
+            key: "secret".into(),
+        },
+        TSIG_SECRET_B64.as_bytes().to_vec(),
+    );
+    let (_desired, desired_rx) = watch::channel(Arc::new(Desired {
+        issuers: vec![IssuerConfig {
+            id: issuer_ref(),
+            spec,
+            secrets,
+        }],
+        certificates: vec![certificate(&["example.test"])],
+    }));
+    let (leader, leader_rx) = watch::channel(true);
+    let status = spawn_lifecycle(
+        Arc::new(MemoryStore::default()),
+        desired_rx,
+        leader_rx,
+        LifecycleSettings::default(),
+        Arc::new(NoEvents),
+    );
+    wait_state(&status, "an order in flight", |s| {
+        s.state == CertificateState::Ordering
+    })
+    .await?;
+    wait_for("the CA to be contacted", Duration::from_secs(60), || {
+        let contacted = accepted.load(std::sync::atomic::Ordering::SeqCst) > 0;
+        async move { contacted.then_some(()) }
+    })
+    .await?;
+
+    // The CA never answers, so only abandoning the order ends the "ordering" state.
+    leader.send_replace(false);
+    let abandoned = wait_state(&status, "the order abandoned", |s| {
+        s.state == CertificateState::Pending
+    })
+    .await?;
+    assert_eq!(abandoned.orders, 1);
+    assert_eq!(abandoned.failures, 0, "an abandoned order is not a failure");
+
+    // Leadership back: the certificate is ordered again, so nothing was left wedged.
+    leader.send_replace(true);
+    wait_state(&status, "a second order", |s| {
+        s.state == CertificateState::Ordering && s.orders == 2
+    })
+    .await?;
+    Ok(())
+}

@@ -5,6 +5,7 @@
 pub mod controller;
 pub mod report;
 pub mod revocations;
+pub mod secret_store;
 pub mod source;
 pub mod status;
 pub mod translate;
@@ -16,7 +17,11 @@ pub use source::{
     spawn_directory_source_with, spawn_directory_source_with_roots, spawn_kubernetes_source,
 };
 
-pub use controller::{Controller, ControllerError, ControllerSettings, DEFAULT_LEASE_NAME};
+pub use controller::{
+    ClusterAcme, Controller, ControllerError, ControllerSettings, DEFAULT_ACME_LEASE_NAME,
+    DEFAULT_LEASE_NAME,
+};
+pub use secret_store::SecretStore;
 pub use report::{
     Condition, ConditionStatus, GatewayAddress, ListenerStatus, ObjectStatus, ParentReference,
     ParentStatus, Report, RouteGroupKind,
