@@ -258,6 +258,8 @@ EXPECTED_CLUSTER_RULES = {
     ("torhaus.dev", "authpolicies/status"): {"patch", "update"},
     ("torhaus.dev", "issuers"): {"get", "list", "watch"},
     ("torhaus.dev", "clusterissuers"): {"get", "list", "watch"},
+    ("torhaus.dev", "issuers/status"): {"patch", "update"},
+    ("torhaus.dev", "clusterissuers/status"): {"patch", "update"},
     ("", "namespaces"): {"get", "list", "watch"},
     ("", "services"): {"get", "list", "watch"},
     ("discovery.k8s.io", "endpointslices"): {"get", "list", "watch"},

@@ -60,7 +60,7 @@ pub enum ControllerError {
 pub struct Controller {
     source: KubernetesSource,
     election: LeaderElection,
-    client: kube::Client,
+    secrets: SecretStore,
     acme_lease: LeaseSettings,
     acme_election: Option<LeaderElection>,
 }
@@ -116,7 +116,7 @@ impl Controller {
             LeaseSettings::new(&namespace, &settings.lease_name, &settings.identity),
         );
         spawn_status_writer(
-            client,
+            client.clone(),
             source.snapshots.clone(),
             election.is_leader.clone(),
             StatusWriterOptions::default(),
@@ -129,7 +129,7 @@ impl Controller {
         Self {
             source,
             election,
-            client,
+            secrets: SecretStore::new(client),
             acme_lease,
             acme_election: None,
         }
@@ -138,13 +138,13 @@ impl Controller {
     /// Starts campaigning for the ACME Lease (once; later calls share that election) and
     /// returns the Secret store with the signal that this replica may order.
     pub fn start_acme(&mut self) -> ClusterAcme {
-        let client = &self.client;
+        let client = self.secrets.client();
         let lease = &self.acme_lease;
         let election = self
             .acme_election
             .get_or_insert_with(|| spawn_leader_election(client.clone(), lease.clone()));
         ClusterAcme {
-            store: Arc::new(SecretStore::new(self.client.clone())),
+            store: Arc::new(self.secrets.clone()),
             may_order: election.is_leader.clone(),
         }
     }

@@ -46,6 +46,10 @@ impl SecretStore {
         Self { client }
     }
 
+    pub(crate) fn client(&self) -> &kube::Client {
+        &self.client
+    }
+
     fn api(&self, secret: &ObjectName) -> Api<Secret> {
         Api::namespaced(self.client.clone(), &secret.namespace)
     }

@@ -380,6 +380,19 @@ async fn issuers_and_the_secrets_they_read_are_watched() {
     assert_eq!(status, "False");
     assert!(message.contains("Secret torhaus-system/eab"), "{message}");
 
+    // The status writer's plan: each issuer's Ready condition goes into its status.
+    let patches = torhaus_k8s::status::plan_status_patches(&first, CONTROLLER_NAME, "2026-01-01T00:00:00Z");
+    let issuer_patch = patches
+        .iter()
+        .find(|p| p.key.kind == torhaus_k8s::ObjectKind::ClusterIssuer && p.key.name == "le")
+        .expect("a status patch for the ClusterIssuer");
+    assert_eq!(
+        issuer_patch.body.pointer("/status/conditions/0/reason"),
+        Some(&json!("SecretMissing")),
+        "{}",
+        issuer_patch.body
+    );
+
     // The EAB Secret appears: the ClusterIssuer becomes ready without a restart.
     api.put(opaque("torhaus-system", "eab", "hmac", b"cluster eab"));
     let deadline = tokio::time::Instant::now() + DEADLINE;
@@ -440,6 +453,7 @@ async fn controller(api: &FakeApi, id: usize) -> torhaus_k8s::Controller {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_one_replica_orders_and_the_acme_lease_hands_over_on_shutdown() {
     let api = FakeApi::new();
+    api.put(issuer_manifest("Issuer", Some("apps"), "local"));
     let mut first = controller(&api, 0).await;
     let mut second = controller(&api, 1).await;
     let acme_first = first.start_acme_with(fast_lease("pod-0"));
@@ -487,6 +501,23 @@ async fn exactly_one_replica_orders_and_the_acme_lease_hands_over_on_shutdown() 
         .get("Lease", "torhaus-system", "torhaus-acme")
         .expect("the ACME Lease exists");
     assert_ne!(lease["spec"]["holderIdentity"], json!(holder));
+    // Meanwhile the status writer has written the Issuer's Ready condition: its Secrets are
+    // missing.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let reason = api
+            .get("Issuer", "apps", "local")
+            .and_then(|issuer| issuer.pointer("/status/conditions/0/reason").cloned());
+        if reason == Some(json!("SecretMissing")) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the Issuer's status was not written: {:?}",
+            api.get("Issuer", "apps", "local")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // The same election is shared by later callers.
     let again = follower.start_acme();
     assert!(*again.may_order.borrow());
