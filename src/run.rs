@@ -103,7 +103,9 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         // Kubernetes mode: certificates are Secrets, and the ACME Lease elects the orderer.
         (None, Some(controller)) => {
             if args.acme.acme_store.is_some() {
-                tracing::warn!("--acme-store is ignored in Kubernetes mode: certificates are Secrets in the cluster");
+                tracing::warn!(
+                    "--acme-store is ignored in Kubernetes mode: certificates are Secrets in the cluster"
+                );
             }
             Some(control.block_on(async {
                 let acme = controller.start_acme();

@@ -254,7 +254,8 @@ async fn an_issuer_without_its_dns_secret_is_not_ready_and_orders_nothing() -> a
 
 /// A TCP server that accepts connections and never answers: an ACME request to it hangs in the
 /// TLS handshake, so an order stays in flight for as long as the test wants.
-async fn hanging_server() -> anyhow::Result<(std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>)> {
+async fn hanging_server()
+-> anyhow::Result<(std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));

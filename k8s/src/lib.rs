@@ -21,11 +21,11 @@ pub use controller::{
     ClusterAcme, Controller, ControllerError, ControllerSettings, DEFAULT_ACME_LEASE_NAME,
     DEFAULT_LEASE_NAME,
 };
-pub use secret_store::SecretStore;
 pub use report::{
     Condition, ConditionStatus, GatewayAddress, ListenerStatus, ObjectStatus, ParentReference,
     ParentStatus, Report, RouteGroupKind,
 };
+pub use secret_store::SecretStore;
 pub use translate::{
     CERT_MANAGER_CLUSTER_ISSUER_ANNOTATION, CERT_MANAGER_ISSUER_ANNOTATION,
     CLUSTER_ISSUER_ANNOTATION, ISSUER_ANNOTATION, TranslateOptions, Translation,

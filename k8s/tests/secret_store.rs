@@ -34,10 +34,7 @@ fn certificate(serial: &str) -> StoredCertificate {
                 "torhaus.dev/issuer".to_owned(),
                 "Issuer apps/letsencrypt".to_owned(),
             ),
-            (
-                "torhaus.dev/dns-names".to_owned(),
-                "example.com".to_owned(),
-            ),
+            ("torhaus.dev/dns-names".to_owned(), "example.com".to_owned()),
         ]),
     }
 }
@@ -116,9 +113,9 @@ async fn an_existing_secret_is_replaced_with_the_resource_version_read_keeping_f
         "type": "kubernetes.io/tls",
         "data": {"tls.crt": base64(b"old"), "tls.key": base64(b"old"), "ca.crt": base64(b"old ca")}
     }));
-    let read_version = api.get("Secret", "apps", "example-tls").expect("seeded")["metadata"]
-        ["resourceVersion"]
-        .clone();
+    let read_version =
+        api.get("Secret", "apps", "example-tls").expect("seeded")["metadata"]["resourceVersion"]
+            .clone();
     let store = SecretStore::new(api.client(0));
     let name = ObjectName::new("apps", "example-tls");
     store
@@ -334,7 +331,12 @@ async fn issuers_and_the_secrets_they_read_are_watched() {
     api.put(issuer_manifest("ClusterIssuer", None, "le"));
     api.put(opaque("apps", "dns-tsig", "secret", b"issuer tsig"));
     api.put(opaque("apps", "eab", "hmac", b"issuer eab"));
-    api.put(opaque("torhaus-system", "dns-tsig", "secret", b"cluster tsig"));
+    api.put(opaque(
+        "torhaus-system",
+        "dns-tsig",
+        "secret",
+        b"cluster tsig",
+    ));
     // Not referenced by anything: must never be read.
     api.put(opaque("apps", "unrelated", "x", b"private"));
     let options = KubernetesOptions {
@@ -381,7 +383,8 @@ async fn issuers_and_the_secrets_they_read_are_watched() {
     assert!(message.contains("Secret torhaus-system/eab"), "{message}");
 
     // The status writer's plan: each issuer's Ready condition goes into its status.
-    let patches = torhaus_k8s::status::plan_status_patches(&first, CONTROLLER_NAME, "2026-01-01T00:00:00Z");
+    let patches =
+        torhaus_k8s::status::plan_status_patches(&first, CONTROLLER_NAME, "2026-01-01T00:00:00Z");
     let issuer_patch = patches
         .iter()
         .find(|p| p.key.kind == torhaus_k8s::ObjectKind::ClusterIssuer && p.key.name == "le")
@@ -434,7 +437,11 @@ fn fast_lease(identity: &str) -> LeaseSettings {
         renew_deadline: Duration::from_millis(1000),
         retry_period: Duration::from_millis(100),
         duty: "ordering ACME certificates".to_owned(),
-        ..LeaseSettings::new("torhaus-system", torhaus_k8s::DEFAULT_ACME_LEASE_NAME, identity)
+        ..LeaseSettings::new(
+            "torhaus-system",
+            torhaus_k8s::DEFAULT_ACME_LEASE_NAME,
+            identity,
+        )
     }
 }
 

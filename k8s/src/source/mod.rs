@@ -9,8 +9,8 @@ pub use directory::{
     spawn_directory_source_with, spawn_directory_source_with_roots,
 };
 pub use kubernetes::{
-    DEFAULT_DEBOUNCE, KubeSnapshot, KubernetesOptions, KubernetesSource, auth_policy_resource, cluster_issuer_resource, issuer_resource,
-    spawn_kubernetes_source,
+    DEFAULT_DEBOUNCE, KubeSnapshot, KubernetesOptions, KubernetesSource, auth_policy_resource,
+    cluster_issuer_resource, issuer_resource, spawn_kubernetes_source,
 };
 pub use objects::{
     AuthPolicyObject, IssuerObject, KubeObject, ObjectKey, ObjectKind, ObjectSet, Problem,

@@ -352,7 +352,8 @@ impl FakeApi {
                 if let Some(left) = interfering
                     && let Some(mut theirs) = state.objects.get(&key(&name)).cloned()
                 {
-                    theirs["metadata"]["annotations"]["test/other-writer"] = json!(left.to_string());
+                    theirs["metadata"]["annotations"]["test/other-writer"] =
+                        json!(left.to_string());
                     state.store(key(&name), theirs, "MODIFIED");
                 }
                 let Some(current) = state.objects.get(&key(&name)) else {
