@@ -550,3 +550,191 @@ async fn real_cluster_round_trips_a_certificate_secret() {
         Some(certificate("BB=="))
     );
 }
+
+/// One replica as the binary wires Kubernetes mode: the controller, its Secret store and ACME
+/// Lease, and the lifecycle fed from its translations.
+struct AcmeReplica {
+    controller: torhaus_k8s::Controller,
+    translations: tokio::sync::watch::Receiver<std::sync::Arc<torhaus_k8s::Translation>>,
+    may_order: tokio::sync::watch::Receiver<bool>,
+    _status: tokio::sync::watch::Receiver<std::sync::Arc<Vec<torhaus_acme::CertificateStatus>>>,
+}
+
+async fn acme_replica(
+    api: &FakeApi,
+    id: usize,
+    knot: &torhaus_tests::dns_rig::Knot,
+) -> AcmeReplica {
+    use std::sync::Arc;
+    let mut controller = controller(api, id).await;
+    let mut translations = tokio::time::timeout(DEADLINE, controller.translations())
+        .await
+        .expect("first sync in time")
+        .expect("source running");
+    let acme = controller.start_acme_with(fast_lease(&format!("pod-{id}")));
+    let desired_of = |t: &torhaus_k8s::Translation| torhaus_acme::Desired {
+        issuers: t.issuers.clone(),
+        certificates: t.certificates.clone(),
+    };
+    let (desired, desired_rx) =
+        tokio::sync::watch::channel(Arc::new(desired_of(&translations.borrow_and_update())));
+    let mut feed = translations.clone();
+    tokio::spawn(async move {
+        while feed.changed().await.is_ok() {
+            let next = desired_of(&feed.borrow_and_update());
+            if desired.send(Arc::new(next)).is_err() {
+                return;
+            }
+        }
+    });
+    let mut settings = torhaus_acme::LifecycleSettings {
+        lookup: torhaus_dns::LookupConfig {
+            resolvers: vec![knot.addr],
+            authoritative_port: knot.addr.port(),
+            ..torhaus_dns::LookupConfig::default()
+        },
+        retry_base: Duration::from_millis(500),
+        ..torhaus_acme::LifecycleSettings::default()
+    };
+    settings.timings.propagation_interval = Duration::from_millis(200);
+    let status = torhaus_acme::spawn_lifecycle(
+        acme.store,
+        desired_rx,
+        acme.may_order.clone(),
+        settings,
+        Arc::new(torhaus_acme::NoEvents),
+    );
+    AcmeReplica {
+        controller,
+        translations,
+        may_order: acme.may_order,
+        _status: status,
+    }
+}
+
+/// The leaf the translation serves from `source` (`namespace/name`), if any.
+fn served_leaf(translation: &torhaus_k8s::Translation, source: &str) -> Option<Vec<u8>> {
+    translation
+        .config
+        .ports
+        .iter()
+        .flat_map(|port| &port.listeners)
+        .filter_map(|listener| listener.tls.as_ref())
+        .flat_map(|tls| &tls.certificates)
+        .find(|served| served.source == source)
+        .and_then(|served| served.chain.first())
+        .map(|leaf| leaf.as_ref().to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_place_one_order_and_both_serve_the_secret_it_writes() -> anyhow::Result<()> {
+    use torhaus_tests::dns_rig::{Knot, TSIG_KEY_NAME, TSIG_SECRET_B64, knotd_path};
+    use torhaus_tests::pebble_rig::{Pebble, PebbleOptions, leaf_of, pebble_path};
+    let (Some(knotd), Some(pebble)) = (knotd_path(), pebble_path()) else {
+        eprintln!("SKIPPED: pebble or knotd is not installed (run scripts/install-deps.sh test)");
+        return Ok(());
+    };
+    let knot = Knot::start(&knotd)?;
+    let pebble = Pebble::start(&pebble, knot.addr, PebbleOptions::default())?;
+    let api = FakeApi::new();
+    api.put(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+        "metadata": {"name": "torhaus"}, "spec": {"controllerName": CONTROLLER_NAME}
+    }));
+    let listener = |name: &str, hostname: &str| {
+        json!({"name": name, "port": 443, "protocol": "HTTPS", "hostname": hostname,
+               "tls": {"certificateRefs": [{"name": "example-tls"}]}})
+    };
+    api.put(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": "edge", "namespace": "apps", "generation": 1,
+                     "annotations": {"torhaus.dev/issuer": "pebble"}},
+        "spec": {"gatewayClassName": "torhaus", "listeners": [
+            listener("apex", "example.test"), listener("all", "*.example.test")
+        ]}
+    }));
+    api.put(json!({
+        "apiVersion": "torhaus.dev/v1alpha1", "kind": "Issuer",
+        "metadata": {"name": "pebble", "namespace": "apps"},
+        "spec": {"acme": {
+            "server": pebble.directory_url(),
+            "privateKeySecretRef": {"name": "pebble-account"},
+            "caBundle": pebble.tls_ca_pem,
+            "dns01": {"rfc2136": {
+                "nameserver": knot.addr.to_string(),
+                "tsigKeyName": TSIG_KEY_NAME,
+                "tsigSecretRef": {"name": "dns-tsig", "key": "secret"}
+            }}
+        }}
+    }));
+    api.put(opaque(
+        "apps",
+        "dns-tsig",
+        "secret",
+        TSIG_SECRET_B64.as_bytes(),
+    ));
+
+    let mut replicas = vec![
+        acme_replica(&api, 0, &knot).await,
+        acme_replica(&api, 1, &knot).await,
+    ];
+    // The orderer writes the Secret (through the API, with its label and annotations) ...
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let secret = loop {
+        if let Some(secret) = api.get("Secret", "apps", "example-tls") {
+            break secret;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no certificate Secret within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    assert_eq!(
+        secret["metadata"]["annotations"]["torhaus.dev/dns-names"],
+        "*.example.test,example.test"
+    );
+    let account = api
+        .get("Secret", "apps", "pebble-account")
+        .expect("the account Secret");
+    assert!(account["data"].get(ACCOUNT_KEY).is_some(), "{account}");
+    let chain = String::from_utf8(decoded(&secret, "tls.crt"))?;
+    let leaf = leaf_of(&chain)?;
+    // ... and every replica serves it through its own watch, the orderer and the other alike.
+    for replica in &mut replicas {
+        tokio::time::timeout(
+            DEADLINE,
+            replica
+                .translations
+                .wait_for(|t| served_leaf(t, "apps/example-tls").as_ref() == Some(&leaf)),
+        )
+        .await
+        .expect("the new certificate is served in time")
+        .expect("source running");
+    }
+    assert_eq!(
+        pebble.new_order_requests(),
+        1,
+        "exactly one replica ordered"
+    );
+    let orderers = replicas.iter().filter(|r| *r.may_order.borrow()).count();
+    assert_eq!(orderers, 1);
+
+    // The orderer goes; the other takes the Lease at once (released on shutdown). That the new
+    // orderer rereads the store before it orders is the lifecycle's, tested in standalone mode
+    // (tests/tests/acme.rs, two processes sharing one store).
+    let position = replicas
+        .iter()
+        .position(|r| *r.may_order.borrow())
+        .expect("an orderer");
+    let orderer = replicas.remove(position);
+    orderer.controller.shutdown().await;
+    let mut other = replicas.remove(0);
+    tokio::time::timeout(DEADLINE, other.may_order.wait_for(|may| *may))
+        .await
+        .expect("the other replica takes over")
+        .expect("election running");
+    drop(other);
+    Ok(())
+}
