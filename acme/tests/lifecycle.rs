@@ -27,6 +27,17 @@ use torhaus_tests::process::wait_for;
 struct MemoryStore {
     certificates: Mutex<BTreeMap<ObjectName, StoredCertificate>>,
     accounts: Mutex<BTreeMap<ObjectName, Vec<u8>>>,
+    /// Secrets that hold something else (as a Secret of another type in a cluster).
+    foreign: Mutex<BTreeMap<ObjectName, String>>,
+}
+
+impl MemoryStore {
+    fn refuse(&self, secret: &ObjectName) -> Result<(), StoreError> {
+        match self.foreign.lock().expect("lock").get(secret) {
+            Some(why) => Err(StoreError::Foreign(why.clone())),
+            None => Ok(()),
+        }
+    }
 }
 
 #[async_trait]
@@ -35,6 +46,7 @@ impl CertificateStore for MemoryStore {
         &self,
         secret: &ObjectName,
     ) -> Result<Option<StoredCertificate>, StoreError> {
+        self.refuse(secret)?;
         Ok(self.certificates.lock().expect("lock").get(secret).cloned())
     }
     async fn save_certificate(
@@ -42,6 +54,7 @@ impl CertificateStore for MemoryStore {
         secret: &ObjectName,
         certificate: &StoredCertificate,
     ) -> Result<(), StoreError> {
+        self.refuse(secret)?;
         self.certificates
             .lock()
             .expect("lock")
@@ -270,9 +283,8 @@ async fn hanging_server()
     Ok((addr, accepted))
 }
 
-#[tokio::test]
-async fn losing_leadership_abandons_the_order_in_flight() -> anyhow::Result<()> {
-    let (ca, accepted) = hanging_server().await?;
+/// An issuer whose CA accepts connections and never answers: its orders stay in flight.
+fn hanging_issuer(ca: std::net::SocketAddr) -> anyhow::Result<IssuerConfig> {
     let ca_root = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
     let spec: IssuerSpec = serde_json::from_value(serde_json::json!({"acme": {
         "server": format!("https://{ca}/directory"),
@@ -292,12 +304,18 @@ async fn losing_leadership_abandons_the_order_in_flight() -> anyhow::Result<()> 
         },
         TSIG_SECRET_B64.as_bytes().to_vec(),
     );
+    Ok(IssuerConfig {
+        id: issuer_ref(),
+        spec,
+        secrets,
+    })
+}
+
+#[tokio::test]
+async fn losing_leadership_abandons_the_order_in_flight() -> anyhow::Result<()> {
+    let (ca, accepted) = hanging_server().await?;
     let (_desired, desired_rx) = watch::channel(Arc::new(Desired {
-        issuers: vec![IssuerConfig {
-            id: issuer_ref(),
-            spec,
-            secrets,
-        }],
+        issuers: vec![hanging_issuer(ca)?],
         certificates: vec![certificate(&["example.test"])],
     }));
     let (leader, leader_rx) = watch::channel(true);
@@ -331,6 +349,51 @@ async fn losing_leadership_abandons_the_order_in_flight() -> anyhow::Result<()> 
     leader.send_replace(true);
     wait_state(&status, "a second order", |s| {
         s.state == CertificateState::Ordering && s.orders == 2
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn nothing_is_ordered_for_a_secret_the_store_refuses_until_it_is_freed() -> anyhow::Result<()>
+{
+    let (ca, _accepted) = hanging_server().await?;
+    let store = Arc::new(MemoryStore::default());
+    let secret = ObjectName::new("apps", "example-tls");
+    store.foreign.lock().expect("lock").insert(
+        secret.clone(),
+        "Secret apps/example-tls is of type Opaque, not kubernetes.io/tls".to_owned(),
+    );
+    let wanted = Desired {
+        issuers: vec![hanging_issuer(ca)?],
+        certificates: vec![certificate(&["example.test"])],
+    };
+    let (desired, desired_rx) = watch::channel(Arc::new(wanted.clone()));
+    let (_leader, leader_rx) = watch::channel(true);
+    let status = spawn_lifecycle(
+        Arc::clone(&store) as Arc<dyn CertificateStore>,
+        desired_rx,
+        leader_rx,
+        LifecycleSettings::default(),
+        Arc::new(NoEvents),
+    );
+    // Were it ordered, the order would hang at the CA and the state stay "ordering".
+    let stopped = wait_state(&status, "ordering stopped", |s| {
+        s.state == CertificateState::Stopped
+    })
+    .await?;
+    assert_eq!(stopped.orders, 0);
+    let error = stopped.last_error.unwrap_or_default();
+    assert!(
+        error.contains("Secret apps/example-tls is of type Opaque"),
+        "{error}"
+    );
+
+    // The Secret is deleted: the next reread of the store (here, a new translation) orders.
+    store.foreign.lock().expect("lock").clear();
+    desired.send_replace(Arc::new(wanted));
+    wait_state(&status, "an order", |s| {
+        s.state == CertificateState::Ordering && s.orders == 1
     })
     .await?;
     Ok(())

@@ -149,7 +149,8 @@ impl Controller {
         }
     }
 
-    /// [`Controller::start_acme`] with other Lease timings (tests use short ones).
+    /// [`Controller::start_acme`] with other Lease settings (tests use short timings); they
+    /// take effect only in the first call, which starts the election.
     pub fn start_acme_with(&mut self, lease: LeaseSettings) -> ClusterAcme {
         self.acme_lease = lease;
         self.start_acme()

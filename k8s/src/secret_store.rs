@@ -130,7 +130,7 @@ fn secret_type(secret: &Secret) -> &str {
 fn require_tls(name: &ObjectName, secret: &Secret) -> Result<(), StoreError> {
     match secret_type(secret) {
         TLS_SECRET_TYPE => Ok(()),
-        other => Err(StoreError::Invalid(format!(
+        other => Err(StoreError::Foreign(format!(
             "Secret {name} is of type {other}, not {TLS_SECRET_TYPE}; torhaus does not overwrite it: \
              delete it or point the listener's certificateRefs at another Secret"
         ))),
