@@ -82,8 +82,11 @@ impl SecretStore {
             };
             match written {
                 Ok(_) => return Ok(()),
-                // Changed (or created) by someone else since the read: redo it on theirs.
-                Err(kube::Error::Api(status)) if status.code == 409 => {
+                // Changed, created or deleted by someone else since the read: redo it on what
+                // the API holds now.
+                Err(kube::Error::Api(status))
+                    if status.code == 409 || (exists && status.code == 404) =>
+                {
                     tracing::debug!(secret = %secret, message = %status.message, "conflicting write; rereading the Secret");
                     last_conflict = status.message;
                 }
