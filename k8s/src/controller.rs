@@ -140,9 +140,10 @@ impl Controller {
     pub fn start_acme(&mut self) -> ClusterAcme {
         let client = self.secrets.client();
         let lease = &self.acme_lease;
-        let election = self
-            .acme_election
-            .get_or_insert_with(|| spawn_leader_election(client.clone(), lease.clone()));
+        let election = self.acme_election.get_or_insert_with(|| {
+            tracing::info!(lease = %format!("{}/{}", lease.namespace, lease.name), "ACME: certificates are Secrets; the holder of this Lease orders them");
+            spawn_leader_election(client.clone(), lease.clone())
+        });
         ClusterAcme {
             store: Arc::new(self.secrets.clone()),
             may_order: election.is_leader.clone(),
