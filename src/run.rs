@@ -91,8 +91,8 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let dataplane = DataPlane::start_with_options(settings, Arc::new(local_ca), options)
         .context("starting the data plane")?;
-    let acme_status = match acme_store {
-        Some(store) => Some(control.block_on(async {
+    let acme_status = match (acme_store, controller.as_mut()) {
+        (Some(store), _) => Some(control.block_on(async {
             crate::acme::start(
                 store,
                 &args.acme,
@@ -100,7 +100,25 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
                 Arc::clone(dataplane.metrics()),
             )
         })?),
-        None => None,
+        // Kubernetes mode: certificates are Secrets, and the ACME Lease elects the orderer.
+        (None, Some(controller)) => {
+            if args.acme.acme_store.is_some() {
+                tracing::warn!(
+                    "--acme-store is ignored in Kubernetes mode: certificates are Secrets in the cluster"
+                );
+            }
+            Some(control.block_on(async {
+                let acme = controller.start_acme();
+                crate::acme::start_lifecycle(
+                    acme.store,
+                    acme.may_order,
+                    &args.acme,
+                    translations.clone(),
+                    Arc::clone(dataplane.metrics()),
+                )
+            }))
+        }
+        (None, None) => None,
     };
     match &controller {
         // Standalone mode has no election: this process is the only writer there is.
@@ -167,7 +185,7 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         shutdown_signals.received().await;
         tracing::info!("shutting down: draining connections");
         if let Some(controller) = controller.take() {
-            // Hand the status Lease over first, so another replica writes status at once.
+            // Hand the Leases over first, so another replica writes status and orders at once.
             controller.shutdown().await;
         }
         stopper.shutdown();
@@ -206,6 +224,7 @@ async fn start_controller(
             .collect(),
         lease_namespace: args.kube.lease_namespace.clone(),
         lease_name: args.kube.lease_name.clone(),
+        acme_lease_name: args.kube.acme_lease_name.clone(),
         identity,
         revocations: Some(revocations),
     };

@@ -32,6 +32,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use torhaus_acme::CLUSTER_RESOURCE_NAMESPACE;
 use torhaus_model::ObjectName;
 
 use super::objects::{
@@ -132,6 +133,8 @@ pub fn spawn_kubernetes_source(client: Client, options: KubernetesOptions) -> Ku
         watchers.all::<Service>(ObjectKind::Service),
         watchers.all::<EndpointSlice>(ObjectKind::EndpointSlice),
         watchers.custom(auth_policy_resource(), ObjectKind::AuthPolicy),
+        watchers.custom(issuer_resource(), ObjectKind::Issuer),
+        watchers.custom(cluster_issuer_resource(), ObjectKind::ClusterIssuer),
     ];
     index.required = [
         ObjectKind::GatewayClass,
@@ -142,6 +145,8 @@ pub fn spawn_kubernetes_source(client: Client, options: KubernetesOptions) -> Ku
         ObjectKind::Service,
         ObjectKind::EndpointSlice,
         ObjectKind::AuthPolicy,
+        ObjectKind::Issuer,
+        ObjectKind::ClusterIssuer,
     ]
     .into_iter()
     .map(Feed::Kind)
@@ -542,8 +547,31 @@ pub fn auth_policy_resource() -> ApiResource {
     }
 }
 
-/// The Secrets the listeners of our Gateways name in `tls.certificateRefs`, and those the
-/// `AuthPolicy` objects name (client secrets, session keys; always in their own namespace).
+/// The `Issuer` CRD (`torhaus.dev/v1alpha1`, installed with torhaus).
+pub fn issuer_resource() -> ApiResource {
+    torhaus_resource("Issuer", "issuers")
+}
+
+/// The `ClusterIssuer` CRD (`torhaus.dev/v1alpha1`, installed with torhaus).
+pub fn cluster_issuer_resource() -> ApiResource {
+    torhaus_resource("ClusterIssuer", "clusterissuers")
+}
+
+fn torhaus_resource(kind: &str, plural: &str) -> ApiResource {
+    ApiResource {
+        group: crate::source::TORHAUS_GROUP.to_owned(),
+        version: "v1alpha1".to_owned(),
+        api_version: torhaus_acme::config::API_VERSION.to_owned(),
+        kind: kind.to_owned(),
+        plural: plural.to_owned(),
+    }
+}
+
+/// The Secrets the listeners of our Gateways name in `tls.certificateRefs`, those the
+/// `AuthPolicy` objects name (client secrets, session keys; always in their own namespace), and
+/// those issuers read (DNS credentials, EAB keys: in the Issuer's namespace, or in
+/// [`CLUSTER_RESOURCE_NAMESPACE`] for a ClusterIssuer). Account Secrets are not watched: only
+/// the ordering replica reads them, through the ACME store.
 fn referenced_secrets(objects: &ObjectSet, options: &TranslateOptions) -> BTreeSet<ObjectName> {
     let ours: HashSet<&str> = objects
         .gateway_classes
@@ -586,6 +614,19 @@ fn referenced_secrets(objects: &ObjectSet, options: &TranslateOptions) -> BTreeS
     for (policy_name, policy) in &objects.auth_policies {
         for secret in policy.object.policy.secret_names() {
             names.insert(ObjectName::new(policy_name.namespace.clone(), secret));
+        }
+    }
+    let issuers = objects
+        .issuers
+        .iter()
+        .map(|(name, issuer)| (name.namespace.as_str(), issuer));
+    let cluster_issuers = objects
+        .cluster_issuers
+        .values()
+        .map(|issuer| (CLUSTER_RESOURCE_NAMESPACE, issuer));
+    for (namespace, issuer) in issuers.chain(cluster_issuers) {
+        for reference in issuer.object.spec.secret_refs() {
+            names.insert(ObjectName::new(namespace, reference.name));
         }
     }
     names
