@@ -57,6 +57,29 @@ pub struct StateDirArg {
     pub state_dir: Option<PathBuf>,
 }
 
+/// Where ClusterIssuers keep their Secrets.
+#[derive(Debug, Args)]
+pub struct ClusterResourceNamespaceArg {
+    /// Namespace whose Secrets ClusterIssuers read (DNS credentials, EAB keys) and keep their
+    /// ACME account in, like cert-manager's cluster resource namespace. The chart sets it to
+    /// torhaus's own namespace.
+    #[arg(
+        long,
+        env = "TORHAUS_CLUSTER_RESOURCE_NAMESPACE",
+        default_value = torhaus_acme::CLUSTER_RESOURCE_NAMESPACE
+    )]
+    pub cluster_resource_namespace: String,
+}
+
+impl ClusterResourceNamespaceArg {
+    pub fn translate_options(&self) -> torhaus_k8s::TranslateOptions {
+        torhaus_k8s::TranslateOptions {
+            cluster_resource_namespace: self.cluster_resource_namespace.clone(),
+            ..torhaus_k8s::TranslateOptions::default()
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// Directory of Kubernetes manifests (searched recursively).
@@ -68,6 +91,8 @@ pub struct CheckArgs {
     pub state_dir: Option<PathBuf>,
     #[arg(long, env = "TORHAUS_ACME_STORE")]
     pub acme_store: Option<PathBuf>,
+    #[command(flatten)]
+    pub cluster_resources: ClusterResourceNamespaceArg,
 }
 
 #[derive(Debug, Args)]
@@ -114,6 +139,8 @@ pub struct RunArgs {
     pub observability: ObservabilityArgs,
     #[command(flatten)]
     pub acme: AcmeArgs,
+    #[command(flatten)]
+    pub cluster_resources: ClusterResourceNamespaceArg,
 }
 
 /// ACME certificates: where they are stored (standalone mode; in Kubernetes mode they are

@@ -8,8 +8,7 @@ use anyhow::Context as _;
 use torhaus_acme::{LocalCa, default_state_dir};
 use torhaus_gateway::{DataPlane, DataPlaneOptions, EjectionPolicy, GatewaySettings};
 use torhaus_k8s::{
-    Condition, ListenerStatus, ObjectKind, ObjectStatus, Report, Severity, TranslateOptions,
-    Translation,
+    Condition, ListenerStatus, ObjectKind, ObjectStatus, Report, Severity, Translation,
 };
 
 use crate::admin::{self, AdminState};
@@ -52,7 +51,7 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
                     torhaus_k8s::spawn_directory_source_with_roots(
                         config.clone(),
                         acme_store.iter().map(|s| s.secrets_dir()).collect(),
-                        TranslateOptions::default(),
+                        args.cluster_resources.translate_options(),
                         torhaus_k8s::WatchMode::Notify,
                     )
                 })
@@ -225,6 +224,7 @@ async fn start_controller(
         lease_namespace: args.kube.lease_namespace.clone(),
         lease_name: args.kube.lease_name.clone(),
         acme_lease_name: args.kube.acme_lease_name.clone(),
+        cluster_resource_namespace: args.cluster_resources.cluster_resource_namespace.clone(),
         identity,
         revocations: Some(revocations),
     };
@@ -251,7 +251,7 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
         )
         .load()
         .with_context(|| format!("reading {}", args.config.display()))?;
-    let translation = torhaus_k8s::translate(&objects, &TranslateOptions::default());
+    let translation = torhaus_k8s::translate(&objects, &args.cluster_resources.translate_options());
     println!("{}", translation.report);
     for line in torhaus_k8s::describe_certificates(
         &translation.certificates,

@@ -11,8 +11,9 @@ use torhaus_model::IssuerRef;
 /// The API group and version of torhaus's own objects.
 pub const API_VERSION: &str = "torhaus.dev/v1alpha1";
 
-/// The namespace whose Secrets a `ClusterIssuer` reads and writes (its DNS credentials and its
-/// ACME account), like cert-manager's "cluster resource namespace".
+/// The default namespace whose Secrets a `ClusterIssuer` reads and writes (its DNS credentials
+/// and its ACME account), like cert-manager's "cluster resource namespace"
+/// (`--cluster-resource-namespace`).
 pub const CLUSTER_RESOURCE_NAMESPACE: &str = "torhaus-system";
 
 /// `spec` of an `Issuer` or `ClusterIssuer`. The shape follows cert-manager's ACME issuer so
@@ -122,4 +123,7 @@ pub struct IssuerConfig {
     pub id: IssuerRef,
     pub spec: IssuerSpec,
     pub secrets: SecretMaterial,
+    /// Where the issuer's Secrets live, its ACME account included: an Issuer's own namespace,
+    /// the cluster resource namespace for a ClusterIssuer.
+    pub secret_namespace: String,
 }

@@ -14,9 +14,9 @@ use instant_acme::{Account, ExternalAccountKey, NewAccount};
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinSet;
 use torhaus_dns::{Dns01, Lookup, LookupConfig, SecretSource};
-use torhaus_model::{IssuerKind, IssuerRef, ManagedCertificate, ObjectName};
+use torhaus_model::{IssuerRef, ManagedCertificate, ObjectName};
 
-use crate::config::{CLUSTER_RESOURCE_NAMESPACE, IssuerConfig};
+use crate::config::IssuerConfig;
 use crate::leaf::{
     ANNOTATION_DNS_NAMES, ANNOTATION_ISSUER, ANNOTATION_NOT_AFTER, ANNOTATION_ORDER,
     ANNOTATION_RENEW_AFTER, LeafInfo, fallback_renewal, rfc3339, unix_seconds,
@@ -229,12 +229,8 @@ impl IssuerRuntime {
     }
 
     fn account_secret(&self) -> ObjectName {
-        let namespace = match self.config.id.kind {
-            IssuerKind::Issuer => self.config.id.name.namespace.clone(),
-            IssuerKind::ClusterIssuer => CLUSTER_RESOURCE_NAMESPACE.to_owned(),
-        };
         ObjectName::new(
-            namespace,
+            self.config.secret_namespace.clone(),
             self.config.spec.acme.private_key_secret_ref.name.clone(),
         )
     }

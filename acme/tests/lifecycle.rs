@@ -119,6 +119,7 @@ fn issuer(knot: &Knot, pebble: &Pebble, with_secret: bool) -> anyhow::Result<Iss
         id: issuer_ref(),
         spec,
         secrets,
+        secret_namespace: issuer_ref().name.namespace,
     })
 }
 
@@ -308,6 +309,7 @@ fn hanging_issuer(ca: std::net::SocketAddr) -> anyhow::Result<IssuerConfig> {
         id: issuer_ref(),
         spec,
         secrets,
+        secret_namespace: issuer_ref().name.namespace,
     })
 }
 

@@ -30,6 +30,8 @@ pub const DEFAULT_ACME_LEASE_NAME: &str = "torhaus-acme";
 pub struct ControllerSettings {
     /// Published in `status.addresses` of every served Gateway; must not be empty.
     pub addresses: Vec<GatewayAddress>,
+    /// Where ClusterIssuers read and keep their Secrets.
+    pub cluster_resource_namespace: String,
     /// Namespace of the Lease; `None` means the client's namespace (the pod's own in-cluster).
     pub lease_namespace: Option<String>,
     pub lease_name: String,
@@ -98,6 +100,7 @@ impl Controller {
             translate: TranslateOptions {
                 addresses: settings.addresses,
                 crd_bundle_version,
+                cluster_resource_namespace: settings.cluster_resource_namespace,
                 ..TranslateOptions::default()
             },
             ..KubernetesOptions::default()

@@ -390,3 +390,40 @@ spec:
             && p.message.contains("ClusterIssuer other")
     }));
 }
+
+#[test]
+fn cluster_issuers_read_their_secrets_in_the_configured_namespace() {
+    let cluster_issuer = ISSUER
+        .replace("kind: Issuer", "kind: ClusterIssuer")
+        .replace("{name: knot, namespace: apps}", "{name: le}");
+    let tsig_in = |namespace: &str| {
+        TSIG_SECRET.replace("namespace: apps", &format!("namespace: {namespace}"))
+    };
+    let gw = gateway("torhaus.dev/cluster-issuer: le");
+    let options = TranslateOptions {
+        cluster_resource_namespace: "torhaus".to_owned(),
+        ..TranslateOptions::default()
+    };
+    let ready = |tsig: &str| {
+        let translation = translate(&objects(&[CLASS, &cluster_issuer, tsig, &gw]), &options);
+        let status = translation
+            .report
+            .object(ObjectKind::ClusterIssuer, "", "le")
+            .expect("cluster issuer status")
+            .conditions[0]
+            .clone();
+        (
+            status.status.to_string(),
+            status.message,
+            translation.issuers,
+        )
+    };
+    // The default namespace's Secret is not the configured one's.
+    let (status, message, _) = ready(&tsig_in("torhaus-system"));
+    assert_eq!(status, "False");
+    assert!(message.contains("torhaus/tsig"), "{message}");
+    let (status, _, issuers) = ready(&tsig_in("torhaus"));
+    assert_eq!(status, "True");
+    // The account Secret lives there too.
+    assert_eq!(issuers[0].secret_namespace, "torhaus");
+}

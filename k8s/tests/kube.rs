@@ -966,6 +966,7 @@ async fn real_cluster_gets_status_written_by_the_leader() {
 #[tokio::test]
 async fn kubernetes_mode_refuses_to_start_without_a_gateway_address() {
     let settings = torhaus_k8s::ControllerSettings {
+        cluster_resource_namespace: "torhaus-system".to_owned(),
         addresses: Vec::new(),
         lease_namespace: None,
         lease_name: torhaus_k8s::DEFAULT_LEASE_NAME.to_owned(),
@@ -995,6 +996,7 @@ async fn the_controller_reads_the_crd_version_serves_writes_and_hands_over() {
                      "annotations": {"gateway.networking.k8s.io/bundle-version": "v1.6.1"}}
     }));
     let settings = torhaus_k8s::ControllerSettings {
+        cluster_resource_namespace: "torhaus-system".to_owned(),
         addresses: vec![GatewayAddress::parse("192.0.2.10")],
         lease_namespace: Some("torhaus-system".to_owned()),
         lease_name: torhaus_k8s::DEFAULT_LEASE_NAME.to_owned(),

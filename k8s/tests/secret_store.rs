@@ -447,6 +447,7 @@ fn fast_lease(identity: &str) -> LeaseSettings {
 
 async fn controller(api: &FakeApi, id: usize) -> torhaus_k8s::Controller {
     let settings = torhaus_k8s::ControllerSettings {
+        cluster_resource_namespace: "torhaus-system".to_owned(),
         addresses: vec![GatewayAddress::parse("192.0.2.10")],
         lease_namespace: Some("torhaus-system".to_owned()),
         lease_name: torhaus_k8s::DEFAULT_LEASE_NAME.to_owned(),

@@ -32,7 +32,6 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use torhaus_acme::CLUSTER_RESOURCE_NAMESPACE;
 use torhaus_model::ObjectName;
 
 use super::objects::{
@@ -570,7 +569,7 @@ fn torhaus_resource(kind: &str, plural: &str) -> ApiResource {
 /// The Secrets the listeners of our Gateways name in `tls.certificateRefs`, those the
 /// `AuthPolicy` objects name (client secrets, session keys; always in their own namespace), and
 /// those issuers read (DNS credentials, EAB keys: in the Issuer's namespace, or in
-/// [`CLUSTER_RESOURCE_NAMESPACE`] for a ClusterIssuer). Account Secrets are not watched: only
+/// the cluster resource namespace for a ClusterIssuer). Account Secrets are not watched: only
 /// the ordering replica reads them, through the ACME store.
 fn referenced_secrets(objects: &ObjectSet, options: &TranslateOptions) -> BTreeSet<ObjectName> {
     let ours: HashSet<&str> = objects
@@ -623,7 +622,7 @@ fn referenced_secrets(objects: &ObjectSet, options: &TranslateOptions) -> BTreeS
     let cluster_issuers = objects
         .cluster_issuers
         .values()
-        .map(|issuer| (CLUSTER_RESOURCE_NAMESPACE, issuer));
+        .map(|issuer| (options.cluster_resource_namespace.as_str(), issuer));
     for (namespace, issuer) in issuers.chain(cluster_issuers) {
         for reference in issuer.object.spec.secret_refs() {
             names.insert(ObjectName::new(namespace, reference.name));

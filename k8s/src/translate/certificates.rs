@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use gateway_api::experimental::gateways::Gateway;
-use torhaus_acme::{CLUSTER_RESOURCE_NAMESPACE, IssuerConfig, SecretMaterial};
+use torhaus_acme::{IssuerConfig, SecretMaterial};
 use torhaus_model::{
     DataPlaneConfig, HostMatch, IssuerKind, IssuerRef, ListenerId, ManagedCertificate, ObjectName,
 };
@@ -159,9 +159,10 @@ pub(crate) fn listener_hostname(hostname: &HostMatch) -> Result<String, String> 
 
 /// Every Issuer and ClusterIssuer with its Secret bytes resolved, and a status per issuer
 /// (Ready, or which Secret key is missing). Issuers read Secrets in their own namespace;
-/// ClusterIssuers in [`CLUSTER_RESOURCE_NAMESPACE`].
+/// ClusterIssuers in `cluster_resource_namespace`.
 pub(crate) fn resolve_issuers(
     objects: &ObjectSet,
+    cluster_resource_namespace: &str,
     statuses: &mut Vec<ObjectStatus>,
 ) -> Vec<IssuerConfig> {
     let namespaced = objects
@@ -175,10 +176,10 @@ pub(crate) fn resolve_issuers(
     let mut issuers = Vec::new();
     for (kind, name, object) in namespaced.chain(cluster) {
         let secret_namespace = match kind {
-            IssuerKind::Issuer => name.namespace.as_str(),
-            IssuerKind::ClusterIssuer => CLUSTER_RESOURCE_NAMESPACE,
+            IssuerKind::Issuer => name.namespace.clone(),
+            IssuerKind::ClusterIssuer => cluster_resource_namespace.to_owned(),
         };
-        let (secrets, missing) = resolve_secrets(objects, &object.object, secret_namespace);
+        let (secrets, missing) = resolve_secrets(objects, &object.object, &secret_namespace);
         let ready = match &missing {
             None => Condition::new("Ready", true, "Configured", "issuer configured"),
             Some(why) => Condition::new("Ready", false, "SecretMissing", why.clone()),
@@ -203,6 +204,7 @@ pub(crate) fn resolve_issuers(
             id: IssuerRef { kind, name },
             spec: object.object.spec.clone(),
             secrets,
+            secret_namespace,
         });
     }
     issuers

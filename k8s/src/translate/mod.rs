@@ -51,6 +51,8 @@ pub struct TranslateOptions {
     pub addresses: Vec<GatewayAddress>,
     /// The `gateway.networking.k8s.io/bundle-version` of the installed CRDs, when known.
     pub crd_bundle_version: Option<String>,
+    /// Where ClusterIssuers read and keep their Secrets.
+    pub cluster_resource_namespace: String,
 }
 
 impl Default for TranslateOptions {
@@ -59,6 +61,7 @@ impl Default for TranslateOptions {
             controller_name: CONTROLLER_NAME.to_owned(),
             addresses: Vec::new(),
             crd_bundle_version: None,
+            cluster_resource_namespace: torhaus_acme::CLUSTER_RESOURCE_NAMESPACE.to_owned(),
         }
     }
 }
@@ -335,7 +338,8 @@ pub fn translate(objects: &ObjectSet, options: &TranslateOptions) -> Translation
         });
     }
     let certificates = certificates::merge_certificates(managed, &mut problems);
-    let issuers = certificates::resolve_issuers(objects, &mut statuses);
+    let issuers =
+        certificates::resolve_issuers(objects, &options.cluster_resource_namespace, &mut statuses);
     for certificate in &certificates {
         if !issuers.iter().any(|i| i.id == certificate.issuer) {
             problems.push(Problem::warning(
