@@ -52,7 +52,7 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
                     torhaus_k8s::spawn_directory_source_with_roots(
                         config.clone(),
                         acme_store.iter().map(|s| s.secrets_dir()).collect(),
-                        TranslateOptions::default(),
+                        standalone_options(&args.kube.gateway_addresses),
                         torhaus_k8s::WatchMode::Notify,
                     )
                 })
@@ -91,17 +91,35 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let dataplane = DataPlane::start_with_options(settings, Arc::new(local_ca), options)
         .context("starting the data plane")?;
-    let acme_status = match acme_store {
-        Some(store) => Some(control.block_on(async {
-            crate::acme::start(
-                store,
+    // The one writer: in standalone mode the holder of the store's lock orders certificates
+    // and writes DNS records; in Kubernetes mode the holder of the status Lease writes records.
+    let leader = match (&acme_store, &controller) {
+        (Some(store), _) => Some(control.block_on(async { crate::acme::leader_lock(store) })?),
+        (None, Some(controller)) => Some(controller.is_leader()),
+        (None, None) => None,
+    };
+    let acme_status = match (acme_store, &leader) {
+        (Some(store), Some(leader)) => Some(control.block_on(async {
+            crate::acme::start_lifecycle(
+                Arc::new(store),
+                leader.clone(),
                 &args.acme,
                 translations.clone(),
                 Arc::clone(dataplane.metrics()),
             )
-        })?),
-        None => None,
+        })),
+        _ => None,
     };
+    let dns_status = leader.map(|leader| {
+        control.block_on(async {
+            crate::dns_records::start(
+                translations.clone(),
+                leader,
+                &args.dns,
+                Arc::clone(dataplane.metrics()),
+            )
+        })
+    });
     match &controller {
         // Standalone mode has no election: this process is the only writer there is.
         None => dataplane.metrics().set_leader(true),
@@ -124,6 +142,9 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     let admin = Arc::new(AdminState::new(dataplane.clone(), ready_signal));
     if let Some(status) = acme_status {
         admin.watch_acme(status);
+    }
+    if let Some(status) = dns_status {
+        admin.watch_dns_records(status);
     }
     if let Some(addr) = args.observability.admin_bind.0 {
         let bound = control.block_on(admin::serve(addr, Arc::clone(&admin)))?;
@@ -232,13 +253,16 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
         )
         .load()
         .with_context(|| format!("reading {}", args.config.display()))?;
-    let translation = torhaus_k8s::translate(&objects, &TranslateOptions::default());
+    let translation = torhaus_k8s::translate(&objects, &standalone_options(&args.gateway_addresses));
     println!("{}", translation.report);
     for line in torhaus_k8s::describe_certificates(
         &translation.certificates,
         &translation.issuers,
         &translation.config,
     ) {
+        println!("{line}");
+    }
+    for line in torhaus_k8s::describe_publishers(&translation.publishers) {
         println!("{line}");
     }
     let verdict = CheckVerdict::of(&translation.report);
@@ -255,6 +279,19 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
         }
         ExitCode::SUCCESS
     })
+}
+
+/// Standalone translation: `--gateway-address` values are the gateway's addresses (published
+/// in Gateway status and by DNSPublishers without addresses of their own).
+fn standalone_options(addresses: &[String]) -> TranslateOptions {
+    TranslateOptions {
+        addresses: addresses
+            .iter()
+            .filter(|a| !a.trim().is_empty())
+            .map(|a| torhaus_k8s::GatewayAddress::parse(a))
+            .collect(),
+        ..TranslateOptions::default()
+    }
 }
 
 /// What `torhaus check` concludes from a translation report.

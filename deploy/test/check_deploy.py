@@ -46,6 +46,7 @@ GATEWAY_API_FOR_CRATE = {"0.22": "v1.5.1"}
 INSTALL_ORDER = [
     "namespace.yaml",
     "crd-authpolicy.yaml",
+    "crd-dnspublisher.yaml",
     "serviceaccount.yaml",
     "clusterrole.yaml",
     "role.yaml",
@@ -255,6 +256,7 @@ EXPECTED_CLUSTER_RULES = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"get"},
     ("torhaus.dev", "authpolicies"): {"get", "list", "watch"},
     ("torhaus.dev", "authpolicies/status"): {"patch", "update"},
+    ("torhaus.dev", "dnspublishers"): {"get", "list", "watch"},
     ("", "namespaces"): {"get", "list", "watch"},
     ("", "services"): {"get", "list", "watch"},
     ("discovery.k8s.io", "endpointslices"): {"get", "list", "watch"},
@@ -306,7 +308,8 @@ def check_default_render_is_valid() -> None:
         kinds
         == sorted(
             [
-                "CustomResourceDefinition",
+                "CustomResourceDefinition",  # AuthPolicy
+                "CustomResourceDefinition",  # DNSPublisher
                 "ServiceAccount",
                 "ClusterRole",
                 "ClusterRoleBinding",

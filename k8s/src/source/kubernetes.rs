@@ -132,6 +132,7 @@ pub fn spawn_kubernetes_source(client: Client, options: KubernetesOptions) -> Ku
         watchers.all::<Service>(ObjectKind::Service),
         watchers.all::<EndpointSlice>(ObjectKind::EndpointSlice),
         watchers.custom(auth_policy_resource(), ObjectKind::AuthPolicy),
+        watchers.custom(dns_publisher_resource(), ObjectKind::DnsPublisher),
     ];
     index.required = [
         ObjectKind::GatewayClass,
@@ -142,6 +143,7 @@ pub fn spawn_kubernetes_source(client: Client, options: KubernetesOptions) -> Ku
         ObjectKind::Service,
         ObjectKind::EndpointSlice,
         ObjectKind::AuthPolicy,
+        ObjectKind::DnsPublisher,
     ]
     .into_iter()
     .map(Feed::Kind)
@@ -542,8 +544,20 @@ pub fn auth_policy_resource() -> ApiResource {
     }
 }
 
+/// The `DNSPublisher` CRD (`torhaus.dev/v1alpha1`, installed with torhaus).
+pub fn dns_publisher_resource() -> ApiResource {
+    ApiResource {
+        group: crate::source::TORHAUS_GROUP.to_owned(),
+        version: "v1alpha1".to_owned(),
+        api_version: torhaus_dns::publisher::API_VERSION.to_owned(),
+        kind: torhaus_dns::publisher::KIND.to_owned(),
+        plural: "dnspublishers".to_owned(),
+    }
+}
+
 /// The Secrets the listeners of our Gateways name in `tls.certificateRefs`, and those the
-/// `AuthPolicy` objects name (client secrets, session keys; always in their own namespace).
+/// `AuthPolicy` and `DNSPublisher` objects name (client secrets, session keys, DNS
+/// credentials; always in their own namespace).
 fn referenced_secrets(objects: &ObjectSet, options: &TranslateOptions) -> BTreeSet<ObjectName> {
     let ours: HashSet<&str> = objects
         .gateway_classes
@@ -586,6 +600,14 @@ fn referenced_secrets(objects: &ObjectSet, options: &TranslateOptions) -> BTreeS
     for (policy_name, policy) in &objects.auth_policies {
         for secret in policy.object.policy.secret_names() {
             names.insert(ObjectName::new(policy_name.namespace.clone(), secret));
+        }
+    }
+    for (publisher_name, publisher) in &objects.dns_publishers {
+        for reference in publisher.object.spec.secret_refs() {
+            names.insert(ObjectName::new(
+                publisher_name.namespace.clone(),
+                reference.name,
+            ));
         }
     }
     names

@@ -9,11 +9,11 @@ pub use directory::{
     spawn_directory_source_with, spawn_directory_source_with_roots,
 };
 pub use kubernetes::{
-    DEFAULT_DEBOUNCE, KubeSnapshot, KubernetesOptions, KubernetesSource, auth_policy_resource,
+    DEFAULT_DEBOUNCE, KubeSnapshot, KubernetesOptions, KubernetesSource, auth_policy_resource, dns_publisher_resource,
     spawn_kubernetes_source,
 };
 pub use objects::{
-    AuthPolicyObject, IssuerObject, KubeObject, ObjectKey, ObjectKind, ObjectSet, Problem,
+    AuthPolicyObject, DnsPublisherObject, IssuerObject, KubeObject, ObjectKey, ObjectKind, ObjectSet, Problem,
     Severity, SourceLocation, Sourced, TORHAUS_GROUP, parse_manifests,
 };
 

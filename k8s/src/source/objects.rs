@@ -28,6 +28,15 @@ pub struct IssuerObject {
     pub spec: torhaus_acme::IssuerSpec,
 }
 
+/// A `torhaus.dev/v1alpha1` `DNSPublisher`: metadata and the validated spec (unknown fields are
+/// refused, see [`torhaus_dns::publisher::PublisherSpec`]).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct DnsPublisherObject {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    pub spec: torhaus_dns::publisher::PublisherSpec,
+}
+
 /// Where an object came from, for every message about it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum SourceLocation {
@@ -82,6 +91,7 @@ pub enum ObjectKind {
     Issuer,
     ClusterIssuer,
     AuthPolicy,
+    DnsPublisher,
 }
 
 impl ObjectKind {
@@ -98,6 +108,7 @@ impl ObjectKind {
             ObjectKind::Issuer => "Issuer",
             ObjectKind::ClusterIssuer => "ClusterIssuer",
             ObjectKind::AuthPolicy => "AuthPolicy",
+            ObjectKind::DnsPublisher => torhaus_dns::publisher::KIND,
         }
     }
 
@@ -124,6 +135,7 @@ impl ObjectKind {
             (TORHAUS_GROUP, "Issuer") => ObjectKind::Issuer,
             (TORHAUS_GROUP, "ClusterIssuer") => ObjectKind::ClusterIssuer,
             (TORHAUS_GROUP, "AuthPolicy") => ObjectKind::AuthPolicy,
+            (TORHAUS_GROUP, torhaus_dns::publisher::KIND) => ObjectKind::DnsPublisher,
             _ => return None,
         };
         Some(known)
@@ -168,6 +180,7 @@ pub enum KubeObject {
     Issuer(Box<IssuerObject>),
     ClusterIssuer(Box<IssuerObject>),
     AuthPolicy(Box<AuthPolicyObject>),
+    DnsPublisher(Box<DnsPublisherObject>),
 }
 
 /// An `AuthPolicy` (`torhaus.dev/v1alpha1`): the policies crate's strict wire type, plus the
@@ -192,6 +205,7 @@ impl KubeObject {
             KubeObject::Issuer(_) => ObjectKind::Issuer,
             KubeObject::ClusterIssuer(_) => ObjectKind::ClusterIssuer,
             KubeObject::AuthPolicy(_) => ObjectKind::AuthPolicy,
+            KubeObject::DnsPublisher(_) => ObjectKind::DnsPublisher,
         }
     }
 
@@ -207,6 +221,7 @@ impl KubeObject {
             KubeObject::Namespace(o) => &o.metadata,
             KubeObject::Issuer(o) | KubeObject::ClusterIssuer(o) => &o.metadata,
             KubeObject::AuthPolicy(o) => &o.metadata,
+            KubeObject::DnsPublisher(o) => &o.metadata,
         }
     }
 
@@ -296,6 +311,7 @@ pub struct ObjectSet {
     pub issuers: BTreeMap<ObjectName, Sourced<IssuerObject>>,
     pub cluster_issuers: BTreeMap<String, Sourced<IssuerObject>>,
     pub auth_policies: BTreeMap<ObjectName, Sourced<AuthPolicyObject>>,
+    pub dns_publishers: BTreeMap<ObjectName, Sourced<DnsPublisherObject>>,
     pub problems: Vec<Problem>,
 }
 
@@ -366,6 +382,9 @@ impl ObjectSet {
             KubeObject::AuthPolicy(o) => {
                 self.auth_policies.insert(name, sourced(*o, location));
             }
+            KubeObject::DnsPublisher(o) => {
+                self.dns_publishers.insert(name, sourced(*o, location));
+            }
         }
     }
 
@@ -384,6 +403,7 @@ impl ObjectSet {
             ObjectKind::Issuer => self.issuers.remove(&name).is_some(),
             ObjectKind::ClusterIssuer => self.cluster_issuers.remove(&key.name).is_some(),
             ObjectKind::AuthPolicy => self.auth_policies.remove(&name).is_some(),
+            ObjectKind::DnsPublisher => self.dns_publishers.remove(&name).is_some(),
         }
     }
 
@@ -411,6 +431,7 @@ impl ObjectSet {
             ObjectKind::Issuer => self.issuers.keys().map(namespaced).collect(),
             ObjectKind::ClusterIssuer => self.cluster_issuers.keys().map(cluster).collect(),
             ObjectKind::AuthPolicy => self.auth_policies.keys().map(namespaced).collect(),
+            ObjectKind::DnsPublisher => self.dns_publishers.keys().map(namespaced).collect(),
         }
     }
 
@@ -449,6 +470,10 @@ impl ObjectSet {
                 .auth_policies
                 .get(&name)
                 .map(|o| (&o.location, &o.object.metadata)),
+            ObjectKind::DnsPublisher => self
+                .dns_publishers
+                .get(&name)
+                .map(|o| (&o.location, &o.object.metadata)),
         }
     }
 
@@ -465,6 +490,7 @@ impl ObjectSet {
             + self.issuers.len()
             + self.cluster_issuers.len()
             + self.auth_policies.len()
+            + self.dns_publishers.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -659,6 +685,9 @@ fn parse_object(
             decode_with_path(json).map(|o| KubeObject::ClusterIssuer(Box::new(o)))
         }
         ObjectKind::AuthPolicy => decode_auth_policy(json),
+        ObjectKind::DnsPublisher => {
+            decode_with_path(json).map(|o| KubeObject::DnsPublisher(Box::new(o)))
+        }
     };
     match parsed {
         Ok(object) => objects.push((object, location)),
