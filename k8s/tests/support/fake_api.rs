@@ -74,6 +74,7 @@ fn resource_of(kind: &str) -> (&'static str, &'static str) {
         "EndpointSlice" => ("discovery.k8s.io", "endpointslices"),
         "Lease" => ("coordination.k8s.io", "leases"),
         "AuthPolicy" => ("torhaus.dev", "authpolicies"),
+        "DNSPublisher" => ("torhaus.dev", "dnspublishers"),
         "CustomResourceDefinition" => ("apiextensions.k8s.io", "customresourcedefinitions"),
         other => panic!("the fake API server does not know kind {other}"),
     }
