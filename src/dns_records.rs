@@ -44,7 +44,12 @@ pub fn start(
         permanent_retry: args.dns_permanent_retry,
         ..SyncSettings::default()
     };
-    spawn_records_sync(receiver, may_write, settings, Arc::new(MetricsEvents(metrics)))
+    spawn_records_sync(
+        receiver,
+        may_write,
+        settings,
+        Arc::new(MetricsEvents(metrics)),
+    )
 }
 
 #[derive(Debug)]

@@ -253,7 +253,8 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
         )
         .load()
         .with_context(|| format!("reading {}", args.config.display()))?;
-    let translation = torhaus_k8s::translate(&objects, &standalone_options(&args.gateway_addresses));
+    let translation =
+        torhaus_k8s::translate(&objects, &standalone_options(&args.gateway_addresses));
     println!("{}", translation.report);
     for line in torhaus_k8s::describe_certificates(
         &translation.certificates,

@@ -483,12 +483,8 @@ impl Worker {
                 }
                 self.log_conflicts(&report.conflicts);
                 status.conflicts = report.conflicts;
-                self.events.synced(
-                    &self.id,
-                    "success",
-                    status.managed,
-                    status.conflicts.len(),
-                );
+                self.events
+                    .synced(&self.id, "success", status.managed, status.conflicts.len());
                 let wait = self.settings.resync;
                 status.next_attempt_unix = Some(unix_now() + secs(wait));
                 self.board.set(status);
@@ -596,8 +592,7 @@ mod tests {
         serde_yaml::from_str(yaml)
     }
 
-    const PROVIDER: &str =
-        "provider: {rfc2136: {nameserver: 127.0.0.1, tsigKeyName: k, tsigSecretRef: {name: t, key: s}}}\n";
+    const PROVIDER: &str = "provider: {rfc2136: {nameserver: 127.0.0.1, tsigKeyName: k, tsigSecretRef: {name: t, key: s}}}\n";
 
     #[test]
     fn defaults_and_validation() -> anyhow::Result<()> {

@@ -234,10 +234,7 @@ async fn rejected_credentials_stop_and_a_fixed_secret_retries_at_once() -> anyho
     let Some(knot) = rig()? else { return Ok(()) };
     let dns = reader(&knot)?;
     let wrong = base64::engine::general_purpose::STANDARD.encode("not-the-key-knotd-knows-at-all!");
-    let mut running = start(
-        publisher(Ok(config(&knot, Some(&wrong))), &["app"]),
-        true,
-    );
+    let mut running = start(publisher(Ok(config(&knot, Some(&wrong))), &["app"]), true);
     let stopped = running
         .wait_status("stopped", |s| s.state == SyncState::Stopped)
         .await?;
@@ -249,7 +246,10 @@ async fn rejected_credentials_stop_and_a_fixed_secret_retries_at_once() -> anyho
     assert_eq!(running.events.count("error"), 1);
 
     // The Secret is fixed: a change retries at once, long before the pause ends.
-    running.send(publisher(Ok(config(&knot, Some(TSIG_SECRET_B64))), &["app"]));
+    running.send(publisher(
+        Ok(config(&knot, Some(TSIG_SECRET_B64))),
+        &["app"],
+    ));
     running
         .wait_status("synced", |s| s.state == SyncState::Synced)
         .await?;
@@ -272,7 +272,10 @@ async fn an_invalid_publisher_writes_nothing_and_a_missing_secret_keeps_the_last
         .await?;
 
     // Invalid: with no hostnames left, a sync would delete app's records; none runs.
-    running.send(publisher(Err("spec.ttl: 5 is outside 30-86400 seconds".to_owned()), &[]));
+    running.send(publisher(
+        Err("spec.ttl: 5 is outside 30-86400 seconds".to_owned()),
+        &[],
+    ));
     let invalid = running
         .wait_status("invalid", |s| s.state == SyncState::Invalid)
         .await?;

@@ -136,13 +136,21 @@ fn served_hostnames_are_the_route_and_listener_intersections() {
         GATEWAYS,
         TSIG_SECRET,
         // `x.apps` narrows the wildcard listener; the apex listener takes none of it.
-        &route("x", "apps", "public", &["x.apps.example.test", "other.test"]),
+        &route(
+            "x",
+            "apps",
+            "public",
+            &["x.apps.example.test", "other.test"],
+        ),
         &wildcard_route,
         &catch_all,
         &lan,
         &publisher("all", ""),
     ];
-    let translation = run(&documents, &["192.0.2.10", "2001:db8::10", "lb.example.test"]);
+    let translation = run(
+        &documents,
+        &["192.0.2.10", "2001:db8::10", "lb.example.test"],
+    );
     let all = find(&translation, "edge/all");
     assert_eq!(
         hosts(all),
@@ -166,7 +174,10 @@ fn served_hostnames_are_the_route_and_listener_intersections() {
     let config = all.config.as_ref().expect("valid");
     assert_eq!((config.owner.as_str(), config.ttl), ("torhaus", 300));
     let (status, reason, message) = ready(&translation, "all");
-    assert_eq!((status, reason.as_str()), (ConditionStatus::True, "Configured"));
+    assert_eq!(
+        (status, reason.as_str()),
+        (ConditionStatus::True, "Configured")
+    );
     assert!(message.contains("publishing 6 hostname(s)"), "{message}");
     assert!(
         !translation
@@ -197,7 +208,10 @@ fn selector_zones_addresses_and_owner_narrow_what_is_published() {
     let translation = run(&documents, &["192.0.2.10"]);
     let public = find(&translation, "edge/public");
     assert_eq!(hosts(public), ["a.apps.example.test"]);
-    assert_eq!(public.desired["a.apps.example.test"], ips(&["198.51.100.7"]));
+    assert_eq!(
+        public.desired["a.apps.example.test"],
+        ips(&["198.51.100.7"])
+    );
     let config = public.config.as_ref().expect("valid");
     assert_eq!(
         (config.owner.as_str(), config.ttl, config.zones.as_slice()),

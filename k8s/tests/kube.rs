@@ -1135,17 +1135,16 @@ async fn dns_publishers_and_their_secrets_are_watched() {
     let source = spawn_kubernetes_source(api.client(0), options());
     let mut snapshots = source.snapshots.clone();
     let snapshot = wait_for(&mut snapshots, "the publisher with its Secret", |s| {
-        s.translation
-            .publishers
-            .iter()
-            .any(|p| p.config.as_ref().is_ok_and(|c| {
+        s.translation.publishers.iter().any(|p| {
+            p.config.as_ref().is_ok_and(|c| {
                 c.secrets
                     .secret(&torhaus_dns::SecretKeyRef {
                         name: "tsig".to_owned(),
                         key: "secret".to_owned(),
                     })
                     .is_ok()
-            }))
+            })
+        })
     })
     .await;
     let held: Vec<String> = snapshot

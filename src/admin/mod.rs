@@ -222,7 +222,9 @@ fn handle(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Byte
                 object.insert(
                     "dnsPublishers".to_owned(),
                     config_json::dns_publishers(
-                        translation.as_deref().map_or(&[], |t| t.publishers.as_slice()),
+                        translation
+                            .as_deref()
+                            .map_or(&[], |t| t.publishers.as_slice()),
                         &state.dns_records_statuses(),
                     ),
                 );

@@ -182,7 +182,11 @@ const OWNED: [&str; 2] = [
 
 /// The whole story against one DNS server: `dns` reads (and, for the foreign records and the
 /// drift, writes) the zone directly.
-async fn records_follow_routes(dns: Arc<dyn DnsProvider>, provider_yaml: &str, secret: &str) -> anyhow::Result<()> {
+async fn records_follow_routes(
+    dns: Arc<dyn DnsProvider>,
+    provider_yaml: &str,
+    secret: &str,
+) -> anyhow::Result<()> {
     let app = format!("app.{ZONE}");
     let blog = format!("blog.{ZONE}");
     // `foreign.<zone>` A 192.0.2.99 is in the rig's zone file: someone else's record at a
@@ -205,7 +209,11 @@ async fn records_follow_routes(dns: Arc<dyn DnsProvider>, provider_yaml: &str, s
     ensure!(!foreign_before.is_empty(), "the rig's zone lacks {foreign}");
 
     let config = TempDir::new("dns-records-config")?;
-    write_file(config.path(), "base.yaml", &base_manifests(provider_yaml, secret))?;
+    write_file(
+        config.path(),
+        "base.yaml",
+        &base_manifests(provider_yaml, secret),
+    )?;
     write_file(config.path(), "app.yaml", &route("app", &app))?;
     write_file(config.path(), "foreign.yaml", &route("foreign", &foreign))?;
     let torhaus = start_torhaus(config.path()).await?;
@@ -252,7 +260,10 @@ async fn records_follow_routes(dns: Arc<dyn DnsProvider>, provider_yaml: &str, s
     ensure!(publisher["publisher"] == PUBLISHER, "{debug:#}");
     ensure!(publisher["state"] == "synced", "{publisher:#}");
     ensure!(publisher["owner"] == "e2e", "{publisher:#}");
-    let conflicts = publisher["conflicts"].as_array().cloned().unwrap_or_default();
+    let conflicts = publisher["conflicts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     ensure!(
         conflicts.len() == 2 && conflicts.iter().all(|c| c["name"] == foreign.as_str()),
         "{publisher:#}"
@@ -264,10 +275,18 @@ async fn records_follow_routes(dns: Arc<dyn DnsProvider>, provider_yaml: &str, s
         "{publisher:#}"
     );
     let page = admin_get(admin, "/").await?;
-    ensure!(page.contains("id=\"dns-records\""), "no DNS section on the status page");
-    ensure!(page.contains(&foreign), "the conflict is not on the status page");
     ensure!(
-        torhaus.log_tail().contains("conflicts with a record torhaus does not own"),
+        page.contains("id=\"dns-records\""),
+        "no DNS section on the status page"
+    );
+    ensure!(
+        page.contains(&foreign),
+        "the conflict is not on the status page"
+    );
+    ensure!(
+        torhaus
+            .log_tail()
+            .contains("conflicts with a record torhaus does not own"),
         "the conflict is not logged:\n{}",
         torhaus.log_tail()
     );
@@ -381,9 +400,21 @@ async fn check_prints_the_publisher_and_its_hostnames() -> anyhow::Result<()> {
     let config = TempDir::new("dns-records-check")?;
     let provider = "    rfc2136:\n      nameserver: 127.0.0.1:5353\n      tsigKeyName: k\n      \
                     tsigSecretRef: {name: dns-credentials, key: key}";
-    write_file(config.path(), "base.yaml", &base_manifests(provider, TSIG_SECRET_B64))?;
-    write_file(config.path(), "app.yaml", &route("app", &format!("app.{ZONE}")))?;
-    write_file(config.path(), "far.yaml", &route("far", "far.elsewhere.test"))?;
+    write_file(
+        config.path(),
+        "base.yaml",
+        &base_manifests(provider, TSIG_SECRET_B64),
+    )?;
+    write_file(
+        config.path(),
+        "app.yaml",
+        &route("app", &format!("app.{ZONE}")),
+    )?;
+    write_file(
+        config.path(),
+        "far.yaml",
+        &route("far", "far.elsewhere.test"),
+    )?;
     let output = std::process::Command::new(torhaus_bin()?)
         .args(["check", "--config"])
         .arg(config.path())
@@ -397,7 +428,10 @@ async fn check_prints_the_publisher_and_its_hostnames() -> anyhow::Result<()> {
         )),
         "{stdout}"
     );
-    ensure!(stdout.contains(&format!("  app.{ZONE} -> 192.0.2.10")), "{stdout}");
+    ensure!(
+        stdout.contains(&format!("  app.{ZONE} -> 192.0.2.10")),
+        "{stdout}"
+    );
     ensure!(
         stdout.contains("outside spec.zones, not published: far.elsewhere.test"),
         "{stdout}"
@@ -410,6 +444,9 @@ async fn check_prints_the_publisher_and_its_hostnames() -> anyhow::Result<()> {
         .output()?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     ensure!(!output.status.success(), "check must fail:\n{stdout}");
-    ensure!(stdout.contains("spec.addresses: no address to publish"), "{stdout}");
+    ensure!(
+        stdout.contains("spec.addresses: no address to publish"),
+        "{stdout}"
+    );
     Ok(())
 }

@@ -9,12 +9,12 @@ pub use directory::{
     spawn_directory_source_with, spawn_directory_source_with_roots,
 };
 pub use kubernetes::{
-    DEFAULT_DEBOUNCE, KubeSnapshot, KubernetesOptions, KubernetesSource, auth_policy_resource, dns_publisher_resource,
-    spawn_kubernetes_source,
+    DEFAULT_DEBOUNCE, KubeSnapshot, KubernetesOptions, KubernetesSource, auth_policy_resource,
+    dns_publisher_resource, spawn_kubernetes_source,
 };
 pub use objects::{
-    AuthPolicyObject, DnsPublisherObject, IssuerObject, KubeObject, ObjectKey, ObjectKind, ObjectSet, Problem,
-    Severity, SourceLocation, Sourced, TORHAUS_GROUP, parse_manifests,
+    AuthPolicyObject, DnsPublisherObject, IssuerObject, KubeObject, ObjectKey, ObjectKind,
+    ObjectSet, Problem, Severity, SourceLocation, Sourced, TORHAUS_GROUP, parse_manifests,
 };
 
 use std::path::PathBuf;

@@ -58,10 +58,8 @@ pub(crate) fn resolve_publishers(
     for (name, object) in &objects.dns_publishers {
         let spec = &object.object.spec;
         let id = name.to_string();
-        let mut error: Option<(&'static str, String)> = spec
-            .validate()
-            .err()
-            .map(|why| ("InvalidSpec", why));
+        let mut error: Option<(&'static str, String)> =
+            spec.validate().err().map(|why| ("InvalidSpec", why));
         let selector = spec.gateway_selector.as_ref().map(|s| LabelSelector {
             match_labels: s.match_labels.clone(),
             expressions: s
@@ -123,9 +121,9 @@ pub(crate) fn resolve_publishers(
         let (inside, outside): (Vec<String>, Vec<String>) =
             hostnames.into_iter().partition(|host| {
                 zones.is_empty()
-                    || zones
-                        .iter()
-                        .any(|zone| torhaus_dns::name::is_within(host.trim_start_matches("*."), zone))
+                    || zones.iter().any(|zone| {
+                        torhaus_dns::name::is_within(host.trim_start_matches("*."), zone)
+                    })
             });
         let desired: BTreeMap<String, Vec<IpAddr>> = inside
             .iter()
