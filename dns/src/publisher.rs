@@ -227,7 +227,10 @@ pub struct PublisherStatus {
     /// The provider in a few words (`rfc2136 192.0.2.53:53`).
     pub provider: String,
     pub owner: String,
-    pub hostnames: Vec<String>,
+    pub ttl: Option<u32>,
+    pub zones: Vec<String>,
+    /// What it publishes: hostname → addresses.
+    pub records: BTreeMap<String, Vec<IpAddr>>,
     pub state: SyncState,
     /// Record sets torhaus owns and keeps current, after the last successful sync.
     pub managed: usize,
@@ -238,6 +241,48 @@ pub struct PublisherStatus {
     pub last_error: Option<String>,
     /// Changes written since the start.
     pub changes: u64,
+}
+
+impl PublisherStatus {
+    /// A publisher not attempted yet.
+    fn pending(publisher: &Publisher) -> Self {
+        let mut status = Self {
+            id: publisher.id.clone(),
+            provider: String::new(),
+            owner: String::new(),
+            ttl: None,
+            zones: Vec::new(),
+            records: BTreeMap::new(),
+            state: SyncState::Pending,
+            managed: 0,
+            conflicts: Vec::new(),
+            last_sync_unix: None,
+            next_attempt_unix: None,
+            last_error: None,
+            changes: 0,
+        };
+        status.describe(publisher);
+        status
+    }
+
+    /// Takes what the publisher asks for (invalid: only the records and why).
+    fn describe(&mut self, publisher: &Publisher) {
+        self.records = publisher.desired.clone();
+        match &publisher.config {
+            Ok(config) => {
+                self.provider = config.provider.describe();
+                self.owner = config.owner.clone();
+                self.ttl = Some(config.ttl);
+                self.zones = config.zones.clone();
+            }
+            Err(_) => {
+                self.provider.clear();
+                self.owner.clear();
+                self.ttl = None;
+                self.zones.clear();
+            }
+        }
+    }
 }
 
 /// Where the loop reports what it does (the binary feeds Prometheus from it).
@@ -291,6 +336,8 @@ pub fn spawn_records_sync(
                         });
                     }
                     None => {
+                        // Shown at once, before the first attempt.
+                        board.set(PublisherStatus::pending(publisher));
                         let (sender, receiver) = watch::channel(publisher.clone());
                         let worker = Worker {
                             id: publisher.id.clone(),
@@ -406,20 +453,11 @@ impl Worker {
     /// One pass: returns how long until the next one (absent changes).
     async fn attempt(&mut self) -> Duration {
         let publisher = self.input.borrow_and_update().clone();
-        let mut status = self.board.get(&self.id).unwrap_or_else(|| PublisherStatus {
-            id: self.id.clone(),
-            provider: String::new(),
-            owner: String::new(),
-            hostnames: Vec::new(),
-            state: SyncState::Pending,
-            managed: 0,
-            conflicts: Vec::new(),
-            last_sync_unix: None,
-            next_attempt_unix: None,
-            last_error: None,
-            changes: 0,
-        });
-        status.hostnames = publisher.desired.keys().cloned().collect();
+        let mut status = self
+            .board
+            .get(&self.id)
+            .unwrap_or_else(|| PublisherStatus::pending(&publisher));
+        status.describe(&publisher);
         let config = match &publisher.config {
             Ok(config) => config,
             Err(why) => {
@@ -431,8 +469,6 @@ impl Worker {
                 return IDLE;
             }
         };
-        status.provider = config.provider.describe();
-        status.owner = config.owner.clone();
         if !*self.may_write.borrow() {
             status.state = SyncState::Standby;
             status.next_attempt_unix = None;
@@ -483,29 +519,31 @@ impl Worker {
                 }
                 self.log_conflicts(&report.conflicts);
                 status.conflicts = report.conflicts;
-                self.events
-                    .synced(&self.id, "success", status.managed, status.conflicts.len());
                 let wait = self.settings.resync;
                 status.next_attempt_unix = Some(unix_now() + secs(wait));
+                let (managed, conflicts) = (status.managed, status.conflicts.len());
+                // The status first: whoever sees the metric move finds the status to match.
                 self.board.set(status);
+                self.events.synced(&self.id, "success", managed, conflicts);
                 wait
             }
             Err(error) if error.is_retryable() => {
                 self.failures = self.failures.saturating_add(1);
                 let wait = backoff(&self.settings, self.failures);
                 tracing::warn!(publisher = %self.id, %error, retry_in = ?wait, "DNS records sync failed; retrying");
-                self.events
-                    .synced(&self.id, "error", status.managed, status.conflicts.len());
                 status.state = SyncState::Retrying;
                 status.last_error = Some(error.to_string());
                 status.next_attempt_unix = Some(unix_now() + secs(wait));
+                let (managed, conflicts) = (status.managed, status.conflicts.len());
                 self.board.set(status);
+                self.events.synced(&self.id, "error", managed, conflicts);
                 wait
             }
             Err(error) => {
-                self.events
-                    .synced(&self.id, "error", status.managed, status.conflicts.len());
-                self.stopped(status, error.to_string())
+                let (managed, conflicts) = (status.managed, status.conflicts.len());
+                let wait = self.stopped(status, error.to_string());
+                self.events.synced(&self.id, "error", managed, conflicts);
+                wait
             }
         }
     }

@@ -37,20 +37,16 @@ pub fn acme(statuses: &[torhaus_acme::CertificateStatus]) -> Value {
     )
 }
 
-/// Every DNSPublisher: what the configuration asks it to publish (hostnames and addresses, the
-/// provider, the owner; never credentials) and where its sync stands (state, records managed,
-/// conflicts, last error).
-pub fn dns_publishers(
-    publishers: &[torhaus_dns::publisher::Publisher],
-    statuses: &[torhaus_dns::publisher::PublisherStatus],
-) -> Value {
+/// Every DNSPublisher: what it publishes (hostnames and addresses, the provider, the owner;
+/// never credentials) and where its sync stands (state, records managed, conflicts, last
+/// error).
+pub fn dns_publishers(statuses: &[torhaus_dns::publisher::PublisherStatus]) -> Value {
     Value::Array(
-        publishers
+        statuses
             .iter()
-            .map(|publisher| {
-                let status = statuses.iter().find(|s| s.id == publisher.id);
-                let records: Vec<Value> = publisher
-                    .desired
+            .map(|status| {
+                let records: Vec<Value> = status
+                    .records
                     .iter()
                     .map(|(host, addresses)| {
                         json!({
@@ -59,35 +55,25 @@ pub fn dns_publishers(
                         })
                     })
                     .collect();
-                let (provider, owner, ttl, zones, invalid) = match &publisher.config {
-                    Ok(c) => (
-                        Some(c.provider.describe()),
-                        Some(c.owner.clone()),
-                        Some(c.ttl),
-                        c.zones.clone(),
-                        None,
-                    ),
-                    Err(why) => (None, None, None, Vec::new(), Some(why.clone())),
-                };
+                let conflicts: Vec<Value> = status
+                    .conflicts
+                    .iter()
+                    .map(|c| json!({"name": c.name, "type": c.rtype.to_string(), "reason": c.reason}))
+                    .collect();
                 json!({
-                    "publisher": publisher.id,
-                    "provider": provider,
-                    "owner": owner,
-                    "ttl": ttl,
-                    "zones": zones,
-                    "invalid": invalid,
+                    "publisher": status.id,
+                    "provider": status.provider,
+                    "owner": status.owner,
+                    "ttl": status.ttl,
+                    "zones": status.zones,
                     "records": records,
-                    "state": status.map(|s| s.state.to_string()),
-                    "managed": status.map(|s| s.managed),
-                    "conflicts": status.map(|s| s.conflicts.iter().map(|c| json!({
-                        "name": c.name,
-                        "type": c.rtype.to_string(),
-                        "reason": c.reason,
-                    })).collect::<Vec<_>>()).unwrap_or_default(),
-                    "changes": status.map(|s| s.changes),
-                    "lastSyncUnix": status.and_then(|s| s.last_sync_unix),
-                    "nextAttemptUnix": status.and_then(|s| s.next_attempt_unix),
-                    "lastError": status.and_then(|s| s.last_error.clone()),
+                    "state": status.state.to_string(),
+                    "managed": status.managed,
+                    "conflicts": conflicts,
+                    "changes": status.changes,
+                    "lastSyncUnix": status.last_sync_unix,
+                    "nextAttemptUnix": status.next_attempt_unix,
+                    "lastError": status.last_error,
                 })
             })
             .collect(),

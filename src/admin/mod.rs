@@ -218,15 +218,9 @@ fn handle(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Byte
                     "acmeCertificates".to_owned(),
                     config_json::acme(&state.acme_statuses()),
                 );
-                let translation = state.snapshot().0;
                 object.insert(
                     "dnsPublishers".to_owned(),
-                    config_json::dns_publishers(
-                        translation
-                            .as_deref()
-                            .map_or(&[], |t| t.publishers.as_slice()),
-                        &state.dns_records_statuses(),
-                    ),
+                    config_json::dns_publishers(&state.dns_records_statuses()),
                 );
             }
             let body = serde_json::to_string_pretty(&value).unwrap_or_default();

@@ -25,7 +25,7 @@ pub struct PageInput<'a> {
     pub now: SystemTime,
     /// Certificates the ACME lifecycle keeps issued (standalone mode), with their state.
     pub acme: &'a [torhaus_acme::CertificateStatus],
-    /// The DNS publishers' sync status (what they publish comes from `translation`).
+    /// What the DNS publishers publish, and where their sync stands.
     pub dns_records: &'a [torhaus_dns::publisher::PublisherStatus],
 }
 
@@ -66,7 +66,7 @@ pub fn render(input: &PageInput<'_>) -> String {
     backends(&mut page, input.state);
     certificates(&mut page, input.state, input.now);
     acme_certificates(&mut page, input.acme);
-    dns_records(&mut page, input.translation, input.dns_records);
+    dns_records(&mut page, input.dns_records);
     errors(&mut page, input.errors);
     page.push_str("</body></html>\n");
     page
@@ -455,31 +455,20 @@ fn acme_certificates(page: &mut String, statuses: &[torhaus_acme::CertificateSta
 
 /// Each DNSPublisher: provider and owner, the state of its sync (a stopped or invalid one is
 /// red), the hostnames it publishes, and every conflict (a foreign record in the way).
-fn dns_records(
-    page: &mut String,
-    translation: Option<&Translation>,
-    statuses: &[torhaus_dns::publisher::PublisherStatus],
-) {
+fn dns_records(page: &mut String, statuses: &[torhaus_dns::publisher::PublisherStatus]) {
     use torhaus_dns::publisher::SyncState;
-    let publishers = translation.map_or(&[][..], |t| t.publishers.as_slice());
-    if publishers.is_empty() {
+    if statuses.is_empty() {
         return;
     }
     page.push_str("<section id=\"dns-records\"><h2>DNS records</h2>");
-    for publisher in publishers {
-        let status = statuses.iter().find(|s| s.id == publisher.id);
-        let state = status.map_or(SyncState::Pending, |s| s.state);
-        let class = match state {
-            SyncState::Synced if status.is_some_and(|s| s.conflicts.is_empty()) => "ok",
+    for status in statuses {
+        let class = match status.state {
+            SyncState::Synced if status.conflicts.is_empty() => "ok",
             SyncState::Stopped | SyncState::Invalid => "bad",
             _ => "warn",
         };
-        let (provider, owner) = match &publisher.config {
-            Ok(c) => (c.provider.describe(), c.owner.clone()),
-            Err(_) => ("—".to_owned(), "—".to_owned()),
-        };
-        let names: Vec<String> = publisher
-            .desired
+        let names: Vec<String> = status
+            .records
             .iter()
             .map(|(host, addresses)| {
                 let addresses: Vec<String> = addresses.iter().map(ToString::to_string).collect();
@@ -487,21 +476,21 @@ fn dns_records(
             })
             .collect();
         let conflicts: Vec<String> = status
-            .map(|s| {
-                s.conflicts
-                    .iter()
-                    .map(|c| format!("{} {}: {}", c.name, c.rtype, c.reason))
-                    .collect()
-            })
-            .unwrap_or_default();
+            .conflicts
+            .iter()
+            .map(|c| format!("{} {}: {}", c.name, c.rtype, c.reason))
+            .collect();
         let time = |t: Option<i64>| t.map_or_else(|| "—".to_owned(), format_time);
-        let error = match &publisher.config {
-            Err(why) => Some(why.as_str()),
-            Ok(_) => status.and_then(|s| s.last_error.as_deref()),
+        let or_dash = |text: &str| {
+            if text.is_empty() {
+                "—".to_owned()
+            } else {
+                escape(text)
+            }
         };
         let _ = write!(
             page,
-            "<div class=\"card\"><h3>{}</h3><span class=\"badge {class}\">{state}</span>\
+            "<div class=\"card\"><h3>{}</h3><span class=\"badge {class}\">{}</span>\
              <table><tr><th>provider</th><td>{}</td></tr>\
              <tr><th>owner</th><td>{}</td></tr>\
              <tr><th>records</th><td><code>{}</code></td></tr>\
@@ -510,20 +499,21 @@ fn dns_records(
              <tr><th>last sync</th><td>{}</td></tr>\
              <tr><th>next sync</th><td>{}</td></tr>\
              <tr><th>last error</th><td>{}</td></tr></table></div>",
-            escape(&publisher.id),
-            escape(&provider),
-            escape(&owner),
+            escape(&status.id),
+            status.state,
+            or_dash(&status.provider),
+            or_dash(&status.owner),
             escape(&names.join("; ")),
-            status.map_or(0, |s| s.managed),
+            status.managed,
             if conflicts.is_empty() { "" } else { "warn" },
             if conflicts.is_empty() {
                 "none".to_owned()
             } else {
                 escape(&conflicts.join("; "))
             },
-            time(status.and_then(|s| s.last_sync_unix)),
-            time(status.and_then(|s| s.next_attempt_unix)),
-            escape(error.unwrap_or("—")),
+            time(status.last_sync_unix),
+            time(status.next_attempt_unix),
+            escape(status.last_error.as_deref().unwrap_or("—")),
         );
     }
     page.push_str("</section>");
