@@ -349,6 +349,7 @@ pub fn spawn_records_sync(
                             built: None,
                             failures: 0,
                             conflicts_logged: Vec::new(),
+                            leadership_lost: false,
                         };
                         let task = tokio::spawn(worker.run());
                         workers.insert(publisher.id.clone(), (sender, task));
@@ -417,6 +418,8 @@ struct Worker {
     failures: u32,
     /// The conflicts last logged, so that a resync repeats none of them.
     conflicts_logged: Vec<Conflict>,
+    /// The `may_write` sender is gone: this process no longer knows whether it leads.
+    leadership_lost: bool,
 }
 
 /// Far enough to mean "until something changes", near enough not to overflow an `Instant`.
@@ -436,10 +439,11 @@ impl Worker {
                     due = due.min(Instant::now() + self.settings.debounce);
                     continue;
                 }
-                changed = self.may_write.changed() => {
+                changed = self.may_write.changed(), if !self.leadership_lost => {
                     if changed.is_err() {
-                        // The leadership signal is gone for good: never write again.
-                        self.may_write = watch::channel(false).1;
+                        // The leadership signal is gone for good (the process is stopping):
+                        // never write again, and stop listening to the closed channel.
+                        self.leadership_lost = true;
                     }
                     due = Instant::now();
                     continue;
@@ -469,7 +473,7 @@ impl Worker {
                 return IDLE;
             }
         };
-        if !*self.may_write.borrow() {
+        if self.leadership_lost || !*self.may_write.borrow() {
             status.state = SyncState::Standby;
             status.next_attempt_unix = None;
             self.board.set(status);
