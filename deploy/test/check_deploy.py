@@ -257,6 +257,7 @@ EXPECTED_CLUSTER_RULES = {
     ("torhaus.dev", "authpolicies"): {"get", "list", "watch"},
     ("torhaus.dev", "authpolicies/status"): {"patch", "update"},
     ("torhaus.dev", "dnspublishers"): {"get", "list", "watch"},
+    ("torhaus.dev", "dnspublishers/status"): {"patch", "update"},
     ("", "namespaces"): {"get", "list", "watch"},
     ("", "services"): {"get", "list", "watch"},
     ("discovery.k8s.io", "endpointslices"): {"get", "list", "watch"},

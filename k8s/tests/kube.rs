@@ -1107,7 +1107,7 @@ async fn auth_policies_and_their_secrets_are_watched_and_the_leader_writes_their
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dns_publishers_and_their_secrets_are_watched() {
+async fn dns_publishers_and_their_secrets_are_watched_and_the_leader_writes_their_status() {
     use torhaus_dns::SecretSource as _;
     let api = FakeApi::new();
     seed(&api);
@@ -1132,20 +1132,24 @@ async fn dns_publishers_and_their_secrets_are_watched() {
             }}
         }
     }));
-    let source = spawn_kubernetes_source(api.client(0), options());
-    let mut snapshots = source.snapshots.clone();
-    let snapshot = wait_for(&mut snapshots, "the publisher with its Secret", |s| {
-        s.translation.publishers.iter().any(|p| {
-            p.config.as_ref().is_ok_and(|c| {
-                c.secrets
-                    .secret(&torhaus_dns::SecretKeyRef {
-                        name: "tsig".to_owned(),
-                        key: "secret".to_owned(),
-                    })
-                    .is_ok()
+    let mut one = replica(&api, 0);
+    wait_for(&mut one.election.is_leader, "leadership", |l| *l).await;
+    let snapshot = wait_for(
+        &mut one.source.snapshots,
+        "the publisher with its Secret",
+        |s| {
+            s.translation.publishers.iter().any(|p| {
+                p.config.as_ref().is_ok_and(|c| {
+                    c.secrets
+                        .secret(&torhaus_dns::SecretKeyRef {
+                            name: "tsig".to_owned(),
+                            key: "secret".to_owned(),
+                        })
+                        .is_ok()
+                })
             })
-        })
-    })
+        },
+    )
     .await;
     let held: Vec<String> = snapshot
         .objects
@@ -1165,6 +1169,24 @@ async fn dns_publishers_and_their_secrets_are_watched() {
     assert_eq!(
         desired,
         [("app.example.com".to_owned(), vec!["192.0.2.10".to_owned()])]
+    );
+
+    let path = "/apis/torhaus.dev/v1alpha1/namespaces/infra/dnspublishers/public/status";
+    let body = eventually("the DNSPublisher status patch", || {
+        let patch = status_patches(&api)
+            .into_iter()
+            .find(|(_, p, _)| p == path)
+            .map(|(_, _, body)| without_times(&body));
+        async move { patch }
+    })
+    .await;
+    assert_eq!(
+        body,
+        json!({"status": {"conditions": [
+            {"type": "Ready", "status": "True", "reason": "Configured",
+             "message": "publishing 1 hostname(s) of Gateway(s) [edge] at [192.0.2.10] through rfc2136 192.0.2.53 as owner \"torhaus\"",
+             "lastTransitionTime": "T", "observedGeneration": 1}
+        ]}})
     );
 }
 

@@ -35,6 +35,9 @@ pub struct DnsPublisherObject {
     #[serde(default)]
     pub metadata: ObjectMeta,
     pub spec: torhaus_dns::publisher::PublisherSpec,
+    /// As the API server has it (torhaus writes it), to leave an unchanged status alone.
+    #[serde(default)]
+    pub status: Option<serde_json::Value>,
 }
 
 /// Where an object came from, for every message about it.

@@ -56,9 +56,9 @@ pub fn plan_status_patches(
                 let wanted = gateway_status_json(status, &observed, now);
                 status_patch(key, observed, wanted, None)
             }
-            // torhaus's own kind: every one is ours. Its `Accepted` condition says where it is
-            // in force, or why not.
-            ObjectKind::AuthPolicy => {
+            // torhaus's own kinds: every one is ours. An AuthPolicy's `Accepted` condition says
+            // where it is in force, or why not; a DNSPublisher's `Ready` what it publishes.
+            ObjectKind::AuthPolicy | ObjectKind::DnsPublisher => {
                 let observed = observed_status(objects, key);
                 let conditions = conditions_json(
                     &status.conditions,
@@ -170,6 +170,10 @@ fn observed_status(objects: &ObjectSet, key: &ObjectKey) -> Value {
             .auth_policies
             .get(&name)
             .and_then(|o| o.object.policy.status.clone()),
+        ObjectKind::DnsPublisher => objects
+            .dns_publishers
+            .get(&name)
+            .and_then(|o| o.object.status.clone()),
         _ => None,
     };
     match status {

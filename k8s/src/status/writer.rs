@@ -138,6 +138,11 @@ async fn send(client: &Client, patch: &StatusPatch) -> Result<(), kube::Error> {
             &key.namespace,
             &crate::source::auth_policy_resource(),
         ),
+        ObjectKind::DnsPublisher => Api::namespaced_with(
+            client.clone(),
+            &key.namespace,
+            &crate::source::dns_publisher_resource(),
+        ),
         // The planner only produces patches for the kinds above.
         _ => return Ok(()),
     };
