@@ -1,5 +1,6 @@
-//! Wiring of ACME in standalone mode: the directory store under the state directory, the file
-//! lock that elects the one process that orders, the lifecycle fed from the translations, and
+//! Wiring of ACME: in standalone mode the directory store under the state directory and the
+//! file lock that elects the one process that orders; in Kubernetes mode the Secret store and
+//! the Lease the controller hands over. In both, the lifecycle fed from the translations, and
 //! its events into the Prometheus metrics.
 
 use std::path::Path;
@@ -39,6 +40,50 @@ fn desired_of(translation: &Translation) -> Desired {
     }
 }
 
+/// What of a translation concerns the lifecycle: what to issue, and the leaf certificate
+/// served from each managed Secret. When the latter changes, a Secret was written (by the
+/// process that orders, seen here through the source) or removed, and the lifecycle rereads the
+/// store; other translations (in Kubernetes mode, every EndpointSlice change) do not make it
+/// reread every Secret.
+#[derive(Debug, PartialEq)]
+struct Feed {
+    desired: Desired,
+    served: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl Feed {
+    fn of(translation: &Translation) -> Self {
+        Self {
+            desired: desired_of(translation),
+            served: served_of(translation),
+        }
+    }
+}
+
+fn served_of(translation: &Translation) -> Vec<(String, Option<Vec<u8>>)> {
+    translation
+        .certificates
+        .iter()
+        .map(|certificate| {
+            let source = format!(
+                "{}/{}",
+                certificate.secret.namespace, certificate.secret.name
+            );
+            let leaf = translation
+                .config
+                .ports
+                .iter()
+                .flat_map(|port| &port.listeners)
+                .filter_map(|listener| listener.tls.as_ref())
+                .flat_map(|tls| &tls.certificates)
+                .find(|served| served.source == source)
+                .and_then(|served| served.chain.first())
+                .map(|leaf| leaf.as_ref().to_vec());
+            (source, leaf)
+        })
+        .collect()
+}
+
 /// Standalone mode: the file lock in `store` elects the one process among those sharing it
 /// that orders certificates and writes DNS records. Must run inside the runtime.
 pub fn leader_lock(store: &DirectoryStore) -> anyhow::Result<watch::Receiver<bool>> {
@@ -54,14 +99,19 @@ pub fn start_lifecycle(
     mut translations: watch::Receiver<Arc<Translation>>,
     metrics: Arc<Metrics>,
 ) -> watch::Receiver<Arc<Vec<CertificateStatus>>> {
-    let first = desired_of(&translations.borrow_and_update());
-    let (desired, desired_receiver) = watch::channel(Arc::new(first));
+    let mut fed = Feed::of(&translations.borrow_and_update());
+    let (desired, desired_receiver) = watch::channel(Arc::new(fed.desired.clone()));
     tokio::spawn(async move {
         while translations.changed().await.is_ok() {
-            let next = desired_of(&translations.borrow_and_update());
-            // Every translation is passed on (even an unchanged one): the lifecycle rereads the
-            // store then, which is how a process that does not order learns of new Secrets.
-            if desired.send(Arc::new(next)).is_err() {
+            let next = Feed::of(&translations.borrow_and_update());
+            // Passed on when what to issue changed, or when a managed Secret changed: the
+            // lifecycle rereads the store on every message, which is how a process that does
+            // not order learns of the Secrets the orderer writes.
+            if next == fed {
+                continue;
+            }
+            fed = next;
+            if desired.send(Arc::new(fed.desired.clone())).is_err() {
                 return;
             }
         }
@@ -121,5 +171,78 @@ impl LifecycleEvents for MetricsEvents {
 
     fn dns_request(&self, provider: &str, operation: &str, outcome: &str) {
         self.0.dns_provider_request(provider, operation, outcome);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used, reason = "tests fail loudly on broken fixtures")]
+mod tests {
+    use std::path::Path;
+
+    use torhaus_k8s::{ObjectSet, TranslateOptions, parse_manifests, translate};
+
+    use super::*;
+
+    const BASE: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: torhaus}
+spec: {controllerName: torhaus.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: apps, annotations: {torhaus.dev/issuer: le}}
+spec:
+  gatewayClassName: torhaus
+  listeners:
+    - {name: https, port: 443, protocol: HTTPS, hostname: example.com, tls: {certificateRefs: [{name: example-tls}]}}
+---
+apiVersion: torhaus.dev/v1alpha1
+kind: Issuer
+metadata: {name: le, namespace: apps}
+spec:
+  acme:
+    server: https://acme.example/directory
+    privateKeySecretRef: {name: le-account}
+    dns01: {rfc2136: {nameserver: "192.0.2.53:53", tsigKeyName: k, tsigSecretRef: {name: tsig, key: secret}}}
+"#;
+
+    fn translation(extra: &str) -> Translation {
+        let text = format!("{BASE}\n---\n{extra}");
+        let (objects, problems) = parse_manifests(&text, Path::new("test.yaml"));
+        assert!(problems.is_empty(), "{problems:?}");
+        let mut set = ObjectSet::default();
+        for (object, location) in objects {
+            set.insert(object, location);
+        }
+        translate(&set, &TranslateOptions::default())
+    }
+
+    fn tls_secret() -> String {
+        use base64::Engine as _;
+        let certified = rcgen::generate_simple_self_signed(vec!["example.com".to_owned()])
+            .expect("certificate");
+        let encode = |pem: String| base64::engine::general_purpose::STANDARD.encode(pem);
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: example-tls, namespace: apps}}\n\
+             type: kubernetes.io/tls\ndata: {{tls.crt: {}, tls.key: {}}}\n",
+            encode(certified.cert.pem()),
+            encode(certified.signing_key.serialize_pem())
+        )
+    }
+
+    const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: app, namespace: apps}\nspec: {ports: [{port: 80}]}\n";
+
+    #[test]
+    fn the_lifecycle_is_fed_only_what_concerns_it() {
+        let base = Feed::of(&translation(""));
+        assert_eq!(base.desired.certificates.len(), 1, "{base:?}");
+        // An unrelated change (in a cluster: endpoints, all the time) is not passed on.
+        assert_eq!(Feed::of(&translation(SERVICE)), base);
+        // The managed Secret appearing (written by the orderer) is, and so is a renewal.
+        let issued = Feed::of(&translation(&tls_secret()));
+        assert_ne!(issued, base);
+        assert_eq!(issued.desired, base.desired);
+        assert_ne!(Feed::of(&translation(&tls_secret())), issued);
     }
 }

@@ -142,12 +142,14 @@ pub struct DnsRecordsArgs {
     pub dns_permanent_retry: Duration,
 }
 
-/// ACME certificates (standalone mode): where they are stored and how DNS-01 is checked.
+/// ACME certificates: where they are stored (standalone mode; in Kubernetes mode they are
+/// Secrets) and how DNS-01 is checked.
 #[derive(Debug, Args)]
 pub struct AcmeArgs {
-    /// Where ACME keeps issued certificates (Secret manifests, read like those of --config),
-    /// accounts, and the lock that lets exactly one process order. Processes sharing it place
-    /// one order between them. Defaults to <state-dir>/acme.
+    /// Standalone mode: where ACME keeps issued certificates (Secret manifests, read like those
+    /// of --config), accounts, and the lock that lets exactly one process order. Processes
+    /// sharing it place one order between them. Defaults to <state-dir>/acme. Ignored with
+    /// --kubernetes (certificates are Secrets in the cluster).
     #[arg(long, env = "TORHAUS_ACME_STORE")]
     pub acme_store: Option<PathBuf>,
     /// DNS servers for DNS-01 lookups (following `_acme-challenge` CNAMEs, finding the zone
@@ -222,6 +224,9 @@ pub struct KubernetesArgs {
     /// Name of the leader-election Lease.
     #[arg(long, default_value = torhaus_k8s::DEFAULT_LEASE_NAME)]
     pub lease_name: String,
+    /// Name of the Lease electing the one replica that orders ACME certificates.
+    #[arg(long, default_value = torhaus_k8s::DEFAULT_ACME_LEASE_NAME)]
+    pub acme_lease_name: String,
     /// This replica's identity in the Lease; defaults to $POD_NAME, then the host name.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,

@@ -91,15 +91,15 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let dataplane = DataPlane::start_with_options(settings, Arc::new(local_ca), options)
         .context("starting the data plane")?;
-    // The one writer: in standalone mode the holder of the store's lock orders certificates
-    // and writes DNS records; in Kubernetes mode the holder of the status Lease writes records.
+    // The one writer of DNS records: in standalone mode the holder of the store's lock (which
+    // also orders certificates); in Kubernetes mode the holder of the status Lease.
     let leader = match (&acme_store, &controller) {
         (Some(store), _) => Some(control.block_on(async { crate::acme::leader_lock(store) })?),
         (None, Some(controller)) => Some(controller.is_leader()),
         (None, None) => None,
     };
-    let acme_status = match (acme_store, &leader) {
-        (Some(store), Some(leader)) => Some(control.block_on(async {
+    let acme_status = match (acme_store, controller.as_mut(), &leader) {
+        (Some(store), _, Some(leader)) => Some(control.block_on(async {
             crate::acme::start_lifecycle(
                 Arc::new(store),
                 leader.clone(),
@@ -108,6 +108,24 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
                 Arc::clone(dataplane.metrics()),
             )
         })),
+        // Kubernetes mode: certificates are Secrets, and the ACME Lease elects the orderer.
+        (None, Some(controller), _) => {
+            if args.acme.acme_store.is_some() {
+                tracing::warn!(
+                    "--acme-store is ignored in Kubernetes mode: certificates are Secrets in the cluster"
+                );
+            }
+            Some(control.block_on(async {
+                let acme = controller.start_acme();
+                crate::acme::start_lifecycle(
+                    acme.store,
+                    acme.may_order,
+                    &args.acme,
+                    translations.clone(),
+                    Arc::clone(dataplane.metrics()),
+                )
+            }))
+        }
         _ => None,
     };
     let dns_status = leader.map(|leader| {
@@ -188,7 +206,7 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         shutdown_signals.received().await;
         tracing::info!("shutting down: draining connections");
         if let Some(controller) = controller.take() {
-            // Hand the status Lease over first, so another replica writes status at once.
+            // Hand the Leases over first, so another replica writes status and orders at once.
             controller.shutdown().await;
         }
         stopper.shutdown();
@@ -227,6 +245,7 @@ async fn start_controller(
             .collect(),
         lease_namespace: args.kube.lease_namespace.clone(),
         lease_name: args.kube.lease_name.clone(),
+        acme_lease_name: args.kube.acme_lease_name.clone(),
         identity,
         revocations: Some(revocations),
     };

@@ -22,7 +22,7 @@ use crate::leaf::{
     ANNOTATION_RENEW_AFTER, LeafInfo, fallback_renewal, rfc3339, unix_seconds,
 };
 use crate::order::{self, DnsCounter, OrderError, OrderTimings};
-use crate::store::{CertificateStore, StoredCertificate};
+use crate::store::{CertificateStore, StoreError, StoredCertificate};
 
 /// What the translation asks for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -400,6 +400,10 @@ struct Entry {
     last_error: Option<String>,
     /// The order of a failed attempt that the CA may still hold open: resumed next time.
     pending_order: Option<String>,
+    /// Why the store refuses this certificate (its Secret holds something else): nothing is
+    /// ordered while it does, since the certificate could not be stored. Rechecked on every
+    /// reread of the store.
+    refused: Option<String>,
     /// When to ask the CA's renewalInfo next (ARI); `None`: as soon as possible.
     ari_next_check: Option<SystemTime>,
     ari_in_flight: bool,
@@ -423,6 +427,7 @@ impl Entry {
             stopped: false,
             last_error: None,
             pending_order: None,
+            refused: None,
             ari_next_check: None,
             ari_in_flight: false,
             ari_id: None,
@@ -537,6 +542,11 @@ impl Lifecycle {
                 next_refresh = now + self.settings.refresh_interval;
             }
             let leader = *may_order.borrow_and_update();
+            if was_leader && !leader {
+                // Another replica may take over any moment now and order the same names: only
+                // one process may talk to the CA, so this one abandons what it has in flight.
+                self.abandon_orders(&mut orders).await;
+            }
             if leader && !was_leader {
                 // Just became the orderer: what the previous one stored must be known first,
                 // or its fresh certificates would be ordered again.
@@ -573,6 +583,25 @@ impl Lifecycle {
                 }
                 () = tokio::time::sleep(sleep) => {}
             }
+        }
+    }
+
+    /// Ends every order and ARI check in flight, at once. An order cut short may leave its TXT
+    /// values in DNS (harmless: the CA checks for its own value only); the next orderer
+    /// resumes nothing and places a new order, which the CA typically answers with the same
+    /// still-pending authorizations.
+    async fn abandon_orders(&mut self, orders: &mut JoinSet<Job>) {
+        if orders.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            tasks = orders.len(),
+            "no longer the replica that orders: abandoning the ACME orders in flight"
+        );
+        orders.shutdown().await;
+        for entry in self.entries.values_mut() {
+            entry.in_flight = false;
+            entry.ari_in_flight = false;
         }
     }
 
@@ -627,8 +656,18 @@ impl Lifecycle {
                 continue;
             }
             match self.store.load_certificate(&entry.certificate.secret).await {
-                Ok(stored) => entry.load(stored),
+                Ok(stored) => {
+                    entry.refused = None;
+                    entry.load(stored);
+                }
+                Err(StoreError::Foreign(why)) => {
+                    if entry.refused.as_ref() != Some(&why) {
+                        tracing::error!(certificate = %entry.label(), error = %why, "not ordering: the certificate could not be stored");
+                    }
+                    entry.refused = Some(why);
+                }
                 Err(error) => {
+                    entry.refused = None;
                     entry.last_error = Some(format!("reading the stored certificate: {error}"));
                 }
             }
@@ -726,7 +765,11 @@ impl Lifecycle {
             if free == 0 {
                 break;
             }
-            if entry.in_flight || entry.ari_in_flight || entry.due_at(now) > now {
+            if entry.in_flight
+                || entry.ari_in_flight
+                || entry.refused.is_some()
+                || entry.due_at(now) > now
+            {
                 continue;
             }
             // The hourly failed-validation budget.
@@ -872,10 +915,11 @@ impl Lifecycle {
         let running = self.entries.values().filter(|e| e.in_flight).count();
         let slots_free = running < self.settings.max_concurrent_orders;
         // A running order or ARI check wakes the loop when it ends.
+        // A refused Secret waits for the next reread of the store (every refresh).
         for entry in self
             .entries
             .values()
-            .filter(|e| !e.in_flight && !e.ari_in_flight)
+            .filter(|e| !e.in_flight && !e.ari_in_flight && e.refused.is_none())
         {
             // Nothing to do until the issuer changes (which wakes the loop through `desired`).
             let usable = self
@@ -916,7 +960,7 @@ impl Lifecycle {
                     .is_some_and(|i| i.dns.is_ok());
                 let state = if entry.in_flight {
                     CertificateState::Ordering
-                } else if entry.stopped {
+                } else if entry.stopped || entry.refused.is_some() {
                     CertificateState::Stopped
                 } else if !issuer_ready && leader {
                     CertificateState::IssuerNotReady
@@ -927,12 +971,14 @@ impl Lifecycle {
                 } else {
                     CertificateState::Pending
                 };
-                let last_error = entry.last_error.clone().or_else(|| {
-                    match self.issuers.get(&entry.certificate.issuer) {
+                let last_error = entry
+                    .refused
+                    .clone()
+                    .or_else(|| entry.last_error.clone())
+                    .or_else(|| match self.issuers.get(&entry.certificate.issuer) {
                         None => Some(format!("{} does not exist", entry.certificate.issuer)),
                         Some(issuer) => issuer.dns.as_ref().err().cloned(),
-                    }
-                });
+                    });
                 CertificateStatus {
                     secret: entry.certificate.secret.clone(),
                     issuer: entry.certificate.issuer.clone(),
@@ -1064,6 +1110,10 @@ async fn order_and_store(
     store
         .save_certificate(&certificate.secret, &stored)
         .await
-        .map_err(|e| OrderError::Ca(format!("storing Secret {}: {e}", certificate.secret)))?;
+        .map_err(|e| match e {
+            // Taken by something else since it was read: no use ordering again soon.
+            StoreError::Foreign(why) => OrderError::Refused(why),
+            other => OrderError::Ca(format!("storing Secret {}: {other}", certificate.secret)),
+        })?;
     Ok(stored)
 }

@@ -99,9 +99,22 @@ pub(crate) fn transient(error: &instant_acme::Error) -> bool {
         instant_acme::Error::Api(problem) => {
             problem.r#type.as_deref() == Some(BAD_NONCE) || problem.status.is_some_and(|s| s >= 500)
         }
-        instant_acme::Error::Hyper(_)
-        | instant_acme::Error::Http(_)
-        | instant_acme::Error::Other(_) => true,
+        // A `replaces` the CA did not echo is answered by ordering without it, not by asking
+        // again (each attempt would place another order).
+        instant_acme::Error::Other(_) => !rejects_replaces(error),
+        instant_acme::Error::Hyper(_) | instant_acme::Error::Http(_) => true,
+        _ => false,
+    }
+}
+
+/// Whether a new-order error is about its `replaces` field rather than the order itself.
+fn rejects_replaces(error: &instant_acme::Error) -> bool {
+    match error {
+        instant_acme::Error::Api(problem) => problem
+            .r#type
+            .as_deref()
+            .is_some_and(|kind| kind.ends_with(":alreadyReplaced")),
+        instant_acme::Error::Other(detail) => detail.to_string().contains("replaces"),
         _ => false,
     }
 }
@@ -196,14 +209,24 @@ pub(crate) async fn obtain(
         None => {
             let identifiers: Vec<Identifier> =
                 names.iter().map(|n| Identifier::Dns(n.clone())).collect();
-            let mut new_order = NewOrder::new(&identifiers);
-            if let Some(profile) = request.profile {
-                new_order = new_order.profile(profile);
-            }
+            let plain_order = || match request.profile {
+                Some(profile) => NewOrder::new(&identifiers).profile(profile),
+                None => NewOrder::new(&identifiers),
+            };
+            let mut new_order = plain_order();
             if let Some(replaces) = request.replaces.clone() {
                 new_order = new_order.replaces(replaces);
             }
-            let order = retry!(timings, account.new_order(&new_order)).map_err(classify)?;
+            let order = match retry!(timings, account.new_order(&new_order)) {
+                // RFC 9773 §5: `replaces` is a hint. A CA that refuses it (the certificate was
+                // already replaced) or ignores it (and does not echo it back, which instant-acme
+                // reports) must not keep the certificate from being renewed.
+                Err(error) if request.replaces.is_some() && rejects_replaces(&error) => {
+                    tracing::warn!(names = %names.join(","), %error, "the CA did not take `replaces` (ARI); ordering without it");
+                    retry!(timings, account.new_order(&plain_order())).map_err(classify)?
+                }
+                other => other.map_err(classify)?,
+            };
             tracing::info!(order = %order.url(), names = %names.join(","), "ACME order placed");
             order
         }

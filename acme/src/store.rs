@@ -32,9 +32,14 @@ pub enum StoreError {
     /// The store could not be read or written; the message names the Secret or file.
     #[error("{0}")]
     Io(String),
-    /// What is stored cannot be used (not PEM, wrong type); the message names the Secret.
+    /// What is stored cannot be used (not PEM); the message names the Secret.
     #[error("{0}")]
     Invalid(String),
+    /// The Secret holds something other than a certificate (another Secret type): it is never
+    /// overwritten, so nothing is ordered for it until it is deleted or the listener names
+    /// another Secret. The message names the Secret.
+    #[error("{0}")]
+    Foreign(String),
 }
 
 /// Persistence of certificates and accounts. Writes must be atomic: a reader (another replica,

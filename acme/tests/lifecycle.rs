@@ -27,6 +27,17 @@ use torhaus_tests::process::wait_for;
 struct MemoryStore {
     certificates: Mutex<BTreeMap<ObjectName, StoredCertificate>>,
     accounts: Mutex<BTreeMap<ObjectName, Vec<u8>>>,
+    /// Secrets that hold something else (as a Secret of another type in a cluster).
+    foreign: Mutex<BTreeMap<ObjectName, String>>,
+}
+
+impl MemoryStore {
+    fn refuse(&self, secret: &ObjectName) -> Result<(), StoreError> {
+        match self.foreign.lock().expect("lock").get(secret) {
+            Some(why) => Err(StoreError::Foreign(why.clone())),
+            None => Ok(()),
+        }
+    }
 }
 
 #[async_trait]
@@ -35,6 +46,7 @@ impl CertificateStore for MemoryStore {
         &self,
         secret: &ObjectName,
     ) -> Result<Option<StoredCertificate>, StoreError> {
+        self.refuse(secret)?;
         Ok(self.certificates.lock().expect("lock").get(secret).cloned())
     }
     async fn save_certificate(
@@ -42,6 +54,7 @@ impl CertificateStore for MemoryStore {
         secret: &ObjectName,
         certificate: &StoredCertificate,
     ) -> Result<(), StoreError> {
+        self.refuse(secret)?;
         self.certificates
             .lock()
             .expect("lock")
@@ -249,5 +262,139 @@ async fn an_issuer_without_its_dns_secret_is_not_ready_and_orders_nothing() -> a
     assert!(error.contains("Issuer apps/pebble"), "{error}");
     assert!(error.contains("tsig"), "{error}");
     assert_eq!(pebble.new_order_requests(), 0);
+    Ok(())
+}
+
+/// A TCP server that accepts connections and never answers: an ACME request to it hangs in the
+/// TLS handshake, so an order stays in flight for as long as the test wants.
+async fn hanging_server()
+-> anyhow::Result<(std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(socket);
+        }
+    });
+    Ok((addr, accepted))
+}
+
+/// An issuer whose CA accepts connections and never answers: its orders stay in flight.
+fn hanging_issuer(ca: std::net::SocketAddr) -> anyhow::Result<IssuerConfig> {
+    let ca_root = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
+    let spec: IssuerSpec = serde_json::from_value(serde_json::json!({"acme": {
+        "server": format!("https://{ca}/directory"),
+        "privateKeySecretRef": {"name": "hanging-account"},
+        "caBundle": ca_root.cert.pem(),
+        "dns01": {"rfc2136": {
+            "nameserver": "127.0.0.1:9",
+            "tsigKeyName": TSIG_KEY_NAME,
+            "tsigSecretRef": {"name": "tsig", "key": "secret"},
+        }},
+    }}))?;
+    let mut secrets = SecretMaterial::default();
+    secrets.insert(
+        &SecretKeyRef {
+            name: "tsig".into(),
+            key: "secret".into(),
+        },
+        TSIG_SECRET_B64.as_bytes().to_vec(),
+    );
+    Ok(IssuerConfig {
+        id: issuer_ref(),
+        spec,
+        secrets,
+    })
+}
+
+#[tokio::test]
+async fn losing_leadership_abandons_the_order_in_flight() -> anyhow::Result<()> {
+    let (ca, accepted) = hanging_server().await?;
+    let (_desired, desired_rx) = watch::channel(Arc::new(Desired {
+        issuers: vec![hanging_issuer(ca)?],
+        certificates: vec![certificate(&["example.test"])],
+    }));
+    let (leader, leader_rx) = watch::channel(true);
+    let status = spawn_lifecycle(
+        Arc::new(MemoryStore::default()),
+        desired_rx,
+        leader_rx,
+        LifecycleSettings::default(),
+        Arc::new(NoEvents),
+    );
+    wait_state(&status, "an order in flight", |s| {
+        s.state == CertificateState::Ordering
+    })
+    .await?;
+    wait_for("the CA to be contacted", Duration::from_secs(60), || {
+        let contacted = accepted.load(std::sync::atomic::Ordering::SeqCst) > 0;
+        async move { contacted.then_some(()) }
+    })
+    .await?;
+
+    // The CA never answers, so only abandoning the order ends the "ordering" state.
+    leader.send_replace(false);
+    let abandoned = wait_state(&status, "the order abandoned", |s| {
+        s.state == CertificateState::Pending
+    })
+    .await?;
+    assert_eq!(abandoned.orders, 1);
+    assert_eq!(abandoned.failures, 0, "an abandoned order is not a failure");
+
+    // Leadership back: the certificate is ordered again, so nothing was left wedged.
+    leader.send_replace(true);
+    wait_state(&status, "a second order", |s| {
+        s.state == CertificateState::Ordering && s.orders == 2
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn nothing_is_ordered_for_a_secret_the_store_refuses_until_it_is_freed() -> anyhow::Result<()>
+{
+    let (ca, _accepted) = hanging_server().await?;
+    let store = Arc::new(MemoryStore::default());
+    let secret = ObjectName::new("apps", "example-tls");
+    store.foreign.lock().expect("lock").insert(
+        secret.clone(),
+        "Secret apps/example-tls is of type Opaque, not kubernetes.io/tls".to_owned(),
+    );
+    let wanted = Desired {
+        issuers: vec![hanging_issuer(ca)?],
+        certificates: vec![certificate(&["example.test"])],
+    };
+    let (desired, desired_rx) = watch::channel(Arc::new(wanted.clone()));
+    let (_leader, leader_rx) = watch::channel(true);
+    let status = spawn_lifecycle(
+        Arc::clone(&store) as Arc<dyn CertificateStore>,
+        desired_rx,
+        leader_rx,
+        LifecycleSettings::default(),
+        Arc::new(NoEvents),
+    );
+    // Were it ordered, the order would hang at the CA and the state stay "ordering".
+    let stopped = wait_state(&status, "ordering stopped", |s| {
+        s.state == CertificateState::Stopped
+    })
+    .await?;
+    assert_eq!(stopped.orders, 0);
+    let error = stopped.last_error.unwrap_or_default();
+    assert!(
+        error.contains("Secret apps/example-tls is of type Opaque"),
+        "{error}"
+    );
+
+    // The Secret is deleted: the next reread of the store (here, a new translation) orders.
+    store.foreign.lock().expect("lock").clear();
+    desired.send_replace(Arc::new(wanted));
+    wait_state(&status, "an order", |s| {
+        s.state == CertificateState::Ordering && s.orders == 1
+    })
+    .await?;
     Ok(())
 }

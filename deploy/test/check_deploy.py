@@ -46,6 +46,7 @@ GATEWAY_API_FOR_CRATE = {"0.22": "v1.5.1"}
 INSTALL_ORDER = [
     "namespace.yaml",
     "crd-authpolicy.yaml",
+    "crd-issuer.yaml",
     "crd-dnspublisher.yaml",
     "serviceaccount.yaml",
     "clusterrole.yaml",
@@ -256,16 +257,19 @@ EXPECTED_CLUSTER_RULES = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"get"},
     ("torhaus.dev", "authpolicies"): {"get", "list", "watch"},
     ("torhaus.dev", "authpolicies/status"): {"patch", "update"},
+    ("torhaus.dev", "issuers"): {"get", "list", "watch"},
+    ("torhaus.dev", "clusterissuers"): {"get", "list", "watch"},
+    ("torhaus.dev", "issuers/status"): {"patch", "update"},
+    ("torhaus.dev", "clusterissuers/status"): {"patch", "update"},
     ("torhaus.dev", "dnspublishers"): {"get", "list", "watch"},
     ("torhaus.dev", "dnspublishers/status"): {"patch", "update"},
     ("", "namespaces"): {"get", "list", "watch"},
     ("", "services"): {"get", "list", "watch"},
     ("discovery.k8s.io", "endpointslices"): {"get", "list", "watch"},
-    ("", "secrets"): {"get", "list", "watch"},
+    ("", "secrets"): {"get", "list", "watch", "create", "update"},
 }
 EXPECTED_NAMESPACED_RULES = {
     ("coordination.k8s.io", "leases"): {"get", "create", "update", "patch"},
-    ("", "secrets"): {"create", "update", "patch"},
 }
 
 
@@ -310,6 +314,8 @@ def check_default_render_is_valid() -> None:
         == sorted(
             [
                 "CustomResourceDefinition",  # AuthPolicy
+                "CustomResourceDefinition",  # Issuer
+                "CustomResourceDefinition",  # ClusterIssuer
                 "CustomResourceDefinition",  # DNSPublisher
                 "ServiceAccount",
                 "ClusterRole",
@@ -363,8 +369,11 @@ def check_rbac_is_least_privilege() -> None:
             binding["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}],
             f"{binding_kind} must bind only the chart's ServiceAccount",
         )
-    no_secret_writes = flatten_rules(one(render({"rbac": {"writeSecrets": False}}), "Role"))
-    require(("", "secrets") not in no_secret_writes, "rbac.writeSecrets=false must remove the Secret write rule")
+    no_secret_writes = flatten_rules(one(render({"rbac": {"writeSecrets": False}}), "ClusterRole"))
+    require(
+        no_secret_writes.get(("", "secrets")) == {"get", "list", "watch"},
+        "rbac.writeSecrets=false must remove the Secret write rule",
+    )
 
 
 def check_gatewayclass_and_pdb() -> None:

@@ -168,15 +168,21 @@ fn request_host(session: &Session) -> Option<std::borrow::Cow<'_, str>> {
     }
 }
 
-/// The request as the identity layer sees it; `None` when its target is not UTF-8.
-fn identity_request(session: &Session, scheme: Scheme) -> Option<IdentityRequest<'_>> {
-    let request = session.req_header();
-    let host = request
+/// The Host header as sent (else the target's authority, else empty), not normalized: what
+/// the client asked for, for headers that tell the upstream and the IdP about it.
+fn raw_host(request: &pingora::http::RequestHeader) -> &str {
+    request
         .headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| request.uri.authority().map(|a| a.as_str()))
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// The request as the identity layer sees it; `None` when its target is not UTF-8.
+fn identity_request(session: &Session, scheme: Scheme) -> Option<IdentityRequest<'_>> {
+    let request = session.req_header();
+    let host = raw_host(request);
     Some(IdentityRequest {
         method: &request.method,
         scheme: scheme.as_str(),
@@ -432,12 +438,7 @@ impl PortProxy {
             return Ok(());
         };
         let request = session.req_header();
-        let host = request
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| request.uri.authority().map(|a| a.as_str()))
-            .unwrap_or_default();
+        let host = raw_host(request);
         let forwarded = filters::forwarded_headers(
             client,
             &request.headers,

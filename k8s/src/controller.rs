@@ -1,12 +1,15 @@
 //! Kubernetes mode as one piece for the binary: connect, watch, translate, elect a leader and
-//! write status, without the binary ever naming a kube type.
+//! write status, and hand ACME its Secret store and the Lease that elects the replica that
+//! orders, without the binary ever naming a kube type.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use torhaus_acme::CertificateStore;
 
 use crate::report::GatewayAddress;
+use crate::secret_store::SecretStore;
 use crate::source::{KubernetesOptions, KubernetesSource, spawn_kubernetes_source};
 use crate::status::{
     LeaderElection, LeaseSettings, StatusWriterOptions, spawn_leader_election, spawn_status_writer,
@@ -16,6 +19,12 @@ use crate::translate::{TranslateOptions, Translation};
 /// The default name of the Lease the replicas elect the status writer with.
 pub const DEFAULT_LEASE_NAME: &str = "torhaus-status-writer";
 
+/// The default name of the Lease that elects the one replica that places ACME orders. A Lease
+/// of its own, not the status writer's: the roles are independent (status writes are quick
+/// and frequent, an order holds DNS and CA round trips for minutes), a hand-over of one must
+/// not interrupt the other, and `kubectl get lease` shows who does what.
+pub const DEFAULT_ACME_LEASE_NAME: &str = "torhaus-acme";
+
 /// How Kubernetes mode runs.
 #[derive(Debug, Clone)]
 pub struct ControllerSettings {
@@ -24,7 +33,9 @@ pub struct ControllerSettings {
     /// Namespace of the Lease; `None` means the client's namespace (the pod's own in-cluster).
     pub lease_namespace: Option<String>,
     pub lease_name: String,
-    /// This replica's identity in the Lease (the pod name).
+    /// The Lease electing the replica that orders ACME certificates (same namespace).
+    pub acme_lease_name: String,
+    /// This replica's identity in the Leases (the pod name).
     pub identity: String,
     /// The sessions revoked on this replica (its identity policies'), shared with the other
     /// replicas through the Secret [`REVOCATIONS_SECRET`] in the Lease's namespace.
@@ -49,6 +60,18 @@ pub enum ControllerError {
 pub struct Controller {
     source: KubernetesSource,
     election: LeaderElection,
+    secrets: SecretStore,
+    acme_lease: LeaseSettings,
+    acme_election: Option<LeaderElection>,
+}
+
+/// What the ACME lifecycle needs in Kubernetes mode.
+#[derive(Debug, Clone)]
+pub struct ClusterAcme {
+    /// Certificates as `kubernetes.io/tls` Secrets, accounts in the issuers' account Secrets.
+    pub store: Arc<dyn CertificateStore>,
+    /// True while this replica holds the ACME Lease: only then may it order.
+    pub may_order: watch::Receiver<bool>,
 }
 
 impl Controller {
@@ -93,13 +116,45 @@ impl Controller {
             LeaseSettings::new(&namespace, &settings.lease_name, &settings.identity),
         );
         spawn_status_writer(
-            client,
+            client.clone(),
             source.snapshots.clone(),
             election.is_leader.clone(),
             StatusWriterOptions::default(),
         );
         tracing::info!(lease = %format!("{namespace}/{}", settings.lease_name), identity = %settings.identity, "watching the Kubernetes API");
-        Self { source, election }
+        let acme_lease = LeaseSettings {
+            duty: "ordering ACME certificates".to_owned(),
+            ..LeaseSettings::new(&namespace, &settings.acme_lease_name, &settings.identity)
+        };
+        Self {
+            source,
+            election,
+            secrets: SecretStore::new(client),
+            acme_lease,
+            acme_election: None,
+        }
+    }
+
+    /// Starts campaigning for the ACME Lease (once; later calls share that election) and
+    /// returns the Secret store with the signal that this replica may order.
+    pub fn start_acme(&mut self) -> ClusterAcme {
+        let client = self.secrets.client();
+        let lease = &self.acme_lease;
+        let election = self.acme_election.get_or_insert_with(|| {
+            tracing::info!(lease = %format!("{}/{}", lease.namespace, lease.name), "ACME: certificates are Secrets; the holder of this Lease orders them");
+            spawn_leader_election(client.clone(), lease.clone())
+        });
+        ClusterAcme {
+            store: Arc::new(self.secrets.clone()),
+            may_order: election.is_leader.clone(),
+        }
+    }
+
+    /// [`Controller::start_acme`] with other Lease settings (tests use short timings); they
+    /// take effect only in the first call, which starts the election.
+    pub fn start_acme_with(&mut self, lease: LeaseSettings) -> ClusterAcme {
+        self.acme_lease = lease;
+        self.start_acme()
     }
 
     /// Turns true after the first full sync (every watcher listed, first translation out).
@@ -127,14 +182,22 @@ impl Controller {
         }
     }
 
-    /// Hands the Lease over (if held) so another replica writes status at once. Bounded: with
-    /// the API server gone, shutdown must not wait for it (the Lease then simply expires).
+    /// Hands the Leases over (those held) so another replica writes status and orders at once.
+    /// Bounded: with the API server gone, shutdown must not wait for it (the Leases then
+    /// simply expire).
     pub async fn shutdown(self) {
-        if tokio::time::timeout(Duration::from_secs(3), self.election.release())
+        let acme_election = self.acme_election;
+        let acme = async move {
+            if let Some(election) = acme_election {
+                election.release().await;
+            }
+        };
+        let both = futures::future::join(self.election.release(), acme);
+        if tokio::time::timeout(Duration::from_secs(3), both)
             .await
             .is_err()
         {
-            tracing::warn!("could not release the Lease in time; it expires by itself");
+            tracing::warn!("could not release the Leases in time; they expire by themselves");
         }
     }
 }

@@ -5,6 +5,7 @@
 pub mod controller;
 pub mod report;
 pub mod revocations;
+pub mod secret_store;
 pub mod source;
 pub mod status;
 pub mod translate;
@@ -16,11 +17,15 @@ pub use source::{
     spawn_directory_source_with, spawn_directory_source_with_roots, spawn_kubernetes_source,
 };
 
-pub use controller::{Controller, ControllerError, ControllerSettings, DEFAULT_LEASE_NAME};
+pub use controller::{
+    ClusterAcme, Controller, ControllerError, ControllerSettings, DEFAULT_ACME_LEASE_NAME,
+    DEFAULT_LEASE_NAME,
+};
 pub use report::{
     Condition, ConditionStatus, GatewayAddress, ListenerStatus, ObjectStatus, ParentReference,
     ParentStatus, Report, RouteGroupKind,
 };
+pub use secret_store::SecretStore;
 pub use translate::{
     CERT_MANAGER_CLUSTER_ISSUER_ANNOTATION, CERT_MANAGER_ISSUER_ANNOTATION,
     CLUSTER_ISSUER_ANNOTATION, ISSUER_ANNOTATION, TranslateOptions, Translation,

@@ -969,6 +969,7 @@ async fn kubernetes_mode_refuses_to_start_without_a_gateway_address() {
         addresses: Vec::new(),
         lease_namespace: None,
         lease_name: torhaus_k8s::DEFAULT_LEASE_NAME.to_owned(),
+        acme_lease_name: torhaus_k8s::DEFAULT_ACME_LEASE_NAME.to_owned(),
         identity: "test".to_owned(),
         revocations: None,
     };
@@ -997,6 +998,7 @@ async fn the_controller_reads_the_crd_version_serves_writes_and_hands_over() {
         addresses: vec![GatewayAddress::parse("192.0.2.10")],
         lease_namespace: Some("torhaus-system".to_owned()),
         lease_name: torhaus_k8s::DEFAULT_LEASE_NAME.to_owned(),
+        acme_lease_name: torhaus_k8s::DEFAULT_ACME_LEASE_NAME.to_owned(),
         identity: "pod-a".to_owned(),
         revocations: None,
     };

@@ -1,6 +1,7 @@
 //! End-to-end test support: echo backends, a client, the torhaus process and the conformance
 //! case runner.
 
+pub mod ari_standin;
 pub mod cases;
 pub mod client;
 pub mod dns_rig;

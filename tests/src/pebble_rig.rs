@@ -153,6 +153,25 @@ impl Pebble {
         format!("https://localhost:{}/dir", self.acme_port)
     }
 
+    /// Pebble's own TLS certificate and key (for `localhost` and 127.0.0.1, signed by the CA in
+    /// [`Pebble::tls_ca_pem`]), for servers that stand beside it.
+    pub fn tls_certificate_and_key(&self) -> (PathBuf, PathBuf) {
+        (
+            self.dir.path().join("cert.pem"),
+            self.dir.path().join("key.pem"),
+        )
+    }
+
+    /// Pebble's ACME directory, as JSON text.
+    pub async fn directory_json(&self) -> anyhow::Result<String> {
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(self.tls_ca_pem.as_bytes()) {
+            roots.add(cert?)?;
+        }
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.acme_port));
+        https_get(addr, "localhost", roots, "/dir").await
+    }
+
     /// Stops Pebble (the "CA down" case). Its issuing root is regenerated on the next start.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -271,6 +290,8 @@ fn make_tls_certificates(dir: &Path) -> anyhow::Result<String> {
 }
 
 /// A plain HTTP/1.1 GET over TLS, returning the body.
+/// GET `path` over HTTPS from `addr` (SNI `sni`); Pebble builds the URLs it answers with from
+/// the Host header, so it carries the port.
 async fn https_get(
     addr: SocketAddr,
     sni: &str,
@@ -278,8 +299,10 @@ async fn https_get(
     path: &str,
 ) -> anyhow::Result<String> {
     let mut tls = tls_connect(addr, sni, roots).await?;
+    let port = addr.port();
     tls.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("GET {path} HTTP/1.1\r\nHost: {sni}:{port}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
     )
     .await?;
     let mut answer = Vec::new();

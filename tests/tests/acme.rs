@@ -1,7 +1,8 @@
 //! ACME end to end through the torhaus binary in standalone mode, against a real Pebble that
 //! validates DNS-01 at a real knotd updated over RFC 2136 with TSIG: apex + wildcard issuance
 //! served to a client trusting Pebble's root, CNAME delegation, renewal without dropping a
-//! kept-alive connection, 30% rejected nonces, Pebble down while the old certificate serves, a
+//! kept-alive connection, renewal at the window the CA's renewalInfo (ARI) suggests, 30%
+//! rejected nonces, Pebble down while the old certificate serves, a
 //! wrong TSIG key failing loudly without a retry loop, and two processes sharing one store
 //! placing exactly one order.
 //!
@@ -10,9 +11,10 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, ensure};
+use torhaus_tests::ari_standin::{AriStandIn, Window};
 use torhaus_tests::client::{Connection, TestRequest, TlsSettings, Transport};
 use torhaus_tests::dns_rig::{Knot, TSIG_KEY_NAME, TSIG_SECRET_B64, knotd_path};
 use torhaus_tests::pebble_rig::{Pebble, PebbleOptions, leaf_of, pebble_path, served_leaf};
@@ -44,6 +46,24 @@ fn indent(text: &str, spaces: usize) -> String {
 fn manifests(
     knot: &Knot,
     pebble: &Pebble,
+    listeners: &[(&str, &str)],
+    tsig_secret: &str,
+) -> String {
+    manifests_for_directory(
+        knot,
+        &pebble.directory_url(),
+        &pebble.tls_ca_pem,
+        listeners,
+        tsig_secret,
+    )
+}
+
+/// [`manifests`] with the Issuer's ACME directory at `server`, served with a certificate that
+/// `ca_pem` issued.
+fn manifests_for_directory(
+    knot: &Knot,
+    server: &str,
+    ca_pem: &str,
     listeners: &[(&str, &str)],
     tsig_secret: &str,
 ) -> String {
@@ -91,8 +111,7 @@ kind: Secret
 metadata: {{name: tsig, namespace: {NAMESPACE}}}
 stringData: {{secret: "{tsig_secret}"}}
 "#,
-        server = pebble.directory_url(),
-        ca = indent(&pebble.tls_ca_pem, 6),
+        ca = indent(ca_pem, 6),
         nameserver = knot.addr,
     )
 }
@@ -279,6 +298,15 @@ async fn apex_and_wildcard_are_issued_in_one_order_and_served() -> anyhow::Resul
 }
 
 /// The whole log of a torhaus process (`log_tail` keeps only the end).
+/// The log lines about certificates, without the handshakes clients fail against the local CA.
+fn acme_lines(torhaus: &Torhaus) -> String {
+    full_log(torhaus)
+        .lines()
+        .filter(|line| !line.contains("handshake"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn full_log(torhaus: &Torhaus) -> String {
     std::fs::read_to_string(torhaus.state_dir().join("torhaus.log")).unwrap_or_default()
 }
@@ -441,6 +469,83 @@ async fn renewal_serves_the_new_certificate_without_dropping_a_connection() -> a
 }
 
 #[tokio::test]
+async fn renewal_follows_the_renewal_window_the_ca_suggests() -> anyhow::Result<()> {
+    // Pebble's default certificates live five years, so two thirds of the lifetime is years
+    // away: only the CA's renewalInfo (ARI) can make torhaus renew now.
+    let Some((knot, pebble)) = rig(PebbleOptions::default())? else {
+        return Ok(());
+    };
+    let now = SystemTime::now();
+    let hour = Duration::from_secs(3600);
+    let ari = AriStandIn::start(
+        &pebble,
+        vec![
+            // The first certificate: its window has passed, renew at once.
+            Window {
+                start: now - hour,
+                end: now - Duration::from_secs(60),
+            },
+            // Its replacement: not before next year.
+            Window {
+                start: now + 365 * 24 * hour,
+                end: now + 366 * 24 * hour,
+            },
+        ],
+    )
+    .await?;
+    let config = TempDir::new("acme-config")?;
+    write_config(
+        config.path(),
+        &manifests_for_directory(
+            &knot,
+            &ari.directory_url(),
+            &pebble.tls_ca_pem,
+            &[("example.test", "example-tls")],
+            TSIG_SECRET_B64,
+        ),
+    )?;
+    let torhaus = start_torhaus(config.path(), &knot, None).await?;
+    let root = pebble.issuing_root_pem().await?;
+    let first = wait_served(&torhaus, "example.test", &root, Duration::from_secs(60))
+        .await
+        .with_context(|| acme_lines(&torhaus))?;
+    let addr = torhaus.addr(443)?;
+    wait_for(
+        "the certificate renewed inside the CA's window",
+        Duration::from_secs(60),
+        || async {
+            served_leaf(addr, "example.test", &root)
+                .await
+                .ok()
+                .filter(|leaf| *leaf != first)
+        },
+    )
+    .await
+    .with_context(|| acme_lines(&torhaus))?;
+    // The replacement is asked about too, and its far window orders nothing more.
+    wait_for(
+        "renewalInfo asked about the replacement",
+        Duration::from_secs(30),
+        || async { (ari.asked().len() >= 2).then_some(()) },
+    )
+    .await
+    .with_context(|| acme_lines(&torhaus))?;
+    // Pebble 2.4 ignores `replaces` and does not echo it: torhaus orders again without it
+    // (one order for the first certificate, then the refused hint and the plain renewal).
+    let log = full_log(&torhaus);
+    ensure!(
+        log.contains("did not take `replaces`"),
+        "the renewal carried `replaces`; log:\n{log}"
+    );
+    ensure!(
+        pebble.new_order_requests() == 3,
+        "expected 3 new-order requests, Pebble saw {}",
+        pebble.new_order_requests()
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn issuance_survives_thirty_percent_rejected_nonces() -> anyhow::Result<()> {
     let Some((knot, pebble)) = rig(PebbleOptions {
         nonce_reject_percent: 30,
@@ -466,43 +571,81 @@ async fn issuance_survives_thirty_percent_rejected_nonces() -> anyhow::Result<()
     Ok(())
 }
 
+/// torhaus serving a Pebble certificate for `example.test`, from a config directory that can
+/// still be changed.
+struct Issued {
+    config: TempDir,
+    torhaus: Torhaus,
+    /// Pebble's issuing root.
+    root: String,
+    /// The leaf served first.
+    first: Vec<u8>,
+}
+
+impl Issued {
+    async fn example(knot: &Knot, pebble: &Pebble) -> anyhow::Result<Self> {
+        let (config, torhaus) = serve(
+            knot,
+            pebble,
+            &[("example.test", "example-tls")],
+            TSIG_SECRET_B64,
+        )
+        .await?;
+        let root = pebble.issuing_root_pem().await?;
+        let first = wait_served(&torhaus, "example.test", &root, Duration::from_secs(60)).await?;
+        Ok(Self {
+            config,
+            torhaus,
+            root,
+            first,
+        })
+    }
+
+    /// Adds `*.example.test` to the certificate (a new name needs a new order) and waits until
+    /// an order has failed, for tests that took a service down first.
+    async fn add_wildcard_and_wait_for_a_failed_order(
+        &self,
+        knot: &Knot,
+        pebble: &Pebble,
+    ) -> anyhow::Result<()> {
+        let listeners = [
+            ("example.test", "example-tls"),
+            ("*.example.test", "example-tls"),
+        ];
+        write_config(
+            self.config.path(),
+            &manifests(knot, pebble, &listeners, TSIG_SECRET_B64),
+        )?;
+        wait_for(
+            "a failed order to be logged",
+            Duration::from_secs(30),
+            || {
+                let log = full_log(&self.torhaus);
+                async move { log.contains("certificate order failed").then_some(()) }
+            },
+        )
+        .await
+        .with_context(|| self.torhaus.log_tail())
+    }
+}
+
 #[tokio::test]
 async fn pebble_down_keeps_the_old_certificate_serving_then_recovers() -> anyhow::Result<()> {
     let Some((knot, mut pebble)) = rig(PebbleOptions::default())? else {
         return Ok(());
     };
-    let config = TempDir::new("acme-config")?;
-    let mut listeners = vec![("example.test", "example-tls")];
-    write_config(
-        config.path(),
-        &manifests(&knot, &pebble, &listeners, TSIG_SECRET_B64),
-    )?;
-    let torhaus = start_torhaus(config.path(), &knot, None).await?;
-    let root = pebble.issuing_root_pem().await?;
-    let first = wait_served(&torhaus, "example.test", &root, Duration::from_secs(60)).await?;
-
+    let issued = Issued::example(&knot, &pebble).await?;
+    let (torhaus, root, first) = (&issued.torhaus, &issued.root, &issued.first);
     pebble.stop();
     // A new name needs a new order, which cannot succeed while the CA is down.
-    listeners.push(("*.example.test", "example-tls"));
-    write_config(
-        config.path(),
-        &manifests(&knot, &pebble, &listeners, TSIG_SECRET_B64),
-    )?;
-    let failed_attempt = wait_for(
-        "a failed order to be logged",
-        Duration::from_secs(30),
-        || {
-            let log = torhaus.log_tail();
-            async move { log.contains("certificate order failed").then_some(()) }
-        },
-    )
-    .await;
-    failed_attempt.with_context(|| torhaus.log_tail())?;
+    issued
+        .add_wildcard_and_wait_for_a_failed_order(&knot, &pebble)
+        .await?;
     // The old certificate keeps serving its name meanwhile.
-    let still = served_leaf(torhaus.addr(443)?, "example.test", &root)
+    let still = served_leaf(torhaus.addr(443)?, "example.test", root)
         .await
         .with_context(|| format!("the old certificate; log:\n{}", torhaus.log_tail()))?;
-    ensure!(still == first);
+    ensure!(still == *first);
 
     pebble.restart()?;
     let new_root = pebble
@@ -511,13 +654,13 @@ async fn pebble_down_keeps_the_old_certificate_serving_then_recovers() -> anyhow
         .with_context(|| format!("pebble's new root; log:\n{}", pebble.log()))?;
     // Pebble forgot the account on restart: torhaus must create a new one, then order.
     let renewed = wait_served(
-        &torhaus,
+        torhaus,
         "www.example.test",
         &new_root,
         Duration::from_secs(60),
     )
     .await?;
-    ensure!(renewed != first);
+    ensure!(renewed != *first);
     Ok(())
 }
 
@@ -526,45 +669,25 @@ async fn dns_server_down_then_back() -> anyhow::Result<()> {
     let Some((mut knot, pebble)) = rig(PebbleOptions::default())? else {
         return Ok(());
     };
-    let config = TempDir::new("acme-config")?;
-    let mut listeners = vec![("example.test", "example-tls")];
-    write_config(
-        config.path(),
-        &manifests(&knot, &pebble, &listeners, TSIG_SECRET_B64),
-    )?;
-    let torhaus = start_torhaus(config.path(), &knot, None).await?;
-    let root = pebble.issuing_root_pem().await?;
-    let first = wait_served(&torhaus, "example.test", &root, Duration::from_secs(60)).await?;
-
+    let issued = Issued::example(&knot, &pebble).await?;
+    let (torhaus, root, first) = (&issued.torhaus, &issued.root, &issued.first);
     knot.stop();
-    listeners.push(("*.example.test", "example-tls"));
-    write_config(
-        config.path(),
-        &manifests(&knot, &pebble, &listeners, TSIG_SECRET_B64),
-    )?;
-    wait_for(
-        "a failed order to be logged",
-        Duration::from_secs(30),
-        || {
-            let log = full_log(&torhaus);
-            async move { log.contains("certificate order failed").then_some(()) }
-        },
-    )
-    .await
-    .with_context(|| torhaus.log_tail())?;
+    issued
+        .add_wildcard_and_wait_for_a_failed_order(&knot, &pebble)
+        .await?;
     // An unreachable DNS server is worth retrying (with backoff), not a reason to stop.
     ensure!(
-        !full_log(&torhaus).contains("ORDERING STOPPED"),
+        !full_log(torhaus).contains("ORDERING STOPPED"),
         "{}",
         torhaus.log_tail()
     );
-    ensure!(served_leaf(torhaus.addr(443)?, "example.test", &root).await? == first);
+    ensure!(served_leaf(torhaus.addr(443)?, "example.test", root).await? == *first);
 
     knot.restart()?;
-    let renewed = wait_served(&torhaus, "www.example.test", &root, Duration::from_secs(60)).await?;
-    ensure!(renewed != first);
+    let renewed = wait_served(torhaus, "www.example.test", root, Duration::from_secs(60)).await?;
+    ensure!(renewed != *first);
     // The retries resumed the order the failed attempt had placed: no duplicate orders.
-    let attempts = full_log(&torhaus).matches("ordering a certificate").count();
+    let attempts = full_log(torhaus).matches("ordering a certificate").count();
     ensure!(attempts >= 3, "expected retries, saw {attempts} attempts");
     ensure!(
         pebble.new_order_requests() == 2,

@@ -32,6 +32,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use torhaus_acme::CLUSTER_RESOURCE_NAMESPACE;
 use torhaus_model::ObjectName;
 
 use super::objects::{
@@ -132,6 +133,8 @@ pub fn spawn_kubernetes_source(client: Client, options: KubernetesOptions) -> Ku
         watchers.all::<Service>(ObjectKind::Service),
         watchers.all::<EndpointSlice>(ObjectKind::EndpointSlice),
         watchers.custom(auth_policy_resource(), ObjectKind::AuthPolicy),
+        watchers.custom(issuer_resource(), ObjectKind::Issuer),
+        watchers.custom(cluster_issuer_resource(), ObjectKind::ClusterIssuer),
         watchers.custom(dns_publisher_resource(), ObjectKind::DnsPublisher),
     ];
     index.required = [
@@ -143,6 +146,8 @@ pub fn spawn_kubernetes_source(client: Client, options: KubernetesOptions) -> Ku
         ObjectKind::Service,
         ObjectKind::EndpointSlice,
         ObjectKind::AuthPolicy,
+        ObjectKind::Issuer,
+        ObjectKind::ClusterIssuer,
         ObjectKind::DnsPublisher,
     ]
     .into_iter()
@@ -544,20 +549,36 @@ pub fn auth_policy_resource() -> ApiResource {
     }
 }
 
-/// The `DNSPublisher` CRD (`torhaus.dev/v1alpha1`, installed with torhaus).
-pub fn dns_publisher_resource() -> ApiResource {
+/// The `Issuer` CRD (`torhaus.dev/v1alpha1`, installed with torhaus).
+pub fn issuer_resource() -> ApiResource {
+    torhaus_resource("Issuer", "issuers")
+}
+
+/// The `ClusterIssuer` CRD (`torhaus.dev/v1alpha1`, installed with torhaus).
+pub fn cluster_issuer_resource() -> ApiResource {
+    torhaus_resource("ClusterIssuer", "clusterissuers")
+}
+
+fn torhaus_resource(kind: &str, plural: &str) -> ApiResource {
     ApiResource {
         group: crate::source::TORHAUS_GROUP.to_owned(),
         version: "v1alpha1".to_owned(),
-        api_version: torhaus_dns::publisher::API_VERSION.to_owned(),
-        kind: torhaus_dns::publisher::KIND.to_owned(),
-        plural: "dnspublishers".to_owned(),
+        api_version: torhaus_acme::config::API_VERSION.to_owned(),
+        kind: kind.to_owned(),
+        plural: plural.to_owned(),
     }
 }
 
-/// The Secrets the listeners of our Gateways name in `tls.certificateRefs`, and those the
-/// `AuthPolicy` and `DNSPublisher` objects name (client secrets, session keys, DNS
-/// credentials; always in their own namespace).
+/// The `DNSPublisher` CRD (`torhaus.dev/v1alpha1`, installed with torhaus).
+pub fn dns_publisher_resource() -> ApiResource {
+    torhaus_resource(torhaus_dns::publisher::KIND, "dnspublishers")
+}
+
+/// The Secrets the listeners of our Gateways name in `tls.certificateRefs`, those the
+/// `AuthPolicy` and `DNSPublisher` objects name (client secrets, session keys, DNS credentials;
+/// always in their own namespace), and those issuers read (DNS credentials, EAB keys: in the Issuer's namespace, or in
+/// [`CLUSTER_RESOURCE_NAMESPACE`] for a ClusterIssuer). Account Secrets are not watched: only
+/// the ordering replica reads them, through the ACME store.
 fn referenced_secrets(objects: &ObjectSet, options: &TranslateOptions) -> BTreeSet<ObjectName> {
     let ours: HashSet<&str> = objects
         .gateway_classes
@@ -608,6 +629,19 @@ fn referenced_secrets(objects: &ObjectSet, options: &TranslateOptions) -> BTreeS
                 publisher_name.namespace.clone(),
                 reference.name,
             ));
+        }
+    }
+    let issuers = objects
+        .issuers
+        .iter()
+        .map(|(name, issuer)| (name.namespace.as_str(), issuer));
+    let cluster_issuers = objects
+        .cluster_issuers
+        .values()
+        .map(|issuer| (CLUSTER_RESOURCE_NAMESPACE, issuer));
+    for (namespace, issuer) in issuers.chain(cluster_issuers) {
+        for reference in issuer.object.spec.secret_refs() {
+            names.insert(ObjectName::new(namespace, reference.name));
         }
     }
     names

@@ -10,7 +10,7 @@ pub use directory::{
 };
 pub use kubernetes::{
     DEFAULT_DEBOUNCE, KubeSnapshot, KubernetesOptions, KubernetesSource, auth_policy_resource,
-    dns_publisher_resource, spawn_kubernetes_source,
+    cluster_issuer_resource, dns_publisher_resource, issuer_resource, spawn_kubernetes_source,
 };
 pub use objects::{
     AuthPolicyObject, DnsPublisherObject, IssuerObject, KubeObject, ObjectKey, ObjectKind,

@@ -26,6 +26,9 @@ pub struct IssuerObject {
     #[serde(default)]
     pub metadata: ObjectMeta,
     pub spec: torhaus_acme::IssuerSpec,
+    /// As last written (by the status writer), to write only what changed; never validated.
+    #[serde(default)]
+    pub status: Option<serde_json::Value>,
 }
 
 /// A `torhaus.dev/v1alpha1` `DNSPublisher`: metadata and the validated spec (unknown fields are

@@ -28,6 +28,8 @@ pub struct LeaseSettings {
     pub renew_deadline: Duration,
     /// How often to try to acquire or renew.
     pub retry_period: Duration,
+    /// What the holder does, for the logs ("writing status", "ordering ACME certificates").
+    pub duty: String,
 }
 
 impl LeaseSettings {
@@ -40,6 +42,7 @@ impl LeaseSettings {
             lease_duration: Duration::from_secs(15),
             renew_deadline: Duration::from_secs(10),
             retry_period: Duration::from_secs(2),
+            duty: "writing status".to_owned(),
         }
     }
 }
@@ -111,14 +114,14 @@ async fn campaign(
             Ok(true) => {
                 last_renewal = Some(Instant::now());
                 if !*leader.borrow() {
-                    tracing::info!(identity = %settings.identity, lease = %settings.name, "became the leader: writing status");
+                    tracing::info!(identity = %settings.identity, lease = %settings.name, duty = %settings.duty, "became the leader");
                     leader.send_replace(true);
                 }
             }
             Ok(false) => {
                 last_renewal = None;
                 if *leader.borrow() {
-                    tracing::warn!(identity = %settings.identity, "lost the Lease to another replica: no longer writing status");
+                    tracing::warn!(identity = %settings.identity, lease = %settings.name, duty = %settings.duty, "lost the Lease to another replica: stopped");
                     leader.send_replace(false);
                 }
             }
@@ -129,7 +132,7 @@ async fn campaign(
                     tracing::warn!(lease = %settings.name, %error, "cannot reach the Lease; retrying");
                 }
                 if expired && *leader.borrow() {
-                    tracing::warn!(identity = %settings.identity, "could not renew the Lease in time: no longer writing status");
+                    tracing::warn!(identity = %settings.identity, lease = %settings.name, duty = %settings.duty, "could not renew the Lease in time: stopped");
                     leader.send_replace(false);
                 }
             }

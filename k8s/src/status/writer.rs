@@ -138,6 +138,14 @@ async fn send(client: &Client, patch: &StatusPatch) -> Result<(), kube::Error> {
             &key.namespace,
             &crate::source::auth_policy_resource(),
         ),
+        ObjectKind::Issuer => Api::namespaced_with(
+            client.clone(),
+            &key.namespace,
+            &crate::source::issuer_resource(),
+        ),
+        ObjectKind::ClusterIssuer => {
+            Api::all_with(client.clone(), &crate::source::cluster_issuer_resource())
+        }
         ObjectKind::DnsPublisher => Api::namespaced_with(
             client.clone(),
             &key.namespace,

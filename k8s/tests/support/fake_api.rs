@@ -54,6 +54,8 @@ struct State {
     watches: Vec<Watch>,
     requests: Vec<Recorded>,
     down: HashSet<usize>,
+    /// Per resource: how many more writes (PUT) another writer beats to it.
+    interfere: BTreeMap<String, usize>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -74,6 +76,8 @@ fn resource_of(kind: &str) -> (&'static str, &'static str) {
         "EndpointSlice" => ("discovery.k8s.io", "endpointslices"),
         "Lease" => ("coordination.k8s.io", "leases"),
         "AuthPolicy" => ("torhaus.dev", "authpolicies"),
+        "Issuer" => ("torhaus.dev", "issuers"),
+        "ClusterIssuer" => ("torhaus.dev", "clusterissuers"),
         "DNSPublisher" => ("torhaus.dev", "dnspublishers"),
         "CustomResourceDefinition" => ("apiextensions.k8s.io", "customresourcedefinitions"),
         other => panic!("the fake API server does not know kind {other}"),
@@ -218,6 +222,12 @@ impl FakeApi {
         self.lock().requests.clone()
     }
 
+    /// The next `count` replaces (PUT) of objects of `kind` lose a race: just before each, another
+    /// writer changes the object (a new resourceVersion), so the replace fails with 409 Conflict.
+    pub fn interfere_with_writes(&self, kind: &str, count: usize) {
+        self.lock().interfere.insert(resource_key(kind), count);
+    }
+
     /// Cuts replica `id` off the API server (its watches end, its requests fail) or
     /// reconnects it.
     pub fn set_down(&self, id: usize, down: bool) {
@@ -333,6 +343,20 @@ impl FakeApi {
                 let Some(object) = body else {
                     return failure(400, "BadRequest", "no body");
                 };
+                let interfering = match state.interfere.get_mut(&resource) {
+                    Some(left) if *left > 0 => {
+                        *left -= 1;
+                        Some(*left)
+                    }
+                    _ => None,
+                };
+                if let Some(left) = interfering
+                    && let Some(mut theirs) = state.objects.get(&key(&name)).cloned()
+                {
+                    theirs["metadata"]["annotations"]["test/other-writer"] =
+                        json!(left.to_string());
+                    state.store(key(&name), theirs, "MODIFIED");
+                }
                 let Some(current) = state.objects.get(&key(&name)) else {
                     return failure(404, "NotFound", "not found");
                 };
