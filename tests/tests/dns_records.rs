@@ -177,6 +177,33 @@ where
     }
 }
 
+/// Writes an A set directly at the server, as someone else would. PowerDNS's sqlite3 backend
+/// answers 500 while torhaus writes at the same moment (the database is locked): such a
+/// retryable error is retried until the deadline.
+async fn write_a(
+    dns: &dyn DnsProvider,
+    zone: &torhaus_dns::Zone,
+    name: &str,
+    address: &str,
+) -> anyhow::Result<()> {
+    let set = RecordSet {
+        name: name.to_owned(),
+        rtype: RecordType::A,
+        ttl: 60,
+        values: vec![address.to_owned()],
+    };
+    let started = std::time::Instant::now();
+    loop {
+        match dns.upsert_rrset(zone, &set).await {
+            Ok(()) => return Ok(()),
+            Err(error) if error.is_retryable() && started.elapsed() < DEADLINE => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => return Err(error).with_context(|| format!("writing {name}")),
+        }
+    }
+}
+
 fn markers(records: &[RecordSet], host: &str) -> Vec<String> {
     values(records, &format!("_torhaus-owner.{host}"), RecordType::Txt)
 }
@@ -200,16 +227,7 @@ async fn records_follow_routes(
     let foreign = format!("foreign.{ZONE}");
     let legacy = format!("legacy.{ZONE}");
     let zone = dns.find_zone(ZONE).await?;
-    dns.upsert_rrset(
-        &zone,
-        &RecordSet {
-            name: legacy.clone(),
-            rtype: RecordType::A,
-            ttl: 60,
-            values: vec!["198.51.100.5".to_owned()],
-        },
-    )
-    .await?;
+    write_a(dns.as_ref(), &zone, &legacy, "198.51.100.5").await?;
     let before = zone_records(dns.as_ref()).await?;
     let foreign_before = values(&before, &foreign, RecordType::A);
     ensure!(!foreign_before.is_empty(), "the rig's zone lacks {foreign}");
@@ -323,16 +341,7 @@ async fn records_follow_routes(
     .await?;
 
     // Drift: the A set is changed behind torhaus's back; the periodic resync repairs it.
-    dns.upsert_rrset(
-        &zone,
-        &RecordSet {
-            name: blog.clone(),
-            rtype: RecordType::A,
-            ttl: 60,
-            values: vec!["203.0.113.66".to_owned()],
-        },
-    )
-    .await?;
+    write_a(dns.as_ref(), &zone, &blog, "203.0.113.66").await?;
     wait_zone(dns.as_ref(), &torhaus, "blog's A repaired", |r| {
         values(r, &blog, RecordType::A) == ["192.0.2.10"]
     })
@@ -362,7 +371,8 @@ async fn records_follow_routes(
     })
     .await
     .with_context(|| torhaus.log_tail())?;
-    let records = zone_records(dns.as_ref()).await?;
+    // Read like every other wait: PowerDNS's sqlite3 may be busy with a resync's write.
+    let records = wait_zone(dns.as_ref(), &torhaus, "the zone", |_| true).await?;
     ensure!(values(&records, &foreign, RecordType::A) == foreign_before);
     ensure!(values(&records, &legacy, RecordType::A) == ["198.51.100.5"]);
     Ok(())
