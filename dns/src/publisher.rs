@@ -312,18 +312,24 @@ pub fn spawn_records_sync(
         loop {
             let current = Arc::clone(&publishers.borrow_and_update());
             let ids: BTreeSet<&str> = current.iter().map(|p| p.id.as_str()).collect();
-            workers.retain(|id, (_, task)| {
-                if ids.contains(id.as_str()) {
-                    return true;
-                }
+            let gone: Vec<String> = workers
+                .keys()
+                .filter(|id| !ids.contains(id.as_str()))
+                .cloned()
+                .collect();
+            for id in gone {
+                let Some((_, task)) = workers.remove(&id) else {
+                    continue;
+                };
                 // Records stay as they are: deleting the publisher stops the management, it
-                // does not unpublish (external-dns behaves alike when it is removed).
+                // does not unpublish (external-dns behaves alike when it is removed). The
+                // worker is waited for, so that it cannot post a status after its removal.
                 task.abort();
-                board.remove(id);
-                events.removed(id);
+                let _ = task.await;
+                board.remove(&id);
+                events.removed(&id);
                 tracing::info!(publisher = %id, "DNS publisher removed; its records are left in place");
-                false
-            });
+            }
             for publisher in current.iter() {
                 match workers.get(&publisher.id) {
                     Some((sender, _)) => {

@@ -1,5 +1,5 @@
 //! The `DNSPublisher` sync loop against a real knotd: it writes only while it may (the lock or
-//! Lease), follows changes of the desired hostnames, stops loudly on rejected credentials and
+//! Lease), follows changes of the desired hostnames, leaves the records of a deleted publisher, stops loudly on rejected credentials and
 //! retries at once when they are fixed, writes nothing for an invalid publisher, and keeps its
 //! last good provider when a new configuration's Secret is missing. Skips, saying so, only
 //! when knotd is not installed.
@@ -229,6 +229,11 @@ async fn writes_only_while_leading_and_follows_changes() -> anyhow::Result<()> {
         .await?;
     assert_eq!(a_values(&dns, "blog").await?, ["192.0.2.10"]);
     assert!(a_values(&dns, "app").await?.is_empty());
+
+    // The publisher is deleted: its status goes, its records stay.
+    running.publishers.send_replace(Arc::new(Vec::new()));
+    tokio::time::timeout(DEADLINE, running.status.wait_for(|all| all.is_empty())).await??;
+    assert_eq!(a_values(&dns, "blog").await?, ["192.0.2.10"]);
     Ok(())
 }
 
