@@ -84,23 +84,10 @@ fn served_of(translation: &Translation) -> Vec<(String, Option<Vec<u8>>)> {
         .collect()
 }
 
-/// Standalone mode: the file lock elects the orderer among the processes sharing `store`.
-/// Starts the lock and the lifecycle on the current runtime, fed by `translations`. Returns the
-/// per-certificate status.
-pub fn start(
-    store: DirectoryStore,
-    args: &AcmeArgs,
-    translations: watch::Receiver<Arc<Translation>>,
-    metrics: Arc<Metrics>,
-) -> anyhow::Result<watch::Receiver<Arc<Vec<CertificateStatus>>>> {
-    let may_order = spawn_leader_lock(store.lock_path(), LOCK_POLL).context("the ACME lock")?;
-    Ok(start_lifecycle(
-        Arc::new(store),
-        may_order,
-        args,
-        translations,
-        metrics,
-    ))
+/// Standalone mode: the file lock in `store` elects the one process among those sharing it
+/// that orders certificates and writes DNS records. Must run inside the runtime.
+pub fn leader_lock(store: &DirectoryStore) -> anyhow::Result<watch::Receiver<bool>> {
+    spawn_leader_lock(store.lock_path(), LOCK_POLL).context("the ACME lock")
 }
 
 /// The lifecycle over any store and leadership signal (cluster mode passes its Secret store

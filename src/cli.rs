@@ -93,6 +93,14 @@ pub struct CheckArgs {
     pub acme_store: Option<PathBuf>,
     #[command(flatten)]
     pub cluster_resources: ClusterResourceNamespaceArg,
+    /// The gateway's addresses, which DNSPublishers without `spec.addresses` publish (as
+    /// `torhaus run --gateway-address`).
+    #[arg(
+        long = "gateway-address",
+        env = "TORHAUS_GATEWAY_ADDRESSES",
+        value_delimiter = ','
+    )]
+    pub gateway_addresses: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -141,6 +149,24 @@ pub struct RunArgs {
     pub acme: AcmeArgs,
     #[command(flatten)]
     pub cluster_resources: ClusterResourceNamespaceArg,
+    #[command(flatten)]
+    pub dns: DnsRecordsArgs,
+}
+
+/// The DNS records sync (`DNSPublisher` objects).
+#[derive(Debug, Args)]
+pub struct DnsRecordsArgs {
+    /// How often every publisher's zones are compared with what it should publish, repairing
+    /// records changed or deleted behind torhaus's back.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1m")]
+    pub dns_resync_interval: Duration,
+    /// Pause after a failed sync (server unreachable); doubles per failure, up to 5 minutes.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    pub dns_retry_base: Duration,
+    /// Pause after an error only a configuration change fixes (credentials rejected); a
+    /// changed publisher or Secret retries at once.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
+    pub dns_permanent_retry: Duration,
 }
 
 /// ACME certificates: where they are stored (standalone mode; in Kubernetes mode they are
@@ -210,7 +236,8 @@ pub struct KubernetesArgs {
     #[arg(long, conflicts_with = "config")]
     pub kubernetes: bool,
     /// Address published in the status of every Gateway (the VIP or the node address torhaus
-    /// serves on); repeatable or comma-separated. Defaults to $POD_IP (with hostNetwork: the
+    /// serves on) and by DNSPublishers without `spec.addresses`; repeatable or
+    /// comma-separated. In Kubernetes mode it defaults to $POD_IP (with hostNetwork: the
     /// node's address).
     #[arg(
         long = "gateway-address",

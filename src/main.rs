@@ -4,6 +4,7 @@
 mod acme;
 mod admin;
 mod cli;
+mod dns_records;
 mod run;
 
 use std::process::ExitCode;

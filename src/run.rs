@@ -51,7 +51,7 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
                     torhaus_k8s::spawn_directory_source_with_roots(
                         config.clone(),
                         acme_store.iter().map(|s| s.secrets_dir()).collect(),
-                        args.cluster_resources.translate_options(),
+                        standalone_options(&args.kube.gateway_addresses, &args.cluster_resources),
                         torhaus_k8s::WatchMode::Notify,
                     )
                 })
@@ -90,17 +90,25 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let dataplane = DataPlane::start_with_options(settings, Arc::new(local_ca), options)
         .context("starting the data plane")?;
-    let acme_status = match (acme_store, controller.as_mut()) {
-        (Some(store), _) => Some(control.block_on(async {
-            crate::acme::start(
-                store,
+    // The one writer of DNS records: in standalone mode the holder of the store's lock (which
+    // also orders certificates); in Kubernetes mode the holder of the status Lease.
+    let leader = match (&acme_store, &controller) {
+        (Some(store), _) => Some(control.block_on(async { crate::acme::leader_lock(store) })?),
+        (None, Some(controller)) => Some(controller.is_leader()),
+        (None, None) => None,
+    };
+    let acme_status = match (acme_store, controller.as_mut(), &leader) {
+        (Some(store), _, Some(leader)) => Some(control.block_on(async {
+            crate::acme::start_lifecycle(
+                Arc::new(store),
+                leader.clone(),
                 &args.acme,
                 translations.clone(),
                 Arc::clone(dataplane.metrics()),
             )
-        })?),
+        })),
         // Kubernetes mode: certificates are Secrets, and the ACME Lease elects the orderer.
-        (None, Some(controller)) => {
+        (None, Some(controller), _) => {
             if args.acme.acme_store.is_some() {
                 tracing::warn!(
                     "--acme-store is ignored in Kubernetes mode: certificates are Secrets in the cluster"
@@ -117,8 +125,18 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
                 )
             }))
         }
-        (None, None) => None,
+        _ => None,
     };
+    let dns_status = leader.map(|leader| {
+        control.block_on(async {
+            crate::dns_records::start(
+                translations.clone(),
+                leader,
+                &args.dns,
+                Arc::clone(dataplane.metrics()),
+            )
+        })
+    });
     match &controller {
         // Standalone mode has no election: this process is the only writer there is.
         None => dataplane.metrics().set_leader(true),
@@ -141,6 +159,9 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     let admin = Arc::new(AdminState::new(dataplane.clone(), ready_signal));
     if let Some(status) = acme_status {
         admin.watch_acme(status);
+    }
+    if let Some(status) = dns_status {
+        admin.watch_dns_records(status);
     }
     if let Some(addr) = args.observability.admin_bind.0 {
         let bound = control.block_on(admin::serve(addr, Arc::clone(&admin)))?;
@@ -251,13 +272,19 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
         )
         .load()
         .with_context(|| format!("reading {}", args.config.display()))?;
-    let translation = torhaus_k8s::translate(&objects, &args.cluster_resources.translate_options());
+    let translation = torhaus_k8s::translate(
+        &objects,
+        &standalone_options(&args.gateway_addresses, &args.cluster_resources),
+    );
     println!("{}", translation.report);
     for line in torhaus_k8s::describe_certificates(
         &translation.certificates,
         &translation.issuers,
         &translation.config,
     ) {
+        println!("{line}");
+    }
+    for line in torhaus_k8s::describe_publishers(&translation.publishers) {
         println!("{line}");
     }
     let verdict = CheckVerdict::of(&translation.report);
@@ -274,6 +301,22 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
         }
         ExitCode::SUCCESS
     })
+}
+
+/// Standalone translation: `--gateway-address` values are the gateway's addresses (published
+/// in Gateway status and by DNSPublishers without addresses of their own).
+fn standalone_options(
+    addresses: &[String],
+    cluster_resources: &crate::cli::ClusterResourceNamespaceArg,
+) -> torhaus_k8s::TranslateOptions {
+    torhaus_k8s::TranslateOptions {
+        addresses: addresses
+            .iter()
+            .filter(|a| !a.trim().is_empty())
+            .map(|a| torhaus_k8s::GatewayAddress::parse(a))
+            .collect(),
+        ..cluster_resources.translate_options()
+    }
 }
 
 /// What `torhaus check` concludes from a translation report.

@@ -2,10 +2,8 @@
 //! `ClusterIssuer`, the same YAML in cluster and standalone mode), kept apart from the runtime
 //! order machinery. Unknown fields are refused so that a typo never silently changes issuance.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
-use torhaus_dns::{ProviderConfig, SecretKeyRef, SecretSource};
+use torhaus_dns::{ProviderConfig, SecretKeyRef};
 use torhaus_model::IssuerRef;
 
 /// The API group and version of torhaus's own objects.
@@ -72,49 +70,13 @@ impl IssuerSpec {
         if let Some(eab) = &self.acme.external_account_binding {
             refs.push(eab.key_secret_ref.clone());
         }
-        let dns = &self.acme.dns01;
-        if let Some(c) = &dns.rfc2136 {
-            refs.push(c.tsig_secret_ref.clone());
-        }
-        if let Some(c) = &dns.powerdns {
-            refs.push(c.api_key_secret_ref.clone());
-        }
-        if let Some(c) = &dns.cloudflare {
-            refs.push(c.api_token_secret_ref.clone());
-        }
+        refs.extend(self.acme.dns01.secret_refs());
         refs
     }
 }
 
-/// The bytes of the Secret keys an issuer references, resolved by the translation (missing
-/// ones are absent: the issuer is then not ready, with a condition saying which).
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct SecretMaterial {
-    values: BTreeMap<(String, String), Vec<u8>>,
-}
-
-impl std::fmt::Debug for SecretMaterial {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never print secret bytes, only which keys are present.
-        f.debug_set().entries(self.values.keys()).finish()
-    }
-}
-
-impl SecretMaterial {
-    pub fn insert(&mut self, reference: &SecretKeyRef, value: Vec<u8>) {
-        self.values
-            .insert((reference.name.clone(), reference.key.clone()), value);
-    }
-}
-
-impl SecretSource for SecretMaterial {
-    fn secret(&self, reference: &SecretKeyRef) -> Result<Vec<u8>, String> {
-        self.values
-            .get(&(reference.name.clone(), reference.key.clone()))
-            .cloned()
-            .ok_or_else(|| format!("Secret {} has no key {:?}", reference.name, reference.key))
-    }
-}
+/// Secret bytes resolved by the translation; one type for issuers and DNS publishers.
+pub use torhaus_dns::config::SecretMaterial;
 
 /// An issuer as the translation hands it to the certificate lifecycle: validated spec plus the
 /// Secret bytes it needs.

@@ -47,6 +47,7 @@ INSTALL_ORDER = [
     "namespace.yaml",
     "crd-authpolicy.yaml",
     "crd-issuer.yaml",
+    "crd-dnspublisher.yaml",
     "serviceaccount.yaml",
     "clusterrole.yaml",
     "role.yaml",
@@ -260,6 +261,8 @@ EXPECTED_CLUSTER_RULES = {
     ("torhaus.dev", "clusterissuers"): {"get", "list", "watch"},
     ("torhaus.dev", "issuers/status"): {"patch", "update"},
     ("torhaus.dev", "clusterissuers/status"): {"patch", "update"},
+    ("torhaus.dev", "dnspublishers"): {"get", "list", "watch"},
+    ("torhaus.dev", "dnspublishers/status"): {"patch", "update"},
     ("", "namespaces"): {"get", "list", "watch"},
     ("", "services"): {"get", "list", "watch"},
     ("discovery.k8s.io", "endpointslices"): {"get", "list", "watch"},
@@ -310,9 +313,10 @@ def check_default_render_is_valid() -> None:
         kinds
         == sorted(
             [
-                "CustomResourceDefinition",
-                "CustomResourceDefinition",
-                "CustomResourceDefinition",
+                "CustomResourceDefinition",  # AuthPolicy
+                "CustomResourceDefinition",  # Issuer
+                "CustomResourceDefinition",  # ClusterIssuer
+                "CustomResourceDefinition",  # DNSPublisher
                 "ServiceAccount",
                 "ClusterRole",
                 "ClusterRoleBinding",

@@ -1,6 +1,7 @@
 //! Provider configuration as users write it (serde, unknown fields rejected), kept apart from
 //! the runtime providers; credentials are Secret references resolved through `SecretSource`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +25,37 @@ pub trait SecretSource {
     fn secret(&self, reference: &SecretKeyRef) -> Result<Vec<u8>, String>;
 }
 
-/// One DNS provider, as embedded in an Issuer: exactly one field names the kind (a struct of
+/// The bytes of the Secret keys a configuration references, resolved by the translation
+/// (missing ones are absent: the object is then not ready, with a condition saying which).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretMaterial {
+    values: BTreeMap<(String, String), Vec<u8>>,
+}
+
+impl std::fmt::Debug for SecretMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print secret bytes, only which keys are present.
+        f.debug_set().entries(self.values.keys()).finish()
+    }
+}
+
+impl SecretMaterial {
+    pub fn insert(&mut self, reference: &SecretKeyRef, value: Vec<u8>) {
+        self.values
+            .insert((reference.name.clone(), reference.key.clone()), value);
+    }
+}
+
+impl SecretSource for SecretMaterial {
+    fn secret(&self, reference: &SecretKeyRef) -> Result<Vec<u8>, String> {
+        self.values
+            .get(&(reference.name.clone(), reference.key.clone()))
+            .cloned()
+            .ok_or_else(|| format!("Secret {} has no key {:?}", reference.name, reference.key))
+    }
+}
+
+/// One DNS provider, as embedded in an Issuer or a DNSPublisher: exactly one field names the kind (a struct of
 /// options rather than an enum, as Kubernetes CRDs and cert-manager's solvers spell it).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -83,6 +114,41 @@ fn default_algorithm() -> TsigAlgorithmName {
 }
 
 impl ProviderConfig {
+    /// Every Secret key the provider reads (the translation resolves exactly these).
+    pub fn secret_refs(&self) -> Vec<SecretKeyRef> {
+        let mut refs = Vec::new();
+        if let Some(c) = &self.rfc2136 {
+            refs.push(c.tsig_secret_ref.clone());
+        }
+        if let Some(c) = &self.powerdns {
+            refs.push(c.api_key_secret_ref.clone());
+        }
+        if let Some(c) = &self.cloudflare {
+            refs.push(c.api_token_secret_ref.clone());
+        }
+        refs
+    }
+
+    /// The provider in a few words (`rfc2136 192.0.2.53:53`), without building it, for
+    /// `torhaus check` and status.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(c) = &self.rfc2136 {
+            parts.push(format!("rfc2136 {}", c.nameserver));
+        }
+        if let Some(c) = &self.powerdns {
+            parts.push(format!("powerdns {}", c.url));
+        }
+        if self.cloudflare.is_some() {
+            parts.push("cloudflare".to_owned());
+        }
+        if parts.is_empty() {
+            "no provider".to_owned()
+        } else {
+            parts.join(" and ")
+        }
+    }
+
     /// Builds the runtime provider, resolving credentials through `secrets`. Errors name the
     /// field (`rfc2136.tsigSecretRef`, ...).
     pub fn build(&self, secrets: &dyn SecretSource) -> Result<Arc<dyn DnsProvider>, DnsError> {

@@ -61,6 +61,8 @@ pub struct Conflict {
 pub struct Plan {
     pub changes: Vec<Change>,
     pub conflicts: Vec<Conflict>,
+    /// Desired record sets in this zone that are torhaus's once the changes ran.
+    pub managed: usize,
 }
 
 /// Plans the changes for `zone`: `desired` maps hostnames to the addresses they must resolve
@@ -125,6 +127,7 @@ pub fn plan(
             if !same {
                 plan.changes.push(Change::Upsert(desired_set));
             }
+            plan.managed += 1;
             continue;
         }
         if find(name, &RecordType::Cname).is_some() {
@@ -135,7 +138,16 @@ pub fn plan(
             });
             continue;
         }
-        if current.is_some() {
+        // Someone else's A or AAAA at the name blocks both families: adding an AAAA beside a
+        // foreign A would send IPv6 clients of that host to torhaus instead.
+        let foreign = current.or_else(|| {
+            existing.iter().find(|set| {
+                set.name == *name
+                    && matches!(set.rtype, RecordType::A | RecordType::Aaaa)
+                    && !owned.contains(&(set.name.clone(), set.rtype.clone()))
+            })
+        });
+        if let Some(foreign) = foreign {
             let other_owner = find(&owner_name(name), &RecordType::Txt)
                 .and_then(|s| s.values.iter().find(|v| v.starts_with("heritage=torhaus,")))
                 .map(|v| format!(" (marked {v:?})"))
@@ -143,7 +155,10 @@ pub fn plan(
             plan.conflicts.push(Conflict {
                 name: name.clone(),
                 rtype: rtype.clone(),
-                reason: format!("a {rtype} record not owned by {owner} exists{other_owner}"),
+                reason: format!(
+                    "an {} record not owned by {owner} exists{other_owner}",
+                    foreign.rtype
+                ),
             });
             continue;
         }
@@ -152,6 +167,7 @@ pub fn plan(
             value: owner_value(owner, rtype),
         });
         plan.changes.push(Change::Upsert(desired_set));
+        plan.managed += 1;
     }
     for (name, rtype) in &owned {
         if want.contains_key(&(name.clone(), rtype.clone())) || !crate::name::is_within(name, zone)
@@ -204,6 +220,8 @@ pub struct RecordsSync {
 #[derive(Debug, Default)]
 pub struct SyncReport {
     pub changes: usize,
+    /// Record sets (name and type) torhaus owns and keeps at the desired addresses.
+    pub managed: usize,
     pub conflicts: Vec<Conflict>,
 }
 
@@ -219,24 +237,58 @@ impl RecordsSync {
         }
     }
 
+    /// The provider this sync writes through.
+    pub fn provider(&self) -> &Arc<dyn DnsProvider> {
+        &self.provider
+    }
+
+    /// Plans and applies every zone. A hostname that no zone of the provider contains is a
+    /// conflict of its own, not an error: one stray route must not stop the others from being
+    /// published. Conflicts are logged at debug level only; callers decide what is news.
     pub async fn sync(
         &self,
         desired: &BTreeMap<String, Vec<IpAddr>>,
     ) -> Result<SyncReport, DnsError> {
         let mut zones = self.zones.lock().await;
-        for host in desired.keys() {
-            zones.insert(self.provider.find_zone(host).await?);
-        }
         let mut report = SyncReport::default();
+        for (host, addresses) in desired {
+            match self.provider.find_zone(host).await {
+                Ok(zone) => {
+                    zones.insert(zone);
+                }
+                Err(DnsError::ZoneNotFound { provider, .. }) => {
+                    for rtype in addresses
+                        .iter()
+                        .map(RecordType::for_address)
+                        .collect::<BTreeSet<_>>()
+                    {
+                        report.conflicts.push(Conflict {
+                            name: host.clone(),
+                            rtype,
+                            reason: format!("no zone of {provider} contains this name"),
+                        });
+                    }
+                }
+                Err(DnsError::InvalidName { .. }) => {
+                    // Planned (and reported) as a conflict by `plan` for every zone.
+                }
+                Err(other) => return Err(other),
+            }
+        }
         for zone in zones.iter() {
             let existing = self.provider.list_records(zone).await?;
             let plan = plan(&self.owner, self.ttl, &zone.name, desired, &existing);
             for conflict in &plan.conflicts {
-                tracing::warn!(name = %conflict.name, rtype = %conflict.rtype, reason = %conflict.reason, "DNS record left alone");
+                tracing::debug!(name = %conflict.name, rtype = %conflict.rtype, reason = %conflict.reason, "DNS record left alone");
             }
             apply(self.provider.as_ref(), zone, self.ttl, &plan).await?;
             report.changes += plan.changes.len();
-            report.conflicts.extend(plan.conflicts);
+            report.managed += plan.managed;
+            for conflict in plan.conflicts {
+                if !report.conflicts.contains(&conflict) {
+                    report.conflicts.push(conflict);
+                }
+            }
         }
         Ok(report)
     }
@@ -314,7 +366,13 @@ mod tests {
             &desired(&[("app.example.com", &["192.0.2.1"])]),
             &existing,
         );
-        assert_eq!(plan, Plan::default());
+        assert_eq!(
+            plan,
+            Plan {
+                managed: 1,
+                ..Plan::default()
+            }
+        );
     }
 
     #[test]
@@ -354,6 +412,27 @@ mod tests {
         assert_eq!(plan.conflicts.len(), 1);
         assert!(
             plan.conflicts[0].reason.contains("not owned by a"),
+            "{:?}",
+            plan.conflicts
+        );
+    }
+
+    #[test]
+    fn a_foreign_address_record_blocks_the_other_family_too() {
+        let existing = [set("nas.example.com", RecordType::A, &["198.51.100.1"])];
+        let plan = plan(
+            "a",
+            60,
+            ZONE,
+            &desired(&[("nas.example.com", &["192.0.2.1", "2001:db8::1"])]),
+            &existing,
+        );
+        assert!(plan.changes.is_empty(), "{:?}", plan.changes);
+        assert_eq!(plan.conflicts.len(), 2);
+        assert!(
+            plan.conflicts
+                .iter()
+                .all(|c| c.reason.contains("an A record not owned by a")),
             "{:?}",
             plan.conflicts
         );

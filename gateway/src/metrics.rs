@@ -73,6 +73,12 @@ pub const CERTIFICATE_RENEWAL_FAILURES_TOTAL: &str = "torhaus_certificate_renewa
 pub const ACME_ORDERS_TOTAL: &str = "torhaus_acme_orders_total";
 /// Not fed yet: DNS provider API calls by provider, operation and outcome.
 pub const DNS_PROVIDER_REQUESTS_TOTAL: &str = "torhaus_dns_provider_requests_total";
+/// DNS records syncs by publisher and result (`success`, `error`).
+pub const DNS_RECORDS_SYNCS_TOTAL: &str = "torhaus_dns_records_syncs_total";
+/// Record sets a publisher owns and keeps current, after its last successful sync.
+pub const DNS_RECORDS_MANAGED: &str = "torhaus_dns_records_managed";
+/// Desired records a publisher leaves alone because a record it does not own is in the way.
+pub const DNS_RECORDS_CONFLICTS: &str = "torhaus_dns_records_conflicts";
 /// Identity decisions by policy and outcome (allow, login, unauthenticated, forbidden, unavailable, answered).
 pub const AUTH_DECISIONS_TOTAL: &str = "torhaus_auth_decisions_total";
 /// 1 while this replica leads (writes status, runs ACME); 1 in standalone mode.
@@ -117,6 +123,9 @@ pub struct Metrics {
     renewal_failures: IntCounterVec,
     acme_orders: IntCounterVec,
     dns_requests: IntCounterVec,
+    dns_records_syncs: IntCounterVec,
+    dns_records_managed: IntGaugeVec,
+    dns_records_conflicts: IntGaugeVec,
     auth_decisions: IntCounterVec,
     leader: IntGauge,
     access_log_dropped: IntCounter,
@@ -138,6 +147,13 @@ impl Metrics {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let vec = IntCounterVec::new(Opts::new(name, help), labels).map_err(metrics_error)?;
+            registry
+                .register(Box::new(vec.clone()))
+                .map_err(metrics_error)?;
+            Ok::<_, GatewayError>(vec)
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let vec = IntGaugeVec::new(Opts::new(name, help), labels).map_err(metrics_error)?;
             registry
                 .register(Box::new(vec.clone()))
                 .map_err(metrics_error)?;
@@ -240,6 +256,21 @@ impl Metrics {
                 DNS_PROVIDER_REQUESTS_TOTAL,
                 "DNS provider API calls by provider, operation and outcome.",
                 &["provider", "operation", "outcome"],
+            )?,
+            dns_records_syncs: counter(
+                DNS_RECORDS_SYNCS_TOTAL,
+                "DNS records syncs by publisher and result.",
+                &["publisher", "result"],
+            )?,
+            dns_records_managed: gauge(
+                DNS_RECORDS_MANAGED,
+                "DNS record sets a publisher owns and keeps current.",
+                &["publisher"],
+            )?,
+            dns_records_conflicts: gauge(
+                DNS_RECORDS_CONFLICTS,
+                "Desired DNS records left alone because a record torhaus does not own is in the way.",
+                &["publisher"],
             )?,
             auth_decisions: counter(
                 AUTH_DECISIONS_TOTAL,
@@ -352,6 +383,37 @@ impl Metrics {
         self.dns_requests
             .with_label_values(&[provider, operation, outcome])
             .inc();
+    }
+
+    /// For the DNS records sync: one sync of `publisher` ended with `result` (`success` or
+    /// `error`); `managed` and `conflicts` are its latest counts.
+    pub fn dns_records_synced(
+        &self,
+        publisher: &str,
+        result: &str,
+        managed: usize,
+        conflicts: usize,
+    ) {
+        self.dns_records_syncs
+            .with_label_values(&[publisher, result])
+            .inc();
+        self.dns_records_managed
+            .with_label_values(&[publisher])
+            .set(i64::try_from(managed).unwrap_or(i64::MAX));
+        self.dns_records_conflicts
+            .with_label_values(&[publisher])
+            .set(i64::try_from(conflicts).unwrap_or(i64::MAX));
+    }
+
+    /// The publisher is gone: its series go too.
+    pub fn dns_publisher_removed(&self, publisher: &str) {
+        for result in ["success", "error"] {
+            let _ = self
+                .dns_records_syncs
+                .remove_label_values(&[publisher, result]);
+        }
+        let _ = self.dns_records_managed.remove_label_values(&[publisher]);
+        let _ = self.dns_records_conflicts.remove_label_values(&[publisher]);
     }
 
     /// One identity decision (`outcome`: `allow`, `login`, `unauthenticated`, `forbidden`,

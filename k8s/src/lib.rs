@@ -29,7 +29,7 @@ pub use secret_store::SecretStore;
 pub use translate::{
     CERT_MANAGER_CLUSTER_ISSUER_ANNOTATION, CERT_MANAGER_ISSUER_ANNOTATION,
     CLUSTER_ISSUER_ANNOTATION, ISSUER_ANNOTATION, TranslateOptions, Translation,
-    describe_certificates, translate,
+    describe_certificates, describe_publishers, translate,
 };
 
 /// The `spec.controllerName` of the GatewayClasses torhaus serves.

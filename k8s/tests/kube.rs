@@ -1111,6 +1111,90 @@ async fn auth_policies_and_their_secrets_are_watched_and_the_leader_writes_their
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_publishers_and_their_secrets_are_watched_and_the_leader_writes_their_status() {
+    use torhaus_dns::SecretSource as _;
+    let api = FakeApi::new();
+    seed(&api);
+    api.put(json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": "tsig", "namespace": "infra"},
+        "data": {"secret": "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"}
+    }));
+    api.put(json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": "unrelated", "namespace": "infra"},
+        "data": {"secret": "aHVudGVyMg=="}
+    }));
+    api.put(json!({
+        "apiVersion": "torhaus.dev/v1alpha1", "kind": "DNSPublisher",
+        "metadata": {"name": "public", "namespace": "infra", "resourceVersion": "1"},
+        "spec": {
+            "provider": {"rfc2136": {
+                "nameserver": "192.0.2.53",
+                "tsigKeyName": "torhaus",
+                "tsigSecretRef": {"name": "tsig", "key": "secret"}
+            }}
+        }
+    }));
+    let mut one = replica(&api, 0);
+    wait_for(&mut one.election.is_leader, "leadership", |l| *l).await;
+    let snapshot = wait_for(
+        &mut one.source.snapshots,
+        "the publisher with its Secret",
+        |s| {
+            s.translation.publishers.iter().any(|p| {
+                p.config.as_ref().is_ok_and(|c| {
+                    c.secrets
+                        .secret(&torhaus_dns::SecretKeyRef {
+                            name: "tsig".to_owned(),
+                            key: "secret".to_owned(),
+                        })
+                        .is_ok()
+                })
+            })
+        },
+    )
+    .await;
+    let held: Vec<String> = snapshot
+        .objects
+        .secrets
+        .keys()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(held, ["infra/tsig"], "only the publisher's Secret is held");
+    let publisher = &snapshot.translation.publishers[0];
+    assert_eq!(publisher.id, "infra/public");
+    // The route of namespace apps attached to the Gateway in infra, at the gateway address.
+    let desired: Vec<(String, Vec<String>)> = publisher
+        .desired
+        .iter()
+        .map(|(host, ips)| (host.clone(), ips.iter().map(ToString::to_string).collect()))
+        .collect();
+    assert_eq!(
+        desired,
+        [("app.example.com".to_owned(), vec!["192.0.2.10".to_owned()])]
+    );
+
+    let path = "/apis/torhaus.dev/v1alpha1/namespaces/infra/dnspublishers/public/status";
+    let body = eventually("the DNSPublisher status patch", || {
+        let patch = status_patches(&api)
+            .into_iter()
+            .find(|(_, p, _)| p == path)
+            .map(|(_, _, body)| without_times(&body));
+        async move { patch }
+    })
+    .await;
+    assert_eq!(
+        body,
+        json!({"status": {"conditions": [
+            {"type": "Ready", "status": "True", "reason": "Configured",
+             "message": "publishing 1 hostname(s) of Gateway(s) [edge] at [192.0.2.10] through rfc2136 192.0.2.53 as owner \"torhaus\"",
+             "lastTransitionTime": "T", "observedGeneration": 1}
+        ]}})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_revoked_on_one_replica_is_revoked_on_every_replica() {
     use torhaus_policies::revocation::{RevocationList, Revoked};
     let api = FakeApi::new();

@@ -37,6 +37,49 @@ pub fn acme(statuses: &[torhaus_acme::CertificateStatus]) -> Value {
     )
 }
 
+/// Every DNSPublisher: what it publishes (hostnames and addresses, the provider, the owner;
+/// never credentials) and where its sync stands (state, records managed, conflicts, last
+/// error).
+pub fn dns_publishers(statuses: &[torhaus_dns::publisher::PublisherStatus]) -> Value {
+    Value::Array(
+        statuses
+            .iter()
+            .map(|status| {
+                let records: Vec<Value> = status
+                    .records
+                    .iter()
+                    .map(|(host, addresses)| {
+                        json!({
+                            "hostname": host,
+                            "addresses": addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect();
+                let conflicts: Vec<Value> = status
+                    .conflicts
+                    .iter()
+                    .map(|c| json!({"name": c.name, "type": c.rtype.to_string(), "reason": c.reason}))
+                    .collect();
+                json!({
+                    "publisher": status.id,
+                    "provider": status.provider,
+                    "owner": status.owner,
+                    "ttl": status.ttl,
+                    "zones": status.zones,
+                    "records": records,
+                    "state": status.state.to_string(),
+                    "managed": status.managed,
+                    "conflicts": conflicts,
+                    "changes": status.changes,
+                    "lastSyncUnix": status.last_sync_unix,
+                    "nextAttemptUnix": status.next_attempt_unix,
+                    "lastError": status.last_error,
+                })
+            })
+            .collect(),
+    )
+}
+
 pub fn describe(config: &DataPlaneConfig, state: &StateView) -> Value {
     let ports: Vec<Value> = config
         .ports

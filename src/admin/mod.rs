@@ -41,9 +41,12 @@ pub struct AdminState {
     history: Mutex<History>,
     /// The ACME lifecycle's per-certificate status, once it runs.
     acme: Mutex<Option<AcmeStatus>>,
+    /// The DNS records loop's per-publisher status, once it runs.
+    dns_records: Mutex<Option<DnsRecordsStatus>>,
 }
 
 type AcmeStatus = watch::Receiver<Arc<Vec<torhaus_acme::CertificateStatus>>>;
+type DnsRecordsStatus = watch::Receiver<Arc<Vec<torhaus_dns::publisher::PublisherStatus>>>;
 
 #[derive(Debug, Default)]
 struct History {
@@ -66,12 +69,30 @@ impl AdminState {
             ready,
             history: Mutex::new(History::default()),
             acme: Mutex::new(None),
+            dns_records: Mutex::new(None),
         }
     }
 
     /// Shows the ACME lifecycle's certificate status on the status page and `/debug/config`.
     pub fn watch_acme(&self, status: AcmeStatus) {
         *self.acme.lock().unwrap_or_else(PoisonError::into_inner) = Some(status);
+    }
+
+    /// Shows the DNS publishers' sync status on the status page and `/debug/config`.
+    pub fn watch_dns_records(&self, status: DnsRecordsStatus) {
+        *self
+            .dns_records
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(status);
+    }
+
+    fn dns_records_statuses(&self) -> Arc<Vec<torhaus_dns::publisher::PublisherStatus>> {
+        self.dns_records
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|status| Arc::clone(&status.borrow()))
+            .unwrap_or_default()
     }
 
     fn acme_statuses(&self) -> Arc<Vec<torhaus_acme::CertificateStatus>> {
@@ -197,6 +218,10 @@ fn handle(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Byte
                     "acmeCertificates".to_owned(),
                     config_json::acme(&state.acme_statuses()),
                 );
+                object.insert(
+                    "dnsPublishers".to_owned(),
+                    config_json::dns_publishers(&state.dns_records_statuses()),
+                );
             }
             let body = serde_json::to_string_pretty(&value).unwrap_or_default();
             with_type(StatusCode::OK, body, "application/json")
@@ -211,6 +236,7 @@ fn handle(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Byte
                 ready: *state.ready.borrow(),
                 now: SystemTime::now(),
                 acme: &state.acme_statuses(),
+                dns_records: &state.dns_records_statuses(),
             });
             with_type(StatusCode::OK, page, "text/html; charset=utf-8")
         }

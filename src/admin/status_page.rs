@@ -25,6 +25,8 @@ pub struct PageInput<'a> {
     pub now: SystemTime,
     /// Certificates the ACME lifecycle keeps issued (standalone mode), with their state.
     pub acme: &'a [torhaus_acme::CertificateStatus],
+    /// What the DNS publishers publish, and where their sync stands.
+    pub dns_records: &'a [torhaus_dns::publisher::PublisherStatus],
 }
 
 const STYLE: &str = "
@@ -64,6 +66,7 @@ pub fn render(input: &PageInput<'_>) -> String {
     backends(&mut page, input.state);
     certificates(&mut page, input.state, input.now);
     acme_certificates(&mut page, input.acme);
+    dns_records(&mut page, input.dns_records);
     errors(&mut page, input.errors);
     page.push_str("</body></html>\n");
     page
@@ -450,6 +453,72 @@ fn acme_certificates(page: &mut String, statuses: &[torhaus_acme::CertificateSta
     page.push_str("</section>");
 }
 
+/// Each DNSPublisher: provider and owner, the state of its sync (a stopped or invalid one is
+/// red), the hostnames it publishes, and every conflict (a foreign record in the way).
+fn dns_records(page: &mut String, statuses: &[torhaus_dns::publisher::PublisherStatus]) {
+    use torhaus_dns::publisher::SyncState;
+    if statuses.is_empty() {
+        return;
+    }
+    page.push_str("<section id=\"dns-records\"><h2>DNS records</h2>");
+    for status in statuses {
+        let class = match status.state {
+            SyncState::Synced if status.conflicts.is_empty() => "ok",
+            SyncState::Stopped | SyncState::Invalid => "bad",
+            _ => "warn",
+        };
+        let names: Vec<String> = status
+            .records
+            .iter()
+            .map(|(host, addresses)| {
+                let addresses: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+                format!("{host} → {}", addresses.join(", "))
+            })
+            .collect();
+        let conflicts: Vec<String> = status
+            .conflicts
+            .iter()
+            .map(|c| format!("{} {}: {}", c.name, c.rtype, c.reason))
+            .collect();
+        let time = |t: Option<i64>| t.map_or_else(|| "—".to_owned(), format_time);
+        let or_dash = |text: &str| {
+            if text.is_empty() {
+                "—".to_owned()
+            } else {
+                escape(text)
+            }
+        };
+        let _ = write!(
+            page,
+            "<div class=\"card\"><h3>{}</h3><span class=\"badge {class}\">{}</span>\
+             <table><tr><th>provider</th><td>{}</td></tr>\
+             <tr><th>owner</th><td>{}</td></tr>\
+             <tr><th>records</th><td><code>{}</code></td></tr>\
+             <tr><th>managed</th><td>{}</td></tr>\
+             <tr><th>conflicts</th><td class=\"{}\">{}</td></tr>\
+             <tr><th>last sync</th><td>{}</td></tr>\
+             <tr><th>next sync</th><td>{}</td></tr>\
+             <tr><th>last error</th><td>{}</td></tr></table></div>",
+            escape(&status.id),
+            status.state,
+            or_dash(&status.provider),
+            or_dash(&status.owner),
+            escape(&names.join("; ")),
+            status.managed,
+            if conflicts.is_empty() { "" } else { "warn" },
+            if conflicts.is_empty() {
+                "none".to_owned()
+            } else {
+                escape(&conflicts.join("; "))
+            },
+            time(status.last_sync_unix),
+            time(status.next_attempt_unix),
+            escape(status.last_error.as_deref().unwrap_or("—")),
+        );
+    }
+    page.push_str("</section>");
+}
+
 fn unix(time: SystemTime) -> i64 {
     time.duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -505,6 +574,7 @@ mod tests {
             ready: false,
             now: SystemTime::now(),
             acme: &[],
+            dns_records: &[],
         });
         for id in ["gateways", "routes", "backends", "certificates", "errors"] {
             assert!(page.contains(&format!("id=\"{id}\"")), "{id}");

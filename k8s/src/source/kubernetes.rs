@@ -134,6 +134,7 @@ pub fn spawn_kubernetes_source(client: Client, options: KubernetesOptions) -> Ku
         watchers.custom(auth_policy_resource(), ObjectKind::AuthPolicy),
         watchers.custom(issuer_resource(), ObjectKind::Issuer),
         watchers.custom(cluster_issuer_resource(), ObjectKind::ClusterIssuer),
+        watchers.custom(dns_publisher_resource(), ObjectKind::DnsPublisher),
     ];
     index.required = [
         ObjectKind::GatewayClass,
@@ -146,6 +147,7 @@ pub fn spawn_kubernetes_source(client: Client, options: KubernetesOptions) -> Ku
         ObjectKind::AuthPolicy,
         ObjectKind::Issuer,
         ObjectKind::ClusterIssuer,
+        ObjectKind::DnsPublisher,
     ]
     .into_iter()
     .map(Feed::Kind)
@@ -566,11 +568,16 @@ fn torhaus_resource(kind: &str, plural: &str) -> ApiResource {
     }
 }
 
+/// The `DNSPublisher` CRD (`torhaus.dev/v1alpha1`, installed with torhaus).
+pub fn dns_publisher_resource() -> ApiResource {
+    torhaus_resource(torhaus_dns::publisher::KIND, "dnspublishers")
+}
+
 /// The Secrets the listeners of our Gateways name in `tls.certificateRefs`, those the
-/// `AuthPolicy` objects name (client secrets, session keys; always in their own namespace), and
-/// those issuers read (DNS credentials, EAB keys: in the Issuer's namespace, or in
-/// the cluster resource namespace for a ClusterIssuer). Account Secrets are not watched: only
-/// the ordering replica reads them, through the ACME store.
+/// `AuthPolicy` and `DNSPublisher` objects name (client secrets, session keys, DNS credentials;
+/// always in their own namespace), and those issuers read (DNS credentials, EAB keys: in the
+/// Issuer's namespace, or in the cluster resource namespace for a ClusterIssuer). Account
+/// Secrets are not watched: only the ordering replica reads them, through the ACME store.
 fn referenced_secrets(objects: &ObjectSet, options: &TranslateOptions) -> BTreeSet<ObjectName> {
     let ours: HashSet<&str> = objects
         .gateway_classes
@@ -613,6 +620,14 @@ fn referenced_secrets(objects: &ObjectSet, options: &TranslateOptions) -> BTreeS
     for (policy_name, policy) in &objects.auth_policies {
         for secret in policy.object.policy.secret_names() {
             names.insert(ObjectName::new(policy_name.namespace.clone(), secret));
+        }
+    }
+    for (publisher_name, publisher) in &objects.dns_publishers {
+        for reference in publisher.object.spec.secret_refs() {
+            names.insert(ObjectName::new(
+                publisher_name.namespace.clone(),
+                reference.name,
+            ));
         }
     }
     let issuers = objects

@@ -10,11 +10,11 @@ pub use directory::{
 };
 pub use kubernetes::{
     DEFAULT_DEBOUNCE, KubeSnapshot, KubernetesOptions, KubernetesSource, auth_policy_resource,
-    cluster_issuer_resource, issuer_resource, spawn_kubernetes_source,
+    cluster_issuer_resource, dns_publisher_resource, issuer_resource, spawn_kubernetes_source,
 };
 pub use objects::{
-    AuthPolicyObject, IssuerObject, KubeObject, ObjectKey, ObjectKind, ObjectSet, Problem,
-    Severity, SourceLocation, Sourced, TORHAUS_GROUP, parse_manifests,
+    AuthPolicyObject, DnsPublisherObject, IssuerObject, KubeObject, ObjectKey, ObjectKind,
+    ObjectSet, Problem, Severity, SourceLocation, Sourced, TORHAUS_GROUP, parse_manifests,
 };
 
 use std::path::PathBuf;

@@ -31,6 +31,18 @@ pub struct IssuerObject {
     pub status: Option<serde_json::Value>,
 }
 
+/// A `torhaus.dev/v1alpha1` `DNSPublisher`: metadata and the validated spec (unknown fields are
+/// refused, see [`torhaus_dns::publisher::PublisherSpec`]).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct DnsPublisherObject {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    pub spec: torhaus_dns::publisher::PublisherSpec,
+    /// As the API server has it (torhaus writes it), to leave an unchanged status alone.
+    #[serde(default)]
+    pub status: Option<serde_json::Value>,
+}
+
 /// Where an object came from, for every message about it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum SourceLocation {
@@ -85,6 +97,7 @@ pub enum ObjectKind {
     Issuer,
     ClusterIssuer,
     AuthPolicy,
+    DnsPublisher,
 }
 
 impl ObjectKind {
@@ -101,6 +114,7 @@ impl ObjectKind {
             ObjectKind::Issuer => "Issuer",
             ObjectKind::ClusterIssuer => "ClusterIssuer",
             ObjectKind::AuthPolicy => "AuthPolicy",
+            ObjectKind::DnsPublisher => torhaus_dns::publisher::KIND,
         }
     }
 
@@ -127,6 +141,7 @@ impl ObjectKind {
             (TORHAUS_GROUP, "Issuer") => ObjectKind::Issuer,
             (TORHAUS_GROUP, "ClusterIssuer") => ObjectKind::ClusterIssuer,
             (TORHAUS_GROUP, "AuthPolicy") => ObjectKind::AuthPolicy,
+            (TORHAUS_GROUP, torhaus_dns::publisher::KIND) => ObjectKind::DnsPublisher,
             _ => return None,
         };
         Some(known)
@@ -171,6 +186,7 @@ pub enum KubeObject {
     Issuer(Box<IssuerObject>),
     ClusterIssuer(Box<IssuerObject>),
     AuthPolicy(Box<AuthPolicyObject>),
+    DnsPublisher(Box<DnsPublisherObject>),
 }
 
 /// An `AuthPolicy` (`torhaus.dev/v1alpha1`): the policies crate's strict wire type, plus the
@@ -195,6 +211,7 @@ impl KubeObject {
             KubeObject::Issuer(_) => ObjectKind::Issuer,
             KubeObject::ClusterIssuer(_) => ObjectKind::ClusterIssuer,
             KubeObject::AuthPolicy(_) => ObjectKind::AuthPolicy,
+            KubeObject::DnsPublisher(_) => ObjectKind::DnsPublisher,
         }
     }
 
@@ -210,6 +227,7 @@ impl KubeObject {
             KubeObject::Namespace(o) => &o.metadata,
             KubeObject::Issuer(o) | KubeObject::ClusterIssuer(o) => &o.metadata,
             KubeObject::AuthPolicy(o) => &o.metadata,
+            KubeObject::DnsPublisher(o) => &o.metadata,
         }
     }
 
@@ -299,6 +317,7 @@ pub struct ObjectSet {
     pub issuers: BTreeMap<ObjectName, Sourced<IssuerObject>>,
     pub cluster_issuers: BTreeMap<String, Sourced<IssuerObject>>,
     pub auth_policies: BTreeMap<ObjectName, Sourced<AuthPolicyObject>>,
+    pub dns_publishers: BTreeMap<ObjectName, Sourced<DnsPublisherObject>>,
     pub problems: Vec<Problem>,
 }
 
@@ -369,6 +388,9 @@ impl ObjectSet {
             KubeObject::AuthPolicy(o) => {
                 self.auth_policies.insert(name, sourced(*o, location));
             }
+            KubeObject::DnsPublisher(o) => {
+                self.dns_publishers.insert(name, sourced(*o, location));
+            }
         }
     }
 
@@ -387,6 +409,7 @@ impl ObjectSet {
             ObjectKind::Issuer => self.issuers.remove(&name).is_some(),
             ObjectKind::ClusterIssuer => self.cluster_issuers.remove(&key.name).is_some(),
             ObjectKind::AuthPolicy => self.auth_policies.remove(&name).is_some(),
+            ObjectKind::DnsPublisher => self.dns_publishers.remove(&name).is_some(),
         }
     }
 
@@ -414,6 +437,7 @@ impl ObjectSet {
             ObjectKind::Issuer => self.issuers.keys().map(namespaced).collect(),
             ObjectKind::ClusterIssuer => self.cluster_issuers.keys().map(cluster).collect(),
             ObjectKind::AuthPolicy => self.auth_policies.keys().map(namespaced).collect(),
+            ObjectKind::DnsPublisher => self.dns_publishers.keys().map(namespaced).collect(),
         }
     }
 
@@ -452,6 +476,10 @@ impl ObjectSet {
                 .auth_policies
                 .get(&name)
                 .map(|o| (&o.location, &o.object.metadata)),
+            ObjectKind::DnsPublisher => self
+                .dns_publishers
+                .get(&name)
+                .map(|o| (&o.location, &o.object.metadata)),
         }
     }
 
@@ -468,6 +496,7 @@ impl ObjectSet {
             + self.issuers.len()
             + self.cluster_issuers.len()
             + self.auth_policies.len()
+            + self.dns_publishers.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -662,6 +691,9 @@ fn parse_object(
             decode_with_path(json).map(|o| KubeObject::ClusterIssuer(Box::new(o)))
         }
         ObjectKind::AuthPolicy => decode_auth_policy(json),
+        ObjectKind::DnsPublisher => {
+            decode_with_path(json).map(|o| KubeObject::DnsPublisher(Box::new(o)))
+        }
     };
     match parsed {
         Ok(object) => objects.push((object, location)),

@@ -57,8 +57,12 @@ pub fn plan_status_patches(
                 status_patch(key, observed, wanted, None)
             }
             // torhaus's own kinds: every one is ours. An AuthPolicy's `Accepted` condition says
-            // where it is in force, or why not; an issuer's `Ready`, which Secret it lacks.
-            ObjectKind::AuthPolicy | ObjectKind::Issuer | ObjectKind::ClusterIssuer => {
+            // where it is in force, or why not; an issuer's `Ready`, which Secret it lacks; a
+            // DNSPublisher's `Ready`, what it publishes.
+            ObjectKind::AuthPolicy
+            | ObjectKind::Issuer
+            | ObjectKind::ClusterIssuer
+            | ObjectKind::DnsPublisher => {
                 let observed = observed_status(objects, key);
                 let conditions = conditions_json(
                     &status.conditions,
@@ -177,6 +181,10 @@ fn observed_status(objects: &ObjectSet, key: &ObjectKey) -> Value {
         ObjectKind::ClusterIssuer => objects
             .cluster_issuers
             .get(&key.name)
+            .and_then(|o| o.object.status.clone()),
+        ObjectKind::DnsPublisher => objects
+            .dns_publishers
+            .get(&name)
             .and_then(|o| o.object.status.clone()),
         _ => None,
     };

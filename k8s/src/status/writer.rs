@@ -146,6 +146,11 @@ async fn send(client: &Client, patch: &StatusPatch) -> Result<(), kube::Error> {
         ObjectKind::ClusterIssuer => {
             Api::all_with(client.clone(), &crate::source::cluster_issuer_resource())
         }
+        ObjectKind::DnsPublisher => Api::namespaced_with(
+            client.clone(),
+            &key.namespace,
+            &crate::source::dns_publisher_resource(),
+        ),
         // The planner only produces patches for the kinds above.
         _ => return Ok(()),
     };

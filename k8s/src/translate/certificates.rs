@@ -11,7 +11,7 @@ use torhaus_model::{
 };
 
 use crate::report::{Condition, ObjectStatus};
-use crate::source::{IssuerObject, ObjectKey, ObjectKind, ObjectSet, Problem, Sourced};
+use crate::source::{ObjectKey, ObjectKind, ObjectSet, Problem, Sourced};
 
 /// torhaus's own opt-in: the Gateway's HTTPS listeners get their Secrets from this Issuer (in
 /// the Gateway's namespace) or ClusterIssuer.
@@ -179,7 +179,8 @@ pub(crate) fn resolve_issuers(
             IssuerKind::Issuer => name.namespace.clone(),
             IssuerKind::ClusterIssuer => cluster_resource_namespace.to_owned(),
         };
-        let (secrets, missing) = resolve_secrets(objects, &object.object, &secret_namespace);
+        let (secrets, missing) =
+            resolve_secrets(objects, object.object.spec.secret_refs(), &secret_namespace);
         let ready = match &missing {
             None => Condition::new("Ready", true, "Configured", "issuer configured"),
             Some(why) => Condition::new("Ready", false, "SecretMissing", why.clone()),
@@ -210,15 +211,16 @@ pub(crate) fn resolve_issuers(
     issuers
 }
 
-/// The bytes of every Secret key the issuer reads; the first missing one is reported.
-fn resolve_secrets(
+/// The bytes of every Secret key in `refs` (all in `namespace`); the first missing one is
+/// reported.
+pub(crate) fn resolve_secrets(
     objects: &ObjectSet,
-    issuer: &IssuerObject,
+    refs: Vec<torhaus_dns::SecretKeyRef>,
     namespace: &str,
 ) -> (SecretMaterial, Option<String>) {
     let mut material = SecretMaterial::default();
     let mut missing = None;
-    for reference in issuer.spec.secret_refs() {
+    for reference in refs {
         let secret = objects
             .secrets
             .get(&ObjectName::new(namespace, reference.name.clone()));

@@ -2,6 +2,7 @@
 //! object's conditions out. No I/O happens here, so the kube source reuses it as is.
 
 mod certificates;
+mod dns_records;
 mod policies;
 mod refs;
 mod routes;
@@ -40,6 +41,7 @@ pub use certificates::{
     CERT_MANAGER_CLUSTER_ISSUER_ANNOTATION, CERT_MANAGER_ISSUER_ANNOTATION,
     CLUSTER_ISSUER_ANNOTATION, ISSUER_ANNOTATION, describe_certificates,
 };
+pub use dns_records::describe_publishers;
 
 /// Settings of a translation.
 #[derive(Debug, Clone)]
@@ -78,6 +80,8 @@ pub struct Translation {
     /// The valid `AuthPolicy` objects in force on some route rule (`AttachedRoute::auth` names
     /// them by `namespace/name`).
     pub policies: Vec<Arc<torhaus_policies::Policy>>,
+    /// Every `DNSPublisher`, with the hostnames (and addresses) it keeps published.
+    pub publishers: Vec<torhaus_dns::publisher::Publisher>,
 }
 
 /// A failed condition: its reason and message.
@@ -351,6 +355,13 @@ pub fn translate(objects: &ObjectSet, options: &TranslateOptions) -> Translation
             ));
         }
     }
+    let publishers = dns_records::resolve_publishers(
+        objects,
+        &config,
+        &options.addresses,
+        &mut statuses,
+        &mut problems,
+    );
     statuses.extend(policies.statuses(objects));
     statuses.sort_by(|a, b| a.key.cmp(&b.key));
     let config = Arc::new(config);
@@ -364,6 +375,7 @@ pub fn translate(objects: &ObjectSet, options: &TranslateOptions) -> Translation
             problems,
         },
         policies: policies.in_force(),
+        publishers,
     }
 }
 

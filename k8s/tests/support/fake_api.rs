@@ -78,6 +78,7 @@ fn resource_of(kind: &str) -> (&'static str, &'static str) {
         "AuthPolicy" => ("torhaus.dev", "authpolicies"),
         "Issuer" => ("torhaus.dev", "issuers"),
         "ClusterIssuer" => ("torhaus.dev", "clusterissuers"),
+        "DNSPublisher" => ("torhaus.dev", "dnspublishers"),
         "CustomResourceDefinition" => ("apiextensions.k8s.io", "customresourcedefinitions"),
         other => panic!("the fake API server does not know kind {other}"),
     }
