@@ -69,16 +69,7 @@ fn served_of(translation: &Translation) -> Vec<(String, Option<Vec<u8>>)> {
                 "{}/{}",
                 certificate.secret.namespace, certificate.secret.name
             );
-            let leaf = translation
-                .config
-                .ports
-                .iter()
-                .flat_map(|port| &port.listeners)
-                .filter_map(|listener| listener.tls.as_ref())
-                .flat_map(|tls| &tls.certificates)
-                .find(|served| served.source == source)
-                .and_then(|served| served.chain.first())
-                .map(|leaf| leaf.as_ref().to_vec());
+            let leaf = translation.served_leaf(&source).map(<[u8]>::to_vec);
             (source, leaf)
         })
         .collect()

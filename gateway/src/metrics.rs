@@ -625,12 +625,7 @@ impl Observer {
         }
         if let Some(log) = &self.access_log {
             let request = session.req_header();
-            let host = request
-                .headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .or_else(|| request.uri.authority().map(|a| a.as_str()))
-                .unwrap_or_default();
+            let host = crate::proxy::raw_host(request);
             let target = std::str::from_utf8(request.raw_path()).unwrap_or("(not UTF-8)");
             let names = resolved.route.map(|r| &r.labels);
             let name = |index: usize| names.map_or("", |n| n[index].as_str());

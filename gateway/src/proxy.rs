@@ -170,7 +170,7 @@ fn request_host(session: &Session) -> Option<std::borrow::Cow<'_, str>> {
 
 /// The Host header as sent (else the target's authority, else empty), not normalized: what
 /// the client asked for, for headers that tell the upstream and the IdP about it.
-fn raw_host(request: &pingora::http::RequestHeader) -> &str {
+pub(crate) fn raw_host(request: &pingora::http::RequestHeader) -> &str {
     request
         .headers
         .get(header::HOST)

@@ -158,6 +158,31 @@ pub struct ObjectStatus {
 }
 
 impl ObjectStatus {
+    /// The status of an object that carries only conditions (GatewayClasses, policies, issuers,
+    /// publishers).
+    pub fn with_conditions(
+        kind: ObjectKind,
+        namespace: &str,
+        name: &str,
+        location: &SourceLocation,
+        generation: Option<i64>,
+        conditions: Vec<Condition>,
+    ) -> Self {
+        Self {
+            key: ObjectKey {
+                kind,
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            },
+            location: location.clone(),
+            generation,
+            conditions,
+            listeners: Vec::new(),
+            addresses: Vec::new(),
+            parents: Vec::new(),
+        }
+    }
+
     pub fn condition(&self, type_: &str) -> Option<&Condition> {
         self.conditions.iter().find(|c| c.type_ == type_)
     }

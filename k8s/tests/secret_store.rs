@@ -615,16 +615,7 @@ async fn acme_replica(
 
 /// The leaf the translation serves from `source` (`namespace/name`), if any.
 fn served_leaf(translation: &torhaus_k8s::Translation, source: &str) -> Option<Vec<u8>> {
-    translation
-        .config
-        .ports
-        .iter()
-        .flat_map(|port| &port.listeners)
-        .filter_map(|listener| listener.tls.as_ref())
-        .flat_map(|tls| &tls.certificates)
-        .find(|served| served.source == source)
-        .and_then(|served| served.chain.first())
-        .map(|leaf| leaf.as_ref().to_vec())
+    translation.served_leaf(source).map(<[u8]>::to_vec)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

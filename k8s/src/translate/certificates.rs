@@ -11,7 +11,7 @@ use torhaus_model::{
 };
 
 use crate::report::{Condition, ObjectStatus};
-use crate::source::{ObjectKey, ObjectKind, ObjectSet, Problem, Sourced};
+use crate::source::{ObjectKind, ObjectSet, Problem, Sourced};
 
 /// torhaus's own opt-in: the Gateway's HTTPS listeners get their Secrets from this Issuer (in
 /// the Gateway's namespace) or ClusterIssuer.
@@ -185,22 +185,17 @@ pub(crate) fn resolve_issuers(
             None => Condition::new("Ready", true, "Configured", "issuer configured"),
             Some(why) => Condition::new("Ready", false, "SecretMissing", why.clone()),
         };
-        statuses.push(ObjectStatus {
-            key: ObjectKey {
-                kind: match kind {
-                    IssuerKind::Issuer => ObjectKind::Issuer,
-                    IssuerKind::ClusterIssuer => ObjectKind::ClusterIssuer,
-                },
-                namespace: name.namespace.clone(),
-                name: name.name.clone(),
+        statuses.push(ObjectStatus::with_conditions(
+            match kind {
+                IssuerKind::Issuer => ObjectKind::Issuer,
+                IssuerKind::ClusterIssuer => ObjectKind::ClusterIssuer,
             },
-            location: object.location.clone(),
-            generation: object.object.metadata.generation,
-            conditions: vec![ready],
-            listeners: Vec::new(),
-            addresses: Vec::new(),
-            parents: Vec::new(),
-        });
+            &name.namespace,
+            &name.name,
+            &object.location,
+            object.object.metadata.generation,
+            vec![ready],
+        ));
         issuers.push(IssuerConfig {
             id: IssuerRef { kind, name },
             spec: object.object.spec.clone(),

@@ -12,7 +12,7 @@ use torhaus_model::{DataPlaneConfig, HostMatch, ObjectName};
 use super::certificates::resolve_secrets;
 use super::refs::LabelSelector;
 use crate::report::{Condition, GatewayAddress, ObjectStatus};
-use crate::source::{ObjectKey, ObjectKind, ObjectSet, Problem};
+use crate::source::{ObjectKind, ObjectSet, Problem};
 
 /// Every hostname a Gateway serves: for each programmed listener, the hostnames of its
 /// attached routes (already intersected with the listener's). A listener without routes serves
@@ -165,19 +165,14 @@ pub(crate) fn resolve_publishers(
                 Condition::new("Ready", true, "Configured", message)
             }
         };
-        statuses.push(ObjectStatus {
-            key: ObjectKey {
-                kind: ObjectKind::DnsPublisher,
-                namespace: name.namespace.clone(),
-                name: name.name.clone(),
-            },
-            location: object.location.clone(),
-            generation: object.object.metadata.generation,
-            conditions: vec![ready],
-            listeners: Vec::new(),
-            addresses: Vec::new(),
-            parents: Vec::new(),
-        });
+        statuses.push(ObjectStatus::with_conditions(
+            ObjectKind::DnsPublisher,
+            &name.namespace,
+            &name.name,
+            &object.location,
+            object.object.metadata.generation,
+            vec![ready],
+        ));
         // A missing Secret does not invalidate the settings: the records loop keeps writing
         // with the credentials it last had, and says why it cannot use the new ones.
         let config = match error {

@@ -84,6 +84,22 @@ pub struct Translation {
     pub publishers: Vec<torhaus_dns::publisher::Publisher>,
 }
 
+impl Translation {
+    /// The leaf certificate (DER) a listener serves from the Secret `source` (`namespace/name`),
+    /// if any listener does.
+    pub fn served_leaf(&self, source: &str) -> Option<&[u8]> {
+        self.config
+            .ports
+            .iter()
+            .flat_map(|port| &port.listeners)
+            .filter_map(|listener| listener.tls.as_ref())
+            .flat_map(|tls| &tls.certificates)
+            .find(|served| served.source == source)
+            .and_then(|served| served.chain.first())
+            .map(|leaf| leaf.as_ref())
+    }
+}
+
 /// A failed condition: its reason and message.
 type Failure = (&'static str, String);
 
@@ -191,19 +207,14 @@ pub fn translate(objects: &ObjectSet, options: &TranslateOptions) -> Translation
                 message,
             ),
         };
-        statuses.push(ObjectStatus {
-            key: ObjectKey {
-                kind: ObjectKind::GatewayClass,
-                namespace: String::new(),
-                name: name.clone(),
-            },
-            location: class.location.clone(),
-            generation: class.object.metadata.generation,
-            conditions: vec![accepted, supported],
-            listeners: Vec::new(),
-            addresses: Vec::new(),
-            parents: Vec::new(),
-        });
+        statuses.push(ObjectStatus::with_conditions(
+            ObjectKind::GatewayClass,
+            "",
+            name,
+            &class.location,
+            class.object.metadata.generation,
+            vec![accepted, supported],
+        ));
     }
 
     let mut certificates = CertificateCache::new();

@@ -11,7 +11,7 @@ use torhaus_policies::policy::Target;
 use torhaus_policies::{Policy, PolicySet};
 
 use crate::report::{Condition, ObjectStatus};
-use crate::source::{ObjectKey, ObjectKind, ObjectSet};
+use crate::source::{ObjectKind, ObjectSet};
 
 const ACCEPTED: &str = "Accepted";
 /// How many places an `Accepted` message lists before it only counts the rest.
@@ -135,19 +135,14 @@ impl PolicyIndex {
                 } else {
                     Condition::new(ACCEPTED, false, "Invalid", "the policy could not be read")
                 };
-                ObjectStatus {
-                    key: ObjectKey {
-                        kind: ObjectKind::AuthPolicy,
-                        namespace: name.namespace.clone(),
-                        name: name.name.clone(),
-                    },
-                    location: object.location.clone(),
-                    generation: object.object.metadata.generation,
-                    conditions: vec![condition],
-                    listeners: Vec::new(),
-                    addresses: Vec::new(),
-                    parents: Vec::new(),
-                }
+                ObjectStatus::with_conditions(
+                    ObjectKind::AuthPolicy,
+                    &name.namespace,
+                    &name.name,
+                    &object.location,
+                    object.object.metadata.generation,
+                    vec![condition],
+                )
             })
             .collect()
     }
