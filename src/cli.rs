@@ -93,8 +93,17 @@ pub struct CheckArgs {
     pub acme_store: Option<PathBuf>,
     #[command(flatten)]
     pub cluster_resources: ClusterResourceNamespaceArg,
-    /// The gateway's addresses, which DNSPublishers without `spec.addresses` publish (as
-    /// `torhaus run --gateway-address`).
+    #[command(flatten)]
+    pub addresses: GatewayAddressArg,
+}
+
+/// The addresses torhaus serves on.
+#[derive(Debug, Args)]
+pub struct GatewayAddressArg {
+    /// Address published in the status of every Gateway (the VIP or the node address torhaus
+    /// serves on) and by DNSPublishers without `spec.addresses`; repeatable or
+    /// comma-separated. In Kubernetes mode it defaults to $POD_IP (with hostNetwork: the
+    /// node's address).
     #[arg(
         long = "gateway-address",
         env = "TORHAUS_GATEWAY_ADDRESSES",
@@ -235,16 +244,8 @@ pub struct KubernetesArgs {
     /// KUBECONFIG) and write their status.
     #[arg(long, conflicts_with = "config")]
     pub kubernetes: bool,
-    /// Address published in the status of every Gateway (the VIP or the node address torhaus
-    /// serves on) and by DNSPublishers without `spec.addresses`; repeatable or
-    /// comma-separated. In Kubernetes mode it defaults to $POD_IP (with hostNetwork: the
-    /// node's address).
-    #[arg(
-        long = "gateway-address",
-        env = "TORHAUS_GATEWAY_ADDRESSES",
-        value_delimiter = ','
-    )]
-    pub gateway_addresses: Vec<String>,
+    #[command(flatten)]
+    pub addresses: GatewayAddressArg,
     /// Namespace of the leader-election Lease; defaults to the pod's namespace.
     #[arg(long, env = "POD_NAMESPACE")]
     pub lease_namespace: Option<String>,

@@ -51,7 +51,10 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
                     torhaus_k8s::spawn_directory_source_with_roots(
                         config.clone(),
                         acme_store.iter().map(|s| s.secrets_dir()).collect(),
-                        standalone_options(&args.kube.gateway_addresses, &args.cluster_resources),
+                        standalone_options(
+                            &args.kube.addresses.gateway_addresses,
+                            &args.cluster_resources,
+                        ),
                         torhaus_k8s::WatchMode::Notify,
                     )
                 })
@@ -224,7 +227,7 @@ async fn start_controller(
     tokio::sync::watch::Receiver<Arc<Translation>>,
     torhaus_k8s::Controller,
 )> {
-    let mut addresses = args.kube.gateway_addresses.clone();
+    let mut addresses = args.kube.addresses.gateway_addresses.clone();
     if addresses.is_empty()
         && let Ok(pod_ip) = std::env::var("POD_IP")
     {
@@ -274,7 +277,7 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("reading {}", args.config.display()))?;
     let translation = torhaus_k8s::translate(
         &objects,
-        &standalone_options(&args.gateway_addresses, &args.cluster_resources),
+        &standalone_options(&args.addresses.gateway_addresses, &args.cluster_resources),
     );
     println!("{}", translation.report);
     for line in torhaus_k8s::describe_certificates(
