@@ -271,15 +271,7 @@ impl DnsProvider for CloudflareProvider {
                 _ => record.content.clone(),
             };
             let name = crate::name::normalize(&record.name)?;
-            match sets.iter_mut().find(|s| s.name == name && s.rtype == rtype) {
-                Some(set) => set.values.push(value),
-                None => sets.push(RecordSet {
-                    name,
-                    rtype,
-                    ttl: record.ttl,
-                    values: vec![value],
-                }),
-            }
+            RecordSet::collect_into(&mut sets, name, rtype, record.ttl, value);
         }
         Ok(sets)
     }

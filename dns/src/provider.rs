@@ -75,6 +75,33 @@ pub struct RecordSet {
 }
 
 impl RecordSet {
+    /// Adds one record to the set of its name and type in `sets` (a new set when there is
+    /// none; a value already there is not repeated): for providers that list records one by one.
+    pub fn collect_into(
+        sets: &mut Vec<RecordSet>,
+        name: String,
+        rtype: RecordType,
+        ttl: u32,
+        value: String,
+    ) {
+        match sets
+            .iter_mut()
+            .find(|set| set.name == name && set.rtype == rtype)
+        {
+            Some(set) => {
+                if !set.values.contains(&value) {
+                    set.values.push(value);
+                }
+            }
+            None => sets.push(RecordSet {
+                name,
+                rtype,
+                ttl,
+                values: vec![value],
+            }),
+        }
+    }
+
     /// Values sorted and deduplicated, for comparisons that ignore order.
     pub fn value_set(&self) -> std::collections::BTreeSet<&str> {
         self.values.iter().map(String::as_str).collect()

@@ -421,22 +421,7 @@ impl DnsProvider for Rfc2136Provider {
                     continue;
                 };
                 let name = crate::name::normalize(&record.name.to_ascii())?;
-                match sets
-                    .iter_mut()
-                    .find(|set| set.name == name && set.rtype == rtype)
-                {
-                    Some(set) => {
-                        if !set.values.contains(&value) {
-                            set.values.push(value);
-                        }
-                    }
-                    None => sets.push(RecordSet {
-                        name,
-                        rtype,
-                        ttl: record.ttl,
-                        values: vec![value],
-                    }),
-                }
+                RecordSet::collect_into(&mut sets, name, rtype, record.ttl, value);
             }
         }
         Ok(sets)
