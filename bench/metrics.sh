@@ -118,6 +118,15 @@ for v, (rps, cpu) in med.items():
     print(f"{v:<9}{rps:>10.0f}{rps / med['off'][0]:>8.3f}{cpu:>12.2f}{cpu / med['off'][1]:>8.3f}")
 loss = 1 - med["full"][0] / med["off"][0]
 print(f"metrics + access log cost {loss * 100:.1f}% of req/s (goal: under 3%)")
+# Paired by round: each round measures the variants back to back, so slow swings of the
+# machine (steal time, frequency) cancel out of their ratio.
+rounds = sorted({r[1] for r in rows}, key=int)
+cell = {(r[0], r[1]): float(r[2]) for r in rows}
+for v in ("metrics", "full"):
+    ratios = sorted(cell[(v, n)] / cell[("off", n)] for n in rounds)
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    print(f"{v} / off per round: median {statistics.median(ratios):.3f}, "
+          f"quartiles {q[0]:.3f}..{q[2]:.3f}, range {ratios[0]:.3f}..{ratios[-1]:.3f}")
 PY
 lines=$(wc -l < "$RUN/access-full.log")
 echo "access log lines written by 'full': $lines"

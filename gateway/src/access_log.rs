@@ -12,6 +12,7 @@
 //! Secrets inside the path itself (e.g. `/reset/<token>`) cannot be recognised and are logged
 //! as sent. Host and path are cut at [`MAX_FIELD_BYTES`].
 
+use std::cell::Cell;
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
 use std::net::SocketAddr;
@@ -20,7 +21,6 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_cha
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::IntCounter;
-use serde::Serialize;
 
 use crate::error::GatewayError;
 
@@ -54,30 +54,26 @@ impl std::str::FromStr for AccessLogTarget {
 }
 
 /// One request, as logged. Field order is the line's order.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct AccessEntry<'a> {
-    /// RFC 3339, UTC, milliseconds.
-    pub time: &'a str,
+    pub time: Timestamp,
     /// `ip:port` of the TCP peer (not X-Forwarded-For).
-    #[serde(serialize_with = "address")]
     pub client: Option<SocketAddr>,
     pub host: &'a str,
     pub method: &'a str,
     /// Without the query string.
     pub path: &'a str,
-    /// `HTTP/1.1`, `HTTP/2`.
-    pub protocol: &'static str,
+    pub protocol: Protocol,
     /// 0 when no response was sent (the client left first).
     pub status: u16,
-    pub gateway: &'a str,
-    pub listener: &'a str,
-    pub route: &'a str,
-    pub backend: &'a str,
+    /// `gateway`, `listener` and `route`, rendered when the snapshot was built.
+    pub route_names: &'a LogNames,
+    /// `backend`, rendered when the snapshot was built.
+    pub backend_name: &'a LogNames,
     /// The endpoint of the last attempt.
-    #[serde(serialize_with = "address")]
     pub upstream: Option<SocketAddr>,
-    pub duration_ms: f64,
-    pub upstream_ms: Option<f64>,
+    pub duration_seconds: f64,
+    pub upstream_seconds: Option<f64>,
     pub request_bytes: u64,
     pub response_bytes: u64,
     /// The user the identity layer let through (preferred username, else subject); null on
@@ -85,79 +81,120 @@ pub struct AccessEntry<'a> {
     pub user: Option<&'a str>,
 }
 
-/// Serializes an address as `ip:port` (IPv4 through [`format_v4`]).
-fn address<S: serde::Serializer>(addr: &Option<SocketAddr>, out: S) -> Result<S::Ok, S::Error> {
-    match addr {
-        None => out.serialize_none(),
-        Some(SocketAddr::V4(v4)) => {
-            let mut buf = [0u8; 21];
-            let len = format_v4(v4, &mut buf);
-            out.serialize_str(std::str::from_utf8(&buf[..len]).unwrap_or_default())
+/// The HTTP version of a request, as the line spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    Http2,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "HTTP/1.1",
+            Protocol::Http2 => "HTTP/2",
         }
-        Some(v6) => out.collect_str(v6),
+    }
+
+    fn json_member(self) -> &'static [u8] {
+        match self {
+            Protocol::Http1 => b",\"protocol\":\"HTTP/1.1\"",
+            Protocol::Http2 => b",\"protocol\":\"HTTP/2\"",
+        }
     }
 }
 
-/// Writes an IPv4 `ip:port` into `buf` with a few integer operations and returns its length:
-/// `Display` for addresses goes through the formatting machinery, which was (measured with
-/// callgrind) a large part of an access log line's cost.
-fn format_v4(addr: &std::net::SocketAddrV4, buf: &mut [u8; 21]) -> usize {
-    let mut len = 0;
-    for (index, octet) in addr.ip().octets().iter().enumerate() {
-        if index > 0 {
-            buf[len] = b'.';
-            len += 1;
+/// Configured names (gateway, listener, route, backend) as the JSON members of a line, escaped
+/// once when a snapshot's series are built: per request they cost one copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogNames(Box<[u8]>);
+
+impl LogNames {
+    /// `,"gateway":…,"listener":…,"route":…`.
+    pub fn route(gateway: &str, listener: &str, route: &str) -> LogNames {
+        let mut json = Vec::with_capacity(40 + gateway.len() + listener.len() + route.len());
+        for (key, value) in [
+            (&b",\"gateway\":"[..], gateway),
+            (b",\"listener\":", listener),
+            (b",\"route\":", route),
+        ] {
+            json.extend_from_slice(key);
+            json_str(&mut json, value);
         }
-        len += write_decimal(u64::from(*octet), &mut buf[len..]);
+        LogNames(json.into_boxed_slice())
     }
-    buf[len] = b':';
-    len += 1;
-    len + write_decimal(u64::from(addr.port()), &mut buf[len..])
+
+    /// `,"backend":…`.
+    pub fn backend(backend: &str) -> LogNames {
+        let mut json = Vec::with_capacity(16 + backend.len());
+        json.extend_from_slice(b",\"backend\":");
+        json_str(&mut json, backend);
+        LogNames(json.into_boxed_slice())
+    }
 }
 
-/// Writes `value` in decimal at the start of `out` (which must have room) and returns the
-/// number of digits.
-fn write_decimal(mut value: u64, out: &mut [u8]) -> usize {
-    let mut digits = [0u8; 20];
-    let mut count = 0;
-    loop {
-        digits[count] = b'0' + (value % 10) as u8;
-        count += 1;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
+/// `"00" "01" … "99"`: two digits per division, which halves the divisions of a number.
+const DIGIT_PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
+
+/// Writes `value` in decimal at the end of `buf` (20 bytes hold any `u64`) and returns where
+/// its first digit is.
+fn decimal_tail(mut value: u64, buf: &mut [u8; 20]) -> usize {
+    let mut start = buf.len();
+    while value >= 100 {
+        let pair = (value % 100) as usize * 2;
+        value /= 100;
+        start -= 2;
+        buf[start..start + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
     }
-    for (slot, digit) in out.iter_mut().zip(digits[..count].iter().rev()) {
-        *slot = *digit;
+    if value >= 10 {
+        let pair = value as usize * 2;
+        start -= 2;
+        buf[start..start + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    } else {
+        start -= 1;
+        buf[start] = b'0' + value as u8;
     }
-    count
+    start
 }
 
 fn json_u64(out: &mut Vec<u8>, value: u64) {
     let mut buf = [0u8; 20];
-    let len = write_decimal(value, &mut buf);
-    out.extend_from_slice(&buf[..len]);
+    let start = decimal_tail(value, &mut buf);
+    out.extend_from_slice(&buf[start..]);
 }
 
-/// Milliseconds with microsecond precision, e.g. `2.385`.
-fn json_millis(out: &mut Vec<u8>, millis: f64) {
-    let micros = if millis.is_finite() && millis > 0.0 {
-        (millis * 1000.0).round() as u64
+/// Seconds as milliseconds with microsecond precision, e.g. `2.385`.
+fn json_millis(out: &mut Vec<u8>, seconds: f64) {
+    // `+ 0.5` and truncation round like `f64::round` for positive values without a libm call;
+    // the cast saturates on overflow.
+    let micros = if seconds.is_finite() && seconds > 0.0 {
+        (seconds * 1_000_000.0 + 0.5) as u64
     } else {
         0
     };
-    json_u64(out, micros / 1000);
-    let fraction = micros % 1000;
-    out.push(b'.');
-    out.push(b'0' + (fraction / 100) as u8);
-    out.push(b'0' + (fraction / 10 % 10) as u8);
-    out.push(b'0' + (fraction % 10) as u8);
+    let mut whole = [0u8; 20];
+    let start = decimal_tail(micros / 1000, &mut whole);
+    out.extend_from_slice(&whole[start..]);
+    let fraction = (micros % 1000) as usize;
+    let tens_and_ones = fraction % 100 * 2;
+    let mut text = [b'.', b'0' + (fraction / 100) as u8, 0, 0];
+    text[2..].copy_from_slice(&DIGIT_PAIRS[tens_and_ones..tens_and_ones + 2]);
+    out.extend_from_slice(&text);
 }
 
 /// A JSON string: quotes, backslashes and control characters escaped; other UTF-8 as is.
 fn json_str(out: &mut Vec<u8>, text: &str) {
     out.push(b'"');
+    escape_into(out, text);
+    out.push(b'"');
+}
+
+/// The inside of a JSON string, without its quotes (which the line's fixed parts carry).
+fn escape_into(out: &mut Vec<u8>, text: &str) {
     let bytes = text.as_bytes();
     // Skip clean 8-byte words at once (almost every host and path is clean), then go byte by
     // byte from the first word that holds something to escape.
@@ -179,7 +216,6 @@ fn json_str(out: &mut Vec<u8>, text: &str) {
         word[..tail.len()].copy_from_slice(tail);
         if !needs_escape(u64::from_le_bytes(word)) {
             out.extend_from_slice(bytes);
-            out.push(b'"');
             return;
         }
     }
@@ -203,7 +239,6 @@ fn json_str(out: &mut Vec<u8>, text: &str) {
         start = index + 1;
     }
     out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
 }
 
 /// Whether any byte of `word` is a control character, DEL, `"` or `\\` (exact: the usual
@@ -219,70 +254,107 @@ fn needs_escape(word: u64) -> bool {
     below_space | quote | backslash | del != 0
 }
 
+/// The decimal text of every octet, padded to 3 bytes, with its length: an IPv4 address is
+/// four table lookups instead of the formatting machinery (which callgrind showed to be a
+/// large part of a line's cost).
+const OCTET_TEXT: [([u8; 3], u8); 256] = {
+    let mut table = [([0u8; 3], 0u8); 256];
+    let mut octet = 0;
+    while octet < 256 {
+        let (hundreds, tens, ones) = (octet / 100, octet / 10 % 10, octet % 10);
+        table[octet] = if octet >= 100 {
+            (
+                [b'0' + hundreds as u8, b'0' + tens as u8, b'0' + ones as u8],
+                3,
+            )
+        } else if octet >= 10 {
+            ([b'0' + tens as u8, b'0' + ones as u8, 0], 2)
+        } else {
+            ([b'0' + ones as u8, 0, 0], 1)
+        };
+        octet += 1;
+    }
+    table
+};
+
+/// A quoted `ip:port`, or null.
 fn json_addr(out: &mut Vec<u8>, addr: Option<SocketAddr>) {
     match addr {
         None => out.extend_from_slice(b"null"),
         Some(SocketAddr::V4(v4)) => {
-            let mut buf = [0u8; 21];
-            let len = format_v4(&v4, &mut buf);
-            out.push(b'"');
-            out.extend_from_slice(&buf[..len]);
-            out.push(b'"');
+            // `"255.255.255.255:65535"` is 23 bytes; each octet writes 3 and keeps its length.
+            let mut buf = [0u8; 24];
+            buf[0] = b'"';
+            let mut len = 1;
+            for octet in v4.ip().octets() {
+                let (text, text_len) = OCTET_TEXT[usize::from(octet)];
+                buf[len..len + 3].copy_from_slice(&text);
+                len += usize::from(text_len);
+                buf[len] = b'.';
+                len += 1;
+            }
+            buf[len - 1] = b':';
+            let port = v4.port();
+            let digits = 1
+                + usize::from(port >= 10)
+                + usize::from(port >= 100)
+                + usize::from(port >= 1000)
+                + usize::from(port >= 10_000);
+            let mut rest = port;
+            for slot in buf[len..len + digits].iter_mut().rev() {
+                *slot = b'0' + (rest % 10) as u8;
+                rest /= 10;
+            }
+            len += digits;
+            buf[len] = b'"';
+            out.extend_from_slice(&buf[..len + 1]);
         }
         Some(v6) => json_str(out, &v6.to_string()),
     }
 }
 
 impl AccessEntry<'_> {
-    /// The entry as one JSON object, fields in the order of the `Serialize` derive, written by
-    /// hand: serde_json's generic path was most of a line's cost (bench/RESULTS.md).
-    /// Durations are rounded to the microsecond.
+    /// The entry as one JSON object, written by hand: serde_json's generic path was most of a
+    /// line's cost (bench/RESULTS.md). Durations are rounded to the microsecond. The fixed
+    /// parts carry the quotes around the escaped values next to them.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        let text_fields: [(&[u8], &str); 5] = [
-            (b"{\"time\":", self.time),
-            (b",\"host\":", self.host),
-            (b",\"method\":", self.method),
-            (b",\"path\":", self.path),
-            (b",\"protocol\":", self.protocol),
-        ];
-        for (index, (key, value)) in text_fields.iter().enumerate() {
-            out.extend_from_slice(key);
-            json_str(out, value);
-            if index == 0 {
-                out.extend_from_slice(b",\"client\":");
-                json_addr(out, self.client);
-            }
-        }
+        out.extend_from_slice(b"{\"time\":\"");
+        out.extend_from_slice(self.time.as_bytes());
+        out.extend_from_slice(b"\",\"client\":");
+        json_addr(out, self.client);
+        out.extend_from_slice(b",\"host\":\"");
+        escape_into(out, self.host);
+        out.extend_from_slice(b"\",\"method\":\"");
+        escape_into(out, self.method);
+        out.extend_from_slice(b"\",\"path\":\"");
+        escape_into(out, self.path);
+        out.push(b'"');
+        out.extend_from_slice(self.protocol.json_member());
         out.extend_from_slice(b",\"status\":");
         json_u64(out, u64::from(self.status));
-        for (key, value) in [
-            (&b",\"gateway\":"[..], self.gateway),
-            (b",\"listener\":", self.listener),
-            (b",\"route\":", self.route),
-            (b",\"backend\":", self.backend),
-        ] {
-            out.extend_from_slice(key);
-            json_str(out, value);
-        }
+        out.extend_from_slice(&self.route_names.0);
+        out.extend_from_slice(&self.backend_name.0);
         out.extend_from_slice(b",\"upstream\":");
         json_addr(out, self.upstream);
         out.extend_from_slice(b",\"duration_ms\":");
-        json_millis(out, self.duration_ms);
+        json_millis(out, self.duration_seconds);
         out.extend_from_slice(b",\"upstream_ms\":");
-        match self.upstream_ms {
-            Some(ms) => json_millis(out, ms),
+        match self.upstream_seconds {
+            Some(seconds) => json_millis(out, seconds),
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"request_bytes\":");
         json_u64(out, self.request_bytes);
         out.extend_from_slice(b",\"response_bytes\":");
         json_u64(out, self.response_bytes);
-        out.extend_from_slice(b",\"user\":");
         match self.user {
-            Some(user) => json_str(out, user),
-            None => out.extend_from_slice(b"null"),
+            Some(user) => {
+                out.extend_from_slice(b",\"user\":\"");
+                escape_into(out, user);
+                out.extend_from_slice(b"\"}");
+            }
+            None => out.extend_from_slice(b",\"user\":null}"),
         }
-        out.push(b'}');
     }
 }
 
@@ -387,11 +459,33 @@ pub fn path_only(target: &str) -> &str {
 pub struct Timestamp([u8; 24]);
 
 impl Timestamp {
+    /// The current time. The date and time of day are formatted once per second and thread
+    /// (every line of a busy second shares them); only the milliseconds are written per call.
     pub fn now() -> Timestamp {
+        thread_local! {
+            static THIS_SECOND: Cell<Option<(u64, Timestamp)>> = const { Cell::new(None) };
+        }
         let since = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        Timestamp::at(since.as_secs(), since.subsec_millis())
+        let seconds = since.as_secs();
+        let mut stamp = THIS_SECOND.with(|cached| match cached.get() {
+            Some((second, stamp)) if second == seconds => stamp,
+            _ => {
+                let stamp = Timestamp::at(seconds, 0);
+                cached.set(Some((seconds, stamp)));
+                stamp
+            }
+        });
+        stamp.set_millis(since.subsec_millis());
+        stamp
+    }
+
+    fn set_millis(&mut self, millis: u32) {
+        let millis = millis.min(999) as usize;
+        self.0[20] = b'0' + (millis / 100) as u8;
+        let pair = millis % 100 * 2;
+        self.0[21..23].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
     }
 
     /// `unix_seconds` since the epoch plus `millis` (0..1000); years past 9999 are clamped.
@@ -415,6 +509,10 @@ impl Timestamp {
         put(17, 2, second_of_day % 60);
         put(20, 3, u64::from(millis.min(999)));
         Timestamp(out)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
     }
 
     pub fn as_str(&self) -> &str {
@@ -481,44 +579,112 @@ mod tests {
     }
 
     #[test]
-    fn addresses_serialize_like_display() -> Result<(), serde_json::Error> {
-        #[derive(Serialize)]
-        struct Wrapped(#[serde(serialize_with = "address")] Option<SocketAddr>);
-        for text in [
+    fn addresses_are_written_like_display() -> Result<(), serde_json::Error> {
+        let mut texts: Vec<String> = [
             "0.0.0.0:0",
             "127.0.0.1:9080",
             "10.20.3.4:80",
             "255.255.255.255:65535",
             "[::1]:443",
-        ] {
+            "[2001:db8::a:b]:8080",
+        ]
+        .map(String::from)
+        .to_vec();
+        texts.extend((0..=255).map(|octet| format!("{octet}.9.{octet}.99:{}", octet * 257)));
+        for text in texts {
             let addr: Option<SocketAddr> = text.parse().ok();
             assert!(addr.is_some(), "{text}");
-            assert_eq!(
-                serde_json::to_string(&Wrapped(addr))?,
-                format!("\"{text}\"")
-            );
+            let mut out = Vec::new();
+            json_addr(&mut out, addr);
+            assert_eq!(serde_json::from_slice::<String>(&out)?, text);
         }
-        assert_eq!(serde_json::to_string(&Wrapped(None))?, "null");
+        let mut out = Vec::new();
+        json_addr(&mut out, None);
+        assert_eq!(out, b"null");
         Ok(())
     }
 
     #[test]
-    fn hand_written_lines_equal_serde_json_for_hostile_text() -> Result<(), serde_json::Error> {
+    fn numbers_and_durations_are_exact() -> Result<(), serde_json::Error> {
+        for value in [
+            0,
+            1,
+            9,
+            10,
+            99,
+            100,
+            101,
+            999,
+            1000,
+            65_535,
+            1 << 40,
+            u64::MAX,
+        ] {
+            let mut out = Vec::new();
+            json_u64(&mut out, value);
+            assert_eq!(out, value.to_string().as_bytes());
+        }
+        for (seconds, text) in [
+            (0.0, "0.000"),
+            (-1.0, "0.000"),
+            (f64::NAN, "0.000"),
+            (0.000_000_4, "0.000"),
+            (0.000_000_5, "0.001"),
+            (0.002_385, "2.385"),
+            (0.012_345_6, "12.346"),
+            (1.5, "1500.000"),
+            (86_400.0, "86400000.000"),
+        ] {
+            let mut out = Vec::new();
+            json_millis(&mut out, seconds);
+            assert_eq!(String::from_utf8_lossy(&out), text, "{seconds}");
+            // Always a valid JSON number.
+            serde_json::from_slice::<f64>(&out)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_cached_second_gets_the_current_milliseconds() -> Result<(), std::time::SystemTimeError> {
+        let mut stamp = Timestamp::at(1_795_388_883, 0);
+        for millis in [0, 7, 45, 123, 999, 5000] {
+            stamp.set_millis(millis);
+            assert_eq!(
+                stamp.as_str(),
+                Timestamp::at(1_795_388_883, millis).as_str()
+            );
+        }
+        // Two calls in a row (the second from the cache) both name the current second.
+        for _ in 0..2 {
+            let before = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+            let now = Timestamp::now();
+            let after = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+            let text = now.as_str();
+            assert!(
+                (before..=after).any(|s| Timestamp::at(s, 0).as_str()[..20] == text[..20]),
+                "{text}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn hand_written_lines_are_the_json_of_their_fields() -> Result<(), serde_json::Error> {
+        let route = LogNames::route("", "l\"", "ns/r\\");
+        let backend = LogNames::backend("ns/b:80\u{1}");
         let entry = AccessEntry {
-            time: "2026-01-01T00:00:00.000Z",
+            time: Timestamp::at(1_767_225_600, 0),
             client: "[2001:db8::1]:5000".parse().ok(),
             host: "h\u{7f}st\\\"x",
             method: "GET",
             path: "/ä/\u{0}\n\t\r\u{1f}\"'</script>",
-            protocol: "HTTP/2",
+            protocol: Protocol::Http2,
             status: 0,
-            gateway: "",
-            listener: "l",
-            route: "r",
-            backend: "b",
+            route_names: &route,
+            backend_name: &backend,
             upstream: None,
-            duration_ms: 12.345,
-            upstream_ms: None,
+            duration_seconds: 0.012_345,
+            upstream_seconds: None,
             request_bytes: u64::MAX,
             response_bytes: 0,
             user: Some("alice \"admin\""),
@@ -526,12 +692,40 @@ mod tests {
         let mut line = Vec::new();
         entry.write_json(&mut line);
         let parsed: serde_json::Value = serde_json::from_slice(&line)?;
-        assert_eq!(parsed, serde_json::to_value(&entry)?);
-        let keys: Vec<&String> = parsed
-            .as_object()
-            .map(|o| o.keys().collect())
-            .unwrap_or_default();
-        assert_eq!(keys.len(), 17);
+        let expected = serde_json::json!({
+            "time": "2026-01-01T00:00:00.000Z",
+            "client": "[2001:db8::1]:5000",
+            "host": entry.host,
+            "method": "GET",
+            "path": entry.path,
+            "protocol": "HTTP/2",
+            "status": 0,
+            "gateway": "",
+            "listener": "l\"",
+            "route": "ns/r\\",
+            "backend": "ns/b:80\u{1}",
+            "upstream": null,
+            "duration_ms": 12.345,
+            "upstream_ms": null,
+            "request_bytes": u64::MAX,
+            "response_bytes": 0,
+            "user": "alice \"admin\"",
+        });
+        assert_eq!(parsed, expected);
+        // The line's own order, which people reading it rely on.
+        let text = String::from_utf8_lossy(&line);
+        let positions: Vec<usize> = [
+            "\"time\"",
+            "\"client\"",
+            "\"host\"",
+            "\"route\"",
+            "\"user\"",
+        ]
+        .iter()
+        .filter_map(|key| text.find(key))
+        .collect();
+        assert_eq!(positions.len(), 5);
+        assert!(positions.windows(2).all(|pair| pair[0] < pair[1]), "{text}");
         Ok(())
     }
 
@@ -568,21 +762,21 @@ mod tests {
             &AccessLogTarget::File(path.clone()),
             IntCounter::new("dropped", "dropped")?,
         )?;
+        let route = LogNames::route("default/gw", "http", "default/app");
+        let backend = LogNames::backend("default/app:80");
         let entry = AccessEntry {
-            time: "2026-01-01T00:00:00.000Z",
+            time: Timestamp::at(1_767_225_600, 0),
             client: "127.0.0.1:5000".parse().ok(),
             host: "app.example.com",
             method: "GET",
             path: "/x\"y",
-            protocol: "HTTP/1.1",
+            protocol: Protocol::Http1,
             status: 200,
-            gateway: "default/gw",
-            listener: "http",
-            route: "default/app",
-            backend: "default/app:80",
+            route_names: &route,
+            backend_name: &backend,
             upstream: "127.0.0.1:9000".parse().ok(),
-            duration_ms: 1.5,
-            upstream_ms: Some(1.0),
+            duration_seconds: 0.0015,
+            upstream_seconds: Some(0.001),
             request_bytes: 0,
             response_bytes: 12,
             user: None,

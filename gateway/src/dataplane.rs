@@ -33,7 +33,6 @@ use torhaus_model::{DataPlaneConfig, OnDemandIssuer, PortProtocol};
 
 use crate::access_log::{AccessLog, AccessLogTarget};
 use crate::auth::AuthRegistry;
-use crate::drain::InFlightRequests;
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, Observer, StateView};
 use crate::mirror::Mirrors;
@@ -196,7 +195,7 @@ impl DataPlane {
             ejection: options.ejection,
             mirrors: Mirrors::new(MAX_MIRRORS_IN_FLIGHT),
             observer: Observer::new(Arc::clone(&metrics), settings.request_metrics, access_log),
-            in_flight: Arc::new(InFlightRequests::default()),
+            in_flight: metrics.requests_in_flight(),
         });
         let on_demand = Arc::new(OnDemandCache::new(issuer));
         metrics.register_state(Arc::clone(&proxy.snapshot), Arc::clone(&on_demand))?;

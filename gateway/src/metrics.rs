@@ -38,7 +38,8 @@ use torhaus_model::{BackendTarget, HostMatch, Rule};
 
 use pingora::proxy::Session;
 
-use crate::access_log::{AccessEntry, AccessLog};
+use crate::access_log::{AccessEntry, AccessLog, LogNames, Protocol};
+use crate::drain::InFlightRequests;
 use crate::error::GatewayError;
 use crate::router::CompiledListener;
 use crate::snapshot::Snapshot;
@@ -110,11 +111,16 @@ pub struct Metrics {
     response_bytes: IntCounterVec,
     /// Requests no route served (unknown host, no match, malformed), under empty labels.
     unrouted: RouteSeries,
+    /// The access log's `backend` of requests no backend served.
+    no_backend: LogNames,
     in_flight: IntGauge,
     connections: IntGaugeVec,
     /// Bound local ports of the plain-HTTP listeners, whose connections a scrape counts from
     /// the kernel's socket table.
     plain_http_ports: ArcSwap<HashSet<u16>>,
+    /// The proxy's own count of requests in flight (kept for draining), exported at scrape
+    /// time: the request path counts each request once.
+    requests_in_flight: Arc<InFlightRequests>,
     tls_handshakes: IntCounterVec,
     config_reloads: IntCounterVec,
     config_rejections: IntCounter,
@@ -201,6 +207,7 @@ impl Metrics {
             request_bytes,
             response_bytes,
             unrouted,
+            no_backend: LogNames::backend(""),
             upstream_duration: histogram(
                 HTTP_UPSTREAM_DURATION_SECONDS,
                 "Time from choosing an endpoint to its response headers, per attempt.",
@@ -217,6 +224,7 @@ impl Metrics {
             )
             .map_err(metrics_error)?,
             plain_http_ports: ArcSwap::default(),
+            requests_in_flight: Arc::default(),
             tls_handshakes: counter(
                 TLS_HANDSHAKES_TOTAL,
                 "TLS handshakes by protocol version and outcome.",
@@ -308,6 +316,11 @@ impl Metrics {
         Ok(metrics)
     }
 
+    /// The requests in flight on every port, counted by the proxy.
+    pub(crate) fn requests_in_flight(&self) -> Arc<InFlightRequests> {
+        Arc::clone(&self.requests_in_flight)
+    }
+
     /// Registers the scrape-time view of the data plane's current snapshot.
     pub(crate) fn register_state(
         &self,
@@ -322,6 +335,8 @@ impl Metrics {
 
     /// Every metric in Prometheus' text exposition format (version 0.0.4).
     pub fn encode(&self) -> String {
+        self.in_flight
+            .set(i64::try_from(self.requests_in_flight.count()).unwrap_or(i64::MAX));
         let ports = self.plain_http_ports.load();
         if let Some(open) = crate::socket_table::established_on(&ports) {
             self.connections.with_label_values(&["http"]).set(open);
@@ -522,7 +537,14 @@ impl Metrics {
     }
 
     /// Records one finished request, whose series `resolved` names.
-    fn record(&self, resolved: &Resolved<'_>, obs: &RequestObs, status: u16, bytes: (u64, u64)) {
+    fn record(
+        &self,
+        resolved: &Resolved<'_>,
+        obs: &RequestObs,
+        elapsed: f64,
+        status: u16,
+        bytes: (u64, u64),
+    ) {
         let class = status_class(status);
         let route = resolved.route.unwrap_or(&self.unrouted);
         match resolved.backend {
@@ -534,7 +556,7 @@ impl Metrics {
             }
             None => route.unbacked[class].inc(),
         }
-        route.duration.observe(obs.elapsed_seconds());
+        route.duration.observe(elapsed);
         if bytes.0 > 0 {
             route.request_bytes.inc_by(bytes.0);
         }
@@ -620,35 +642,34 @@ impl Observer {
             u64::try_from(session.body_bytes_read()).unwrap_or(u64::MAX),
             u64::try_from(session.body_bytes_sent()).unwrap_or(u64::MAX),
         );
+        let elapsed = finished.obs.elapsed_seconds();
         if self.request_metrics {
-            self.metrics.record(&resolved, finished.obs, status, bytes);
+            self.metrics
+                .record(&resolved, finished.obs, elapsed, status, bytes);
         }
         if let Some(log) = &self.access_log {
             let request = session.req_header();
             let host = crate::proxy::raw_host(request);
             let target = std::str::from_utf8(request.raw_path()).unwrap_or("(not UTF-8)");
-            let names = resolved.route.map(|r| &r.labels);
-            let name = |index: usize| names.map_or("", |n| n[index].as_str());
-            let time = crate::access_log::Timestamp::now();
             log.write(&AccessEntry {
-                time: time.as_str(),
+                time: crate::access_log::Timestamp::now(),
                 client: session.client_addr().and_then(|a| a.as_inet()).copied(),
                 host: crate::access_log::bounded(host),
                 method: request.method.as_str(),
                 path: crate::access_log::path_only(target),
                 protocol: if session.is_http2() {
-                    "HTTP/2"
+                    Protocol::Http2
                 } else {
-                    "HTTP/1.1"
+                    Protocol::Http1
                 },
                 status,
-                gateway: name(0),
-                listener: name(1),
-                route: name(2),
-                backend: resolved.backend.map_or("", |b| &b.name),
+                route_names: &resolved.route.unwrap_or(&self.metrics.unrouted).log_names,
+                backend_name: resolved
+                    .backend
+                    .map_or(&self.metrics.no_backend, |b| &b.log_name),
                 upstream: finished.upstream,
-                duration_ms: finished.obs.elapsed_seconds() * 1000.0,
-                upstream_ms: finished.obs.upstream_seconds.map(|s| s * 1000.0),
+                duration_seconds: elapsed,
+                upstream_seconds: finished.obs.upstream_seconds,
                 request_bytes: bytes.0,
                 response_bytes: bytes.1,
                 user: finished.user,
@@ -723,8 +744,8 @@ struct RuleSeries {
 
 #[derive(Debug)]
 struct RouteSeries {
-    /// gateway, listener, route: also the access log's names.
-    labels: [String; 3],
+    /// gateway, listener and route, as the access log writes them.
+    log_names: LogNames,
     duration: Histogram,
     request_bytes: IntCounter,
     response_bytes: IntCounter,
@@ -758,15 +779,15 @@ impl RouteSeries {
             response_bytes: response_bytes.with_label_values(&route_labels),
             unbacked: STATUS_CLASSES
                 .map(|class| requests.with_label_values(&[gateway, listener, route, "", class])),
-            labels,
+            log_names: LogNames::route(gateway, listener, route),
         }
     }
 }
 
 #[derive(Debug)]
 struct BackendSeries {
-    /// `namespace/service:port`, empty for an invalid reference.
-    name: Box<str>,
+    /// `namespace/service:port` (empty for an invalid reference), as the access log writes it.
+    log_name: LogNames,
     by_class: [IntCounter; 6],
     upstream: Histogram,
 }
@@ -781,7 +802,7 @@ impl BackendSeries {
                     .with_label_values(&[gateway, listener, route, backend, class])
             }),
             upstream: metrics.upstream_duration.with_label_values(&[backend]),
-            name: backend.into(),
+            log_name: LogNames::backend(backend),
         }
     }
 }
@@ -795,27 +816,12 @@ pub struct RequestObs {
     upstream_started: Option<Instant>,
     /// The last attempt's time to response headers.
     upstream_seconds: Option<f64>,
-    in_flight: Option<InFlightGuard>,
-}
-
-#[derive(Debug)]
-struct InFlightGuard(IntGauge);
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
 }
 
 impl RequestObs {
     /// The request arrived (its header has been read).
-    pub fn start(&mut self, observer: &Observer) {
+    pub fn start(&mut self) {
         self.started = Some(Instant::now());
-        if observer.request_metrics {
-            let gauge = &observer.metrics.in_flight;
-            gauge.inc();
-            self.in_flight = Some(InFlightGuard(gauge.clone()));
-        }
     }
 
     pub fn set_listener(&mut self, listener: &CompiledListener) {

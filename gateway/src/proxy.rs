@@ -579,7 +579,7 @@ impl ProxyHttp for PortProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        ctx.obs.start(&self.shared.observer);
+        ctx.obs.start();
         // pingora answers a pipelined request only when asked to keep the bytes it read ahead.
         session.set_pipelining_enabled(true);
         Ok(())

@@ -1003,6 +1003,14 @@ async fn shutdown_lets_in_flight_requests_finish_and_returns_once_they_have() ->
         gateway.dataplane.requests_in_flight() == 1
     })
     .await?;
+    // The metric is the same count, read at scrape time.
+    let scrape = gateway.dataplane.metrics().encode();
+    assert!(
+        scrape
+            .lines()
+            .any(|line| line == "torhaus_http_requests_in_flight 1"),
+        "{scrape}"
+    );
 
     let took = shutdown_and_wait(&gateway).await?;
     let response = in_flight.await??;
