@@ -86,5 +86,5 @@ done
 for v in ${VARIANTS:-off metrics full}; do
   [ "$v" = off ] && continue
   awk -v a="${per[$v]}" -v b="${per[off]}" -v o="${own[$v]}" -v v="$v" 'BEGIN {
-    printf "  %s / off = %.3f (+%.1f%%); its own functions: %.1f%% of off\n", v, a / b, (a / b - 1) * 100, o / b * 100}'
+    printf "  %s / off = %.3f (%+.1f%%); its own functions: %.1f%% of off\n", v, a / b, (a / b - 1) * 100, o / b * 100}'
 done
