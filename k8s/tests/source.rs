@@ -4,7 +4,7 @@
     reason = "a broken test fixture should fail the test loudly"
 )]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,7 +40,7 @@ impl Drop for Scratch {
 }
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/basic")
+    torhaus_tests::process::package_dir(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/basic")
 }
 
 const SERVICE: &str =

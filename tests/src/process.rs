@@ -34,6 +34,17 @@ pub fn torhaus_bin() -> anyhow::Result<PathBuf> {
     Ok(candidate)
 }
 
+/// The directory of the package whose tests are running, for its fixtures: `cargo test` sets
+/// `CARGO_MANIFEST_DIR` when it runs a test binary. The path compiled in is only the fallback,
+/// because a target directory shared by two checkouts (CI's and a developer's) can hand one
+/// checkout a test binary built in the other, with the other's path inside.
+pub fn package_dir(compiled_in: &str) -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .filter(|dir| dir.is_dir())
+        .unwrap_or_else(|| PathBuf::from(compiled_in))
+}
+
 /// A directory under the system temp dir, removed on drop.
 #[derive(Debug)]
 pub struct TempDir {

@@ -723,7 +723,7 @@ async fn check_prints_the_effective_policy_of_each_rule_and_rejects_a_bad_one() 
 
 /// Runs one scenario of `tests/browser/auth-flow.mjs` in headless Chromium; returns what it saw.
 async fn browser_scenario(rig: &AuthRig, scenario: &str) -> anyhow::Result<serde_json::Value> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = torhaus_tests::process::package_dir(env!("CARGO_MANIFEST_DIR"));
     ensure!(
         root.join("browser/node_modules/playwright-core").is_dir(),
         "playwright-core is not installed in tests/browser: run scripts/install-deps.sh test"

@@ -1,16 +1,17 @@
 //! The torhaus command line as a user runs it: `torhaus check` verdicts (exit codes, warnings)
 //! and refusing a port another process already listens on.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use anyhow::{Context as _, ensure};
 use torhaus_tests::process::{TempDir, Torhaus, TorhausOptions, free_port, torhaus_bin};
 
-fn repo_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+fn repo_root() -> PathBuf {
+    let tests = torhaus_tests::process::package_dir(env!("CARGO_MANIFEST_DIR"));
+    tests
         .parent()
-        .unwrap_or(Path::new(".."))
+        .map_or_else(|| PathBuf::from(".."), Path::to_path_buf)
 }
 
 /// A config directory holding the quickstart's manifests plus `extra` (file name, text).

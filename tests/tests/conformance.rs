@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use torhaus_tests::runner::run_suite;
 
 fn suite_dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    torhaus_tests::process::package_dir(env!("CARGO_MANIFEST_DIR"))
         .join("conformance")
         .join(name)
 }

@@ -2,7 +2,6 @@
 //! files and the rig's manifest handling.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
@@ -230,7 +229,7 @@ fn redirects_are_judged_from_location() -> anyhow::Result<()> {
 
 #[test]
 fn case_files_load_and_name_existing_manifests() -> anyhow::Result<()> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("conformance");
+    let root = torhaus_tests::process::package_dir(env!("CARGO_MANIFEST_DIR")).join("conformance");
     for suite in ["gateway-api-v1.6.1", "torhaus"] {
         let dir = root.join(suite);
         let loaded = Suite::load(&dir.join("cases.json"))?;

@@ -20,7 +20,7 @@ use torhaus_tests::process::{TempDir, Torhaus, TorhausOptions, free_port, wait_f
 const DEADLINE: Duration = Duration::from_secs(20);
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    torhaus_tests::process::package_dir(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default()
