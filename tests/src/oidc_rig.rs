@@ -12,7 +12,7 @@ use crate::process::{TempDir, free_port, wait_for};
 
 /// The rig's directory (`tests/rigs/oidc`).
 pub fn rig_dir() -> PathBuf {
-    crate::process::package_dir(env!("CARGO_MANIFEST_DIR")).join("rigs/oidc")
+    crate::process::workspace_dir().join("tests/rigs/oidc")
 }
 
 /// Installs the rig's npm packages if they are missing (`scripts/install-deps.sh test` does

@@ -45,6 +45,17 @@ pub fn package_dir(compiled_in: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(compiled_in))
 }
 
+/// The workspace root (the directory holding `Cargo.lock`), for files the shared test code
+/// needs whichever package's tests call it: found from the running package's directory (see
+/// [`package_dir`]), else from this crate's compiled-in one.
+pub fn workspace_dir() -> PathBuf {
+    let start = package_dir(env!("CARGO_MANIFEST_DIR"));
+    start
+        .ancestors()
+        .find(|dir| dir.join("Cargo.lock").is_file())
+        .map_or_else(|| start.join(".."), Path::to_path_buf)
+}
+
 /// A directory under the system temp dir, removed on drop.
 #[derive(Debug)]
 pub struct TempDir {
