@@ -242,6 +242,18 @@ fn status_patches(api: &FakeApi) -> Vec<(usize, String, Value)> {
         .collect()
 }
 
+/// The first status patch sent to `path`, its lastTransitionTimes replaced by "T".
+async fn status_patch_at(api: &FakeApi, path: &str) -> Value {
+    eventually(&format!("a status patch of {path}"), || {
+        let patch = status_patches(api)
+            .into_iter()
+            .find(|(_, p, _)| p == path)
+            .map(|(_, _, body)| without_times(&body));
+        async move { patch }
+    })
+    .await
+}
+
 /// Replaces every lastTransitionTime by "T", for exact comparisons.
 fn without_times(value: &Value) -> Value {
     match value {
@@ -1091,14 +1103,10 @@ async fn auth_policies_and_their_secrets_are_watched_and_the_leader_writes_their
         .map(ToString::to_string);
     assert_eq!(on_app.as_deref(), Some("apps/sso"));
 
-    let path = "/apis/torhaus.dev/v1alpha1/namespaces/apps/authpolicies/sso/status";
-    let body = eventually("the AuthPolicy status patch", || {
-        let patch = status_patches(&api)
-            .into_iter()
-            .find(|(_, p, _)| p == path)
-            .map(|(_, _, body)| without_times(&body));
-        async move { patch }
-    })
+    let body = status_patch_at(
+        &api,
+        "/apis/torhaus.dev/v1alpha1/namespaces/apps/authpolicies/sso/status",
+    )
     .await;
     assert_eq!(
         body,
@@ -1175,14 +1183,10 @@ async fn dns_publishers_and_their_secrets_are_watched_and_the_leader_writes_thei
         [("app.example.com".to_owned(), vec!["192.0.2.10".to_owned()])]
     );
 
-    let path = "/apis/torhaus.dev/v1alpha1/namespaces/infra/dnspublishers/public/status";
-    let body = eventually("the DNSPublisher status patch", || {
-        let patch = status_patches(&api)
-            .into_iter()
-            .find(|(_, p, _)| p == path)
-            .map(|(_, _, body)| without_times(&body));
-        async move { patch }
-    })
+    let body = status_patch_at(
+        &api,
+        "/apis/torhaus.dev/v1alpha1/namespaces/infra/dnspublishers/public/status",
+    )
     .await;
     assert_eq!(
         body,
