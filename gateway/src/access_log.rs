@@ -89,13 +89,6 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Http1 => "HTTP/1.1",
-            Protocol::Http2 => "HTTP/2",
-        }
-    }
-
     fn json_member(self) -> &'static [u8] {
         match self {
             Protocol::Http1 => b",\"protocol\":\"HTTP/1.1\"",
