@@ -126,6 +126,11 @@ pub struct RunArgs {
     /// Worker threads of each listening port.
     #[arg(long, default_value_t = default_threads())]
     pub threads: usize,
+    /// Let idle worker threads take work queued on busy ones. By default each thread keeps the
+    /// connections it accepted (cheaper per request); work stealing evens out a load carried
+    /// by a few long, busy connections.
+    #[arg(long)]
+    pub work_stealing: bool,
     /// Address the listeners bind to.
     #[arg(long, default_value = "0.0.0.0")]
     pub bind: IpAddr,

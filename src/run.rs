@@ -76,6 +76,7 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         bind: args.bind,
         port_map: args.port_map.0,
         threads: args.threads.max(1),
+        work_stealing: args.work_stealing,
         trusted_hops: args.trusted_hops,
         grace_period: args.grace_period,
         max_request_header_bytes: args.max_request_header_bytes,

@@ -1,33 +1,39 @@
-//! The data plane's lifecycle: one pingora `Server` per listener port, each on its own thread
-//! with its own runtimes, and a shared snapshot swapped atomically by [`DataPlane::apply`].
+//! The data plane's lifecycle: each listener port served by its own worker threads, and a
+//! shared snapshot swapped atomically by [`DataPlane::apply`].
 //!
-//! pingora cannot add or remove services of a running `Server`, hence one server per port: a
-//! port the configuration declares for the first time gets a new server; a port that
-//! disappears has its server stopped (the socket is closed at once, requests in flight finish
-//! within the grace period); a port whose protocol changes (HTTP to HTTPS or back) is stopped
-//! and started again with the new protocol. Other ports are not touched by either.
+//! Each port's sockets are bound here and every worker thread of the port gets duplicates of
+//! them and a pingora service of its own, run by a single-threaded event loop: the kernel hands
+//! each new connection to one of the threads, which keeps it (nginx's worker model: no task
+//! ever moves between threads, and each thread has its own upstream connection pool). With
+//! `work_stealing` one service runs on a multi-threaded runtime instead. pingora's own `Server`
+//! is not used: it cannot add or remove services while running, and its per-thread runtime
+//! keeps a thread-local that a later runtime thread can inherit once thread ids are recycled.
 //!
-//! Every socket is bound without `SO_REUSEPORT`, and `apply` binds each address itself before
-//! pingora does, so a second torhaus (or anything else) on the same port is a clear error
-//! rather than two processes silently sharing the connections. The remaining window is the
-//! instant between that probe and pingora's own bind.
+//! A port the configuration declares for the first time gets new workers; a port that
+//! disappears has its workers stopped (the sockets are closed at once, requests in flight
+//! finish within the grace period); a port whose protocol changes (HTTP to HTTPS or back) is
+//! stopped and started again with the new protocol. Other ports are not touched by either.
+//!
+//! Every socket is bound without `SO_REUSEPORT`, so a second torhaus (or anything else) on the
+//! same port is a clear error rather than two processes silently sharing the connections.
 //!
 //! Shutdown stops every port's listener at once and then waits for the requests in flight
-//! ([`crate::drain`]), at most the grace period, instead of pingora's unconditional sleep.
+//! ([`crate::drain`]), at most the grace period.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::os::fd::IntoRawFd;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::TcpSocketOptions;
 use pingora::listeners::tls::TlsSettings;
+use pingora::server::Fds;
 use pingora::server::configuration::ServerConf;
-use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::Service as _;
 use tokio::sync::watch;
 use torhaus_model::{DataPlaneConfig, OnDemandIssuer, PortProtocol};
 
@@ -43,6 +49,10 @@ use crate::upstream::EjectionPolicy;
 
 /// How long `apply` waits for a new port to accept connections, or a stopped one to close.
 const LISTEN_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a stopped port's runtime waits for its tasks after the grace period.
+const WORKER_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
+/// Pending connections a listening socket queues (pingora's own value).
+const LISTEN_BACKLOG: i32 = 65_535;
 /// How often lifecycle waits look again (binding probes, the in-flight count).
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// Mirrored requests in flight at most, across all ports; beyond it mirrors are skipped.
@@ -60,6 +70,10 @@ pub struct GatewaySettings {
     pub port_map: HashMap<u16, u16>,
     /// pingora worker threads per port.
     pub threads: usize,
+    /// Lets idle worker threads take tasks queued on busy ones. Off, each thread runs its own
+    /// single-threaded event loop and a connection stays on the thread it was accepted on, as
+    /// with nginx's workers: less bookkeeping per task, so cheaper per request.
+    pub work_stealing: bool,
     /// X-Forwarded-For hops to trust.
     pub trusted_hops: u32,
     /// How long in-flight requests may finish after `shutdown`.
@@ -78,6 +92,7 @@ impl Default for GatewaySettings {
             bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             port_map: HashMap::new(),
             threads: 1,
+            work_stealing: false,
             trusted_hops: 0,
             grace_period: Duration::from_secs(10),
             max_request_header_bytes: 32 * 1024,
@@ -107,7 +122,8 @@ struct PortServer {
     twin: Option<SocketAddr>,
     /// Stops this port's server alone (removal, protocol change) or with all others (shutdown).
     stop: watch::Sender<bool>,
-    thread: JoinHandle<()>,
+    /// The threads serving the port; all finished once it is stopped and its grace period over.
+    workers: Vec<JoinHandle<()>>,
 }
 
 impl PortServer {
@@ -115,7 +131,11 @@ impl PortServer {
         std::iter::once(self.bound).chain(self.twin)
     }
 
-    /// Whether every address of the port is free again (pingora closed its sockets).
+    fn finished(&self) -> bool {
+        self.workers.iter().all(JoinHandle::is_finished)
+    }
+
+    /// Whether every address of the port is free again (every worker closed its sockets).
     fn released(&self) -> bool {
         self.addrs()
             .all(|addr| std::net::TcpListener::bind(addr).is_ok())
@@ -146,18 +166,6 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub struct DataPlane {
     inner: Arc<Inner>,
-}
-
-struct WatchShutdown(watch::Receiver<bool>);
-
-#[async_trait]
-impl ShutdownSignalWatch for WatchShutdown {
-    async fn recv(&self) -> ShutdownSignal {
-        let mut receiver = self.0.clone();
-        // A closed channel means the data plane handle is gone: stop as well.
-        let _ = receiver.wait_for(|stop| *stop).await;
-        ShutdownSignal::GracefulTerminate
-    }
 }
 
 impl DataPlane {
@@ -285,9 +293,7 @@ impl DataPlane {
         snapshot.auth = auth;
         snapshot.series = self.inner.metrics.series_for(&snapshot, &previous.series);
         self.inner.proxy.snapshot.store(Arc::new(snapshot));
-        lifecycle
-            .retiring
-            .retain(|server| !server.thread.is_finished());
+        lifecycle.retiring.retain(|server| !server.finished());
 
         let mut first_error = None;
         let declared: HashMap<u16, PortProtocol> =
@@ -368,57 +374,118 @@ impl DataPlane {
         protocol: PortProtocol,
     ) -> Result<PortServer, GatewayError> {
         let bound = self.bound_addr(declared_port);
-        // pingora panics on its own thread when it cannot bind: try first for a clear error. This
-        // is also what refuses a port another process listens on (no SO_REUSEPORT anywhere).
-        std::net::TcpListener::bind(bound).map_err(|source| GatewayError::Bind {
-            declared_port,
-            addr: bound,
-            source,
-        })?;
         let twin = dual_stack_twin(bound);
+        let bind_error = |addr: SocketAddr| {
+            move |source: std::io::Error| GatewayError::Bind {
+                declared_port,
+                addr,
+                source,
+            }
+        };
+        // Bound here, not by pingora: a port already in use is a clear error before anything
+        // starts, and every worker accepts from these same sockets.
+        let mut sockets = vec![(bound, listen_socket(bound).map_err(bind_error(bound))?)];
+        if let Some(v6) = twin {
+            sockets.push((v6, listen_socket(v6).map_err(bind_error(v6))?));
+        }
         let settings = &self.inner.settings;
-        let grace_seconds = settings.grace_period.as_secs_f64().ceil() as u64;
-        let conf = ServerConf {
-            threads: settings.threads,
-            grace_period_seconds: Some(grace_seconds),
-            graceful_shutdown_timeout_seconds: Some(1),
+        let conf = Arc::new(ServerConf {
             max_retries: MAX_ATTEMPTS,
             ..ServerConf::default()
+        });
+        let (stop, stopped) = watch::channel(false);
+        // Per-thread event loops: one pingora service per thread, each with its own copy of the
+        // sockets and its own upstream connection pool. Work stealing: one service on one
+        // multi-threaded runtime.
+        let (services, threads_per_service) = if settings.work_stealing {
+            (1, settings.threads)
+        } else {
+            (settings.threads, 1)
         };
-        let mut server = Server::new_with_opt_and_conf(None, conf);
+        let mut workers = Vec::with_capacity(services);
+        for index in 0..services {
+            let started = self.spawn_port_worker(PortWorker {
+                declared_port,
+                protocol,
+                index,
+                threads: threads_per_service,
+                conf: Arc::clone(&conf),
+                sockets: &sockets,
+                stopped: stopped.clone(),
+            });
+            match started {
+                Ok(worker) => workers.push(worker),
+                Err(error) => {
+                    // The workers already running close their sockets and end.
+                    stop.send_replace(true);
+                    return Err(error);
+                }
+            }
+        }
+        // Every worker holds its own duplicate of each socket; these originals are not needed.
+        drop(sockets);
+        let server = PortServer {
+            protocol,
+            bound,
+            twin,
+            stop,
+            workers,
+        };
+        if let Err(error) = wait_until_listening(declared_port, bound) {
+            server.stop.send_replace(true);
+            return Err(error);
+        }
+        tracing::info!(port = declared_port, %bound, %protocol, "listening");
+        Ok(server)
+    }
+
+    /// Starts one thread serving a port: a pingora service of its own on duplicates of the
+    /// port's sockets, run by a runtime of `threads` threads (one: a single-threaded event loop).
+    fn spawn_port_worker(&self, worker: PortWorker<'_>) -> Result<JoinHandle<()>, GatewayError> {
+        let PortWorker {
+            declared_port,
+            protocol,
+            index,
+            threads,
+            conf,
+            sockets,
+            stopped,
+        } = worker;
+        let mut fds = Fds::new();
+        for (addr, socket) in sockets {
+            let copy = socket.try_clone().map_err(|source| GatewayError::Bind {
+                declared_port,
+                addr: *addr,
+                source,
+            })?;
+            fds.add(addr.to_string(), copy.into_raw_fd());
+        }
         let proxy = PortProxy {
             declared_port,
             protocol,
             shared: Arc::clone(&self.inner.proxy),
         };
         let mut service = pingora::proxy::http_proxy_service_with_name(
-            &server.configuration,
+            &conf,
             proxy,
             &format!("torhaus port {declared_port}"),
         );
-        // SO_REUSEPORT stays off (it is off by default; said explicitly because a second process
-        // sharing the port would silently take half of the connections).
-        let mut exclusive = TcpSocketOptions::default();
-        exclusive.so_reuseport = Some(false);
-        let mut addrs = vec![(bound.to_string(), exclusive.clone())];
-        if let Some(v6) = twin {
-            let mut v6_only = exclusive;
-            v6_only.ipv6_only = Some(true);
-            addrs.push((v6.to_string(), v6_only));
-        }
+        // The options only matter to pingora when it binds, which it does not: the fds table
+        // already holds every address.
+        let options = TcpSocketOptions::default();
         match protocol {
             PortProtocol::Http => {
                 if let Some(app) = service.app_logic_mut() {
-                    let mut options = HttpServerOptions::default();
-                    options.h2c = true;
-                    app.server_options = Some(options);
+                    let mut server_options = HttpServerOptions::default();
+                    server_options.h2c = true;
+                    app.server_options = Some(server_options);
                 }
-                for (addr, options) in addrs {
-                    service.add_tcp_with_settings(&addr, options);
+                for (addr, _) in sockets {
+                    service.add_tcp_with_settings(&addr.to_string(), options.clone());
                 }
             }
             PortProtocol::Https => {
-                for (addr, options) in addrs {
+                for (addr, _) in sockets {
                     let resolver = PortCertResolver::new(
                         declared_port,
                         Arc::clone(&self.inner.proxy.snapshot),
@@ -433,33 +500,43 @@ impl DataPlane {
                     })?;
                     tls.set_cert_resolver(Arc::new(resolver));
                     tls.enable_h2();
-                    service.add_tls_with_settings(&addr, Some(options), tls);
+                    service.add_tls_with_settings(&addr.to_string(), Some(options.clone()), tls);
                 }
             }
         }
-        server.add_service(service);
-        let (stop, stopped) = watch::channel(false);
-        let shutdown = WatchShutdown(stopped);
-        let thread = std::thread::Builder::new()
-            .name(format!("torhaus-port-{declared_port}"))
+        let grace_period = self.inner.settings.grace_period;
+        let thread_name = format!("torhaus-{declared_port}-{index}");
+        let runtime = if threads > 1 {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .thread_name(thread_name.clone())
+                .enable_all()
+                .build()
+        } else {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        }
+        .map_err(|source| GatewayError::Thread {
+            declared_port,
+            source,
+        })?;
+        std::thread::Builder::new()
+            .name(thread_name)
             .spawn(move || {
-                server.run(RunArgs {
-                    shutdown_signal: Box::new(shutdown),
+                runtime.block_on(async move {
+                    let fds = Arc::new(parking_lot::Mutex::new(fds));
+                    service.start_service(Some(fds), stopped, 1).await;
+                    // The sockets are closed; connections still open have the grace period to
+                    // finish (shutdown returns earlier once nothing is in flight).
+                    tokio::time::sleep(grace_period).await;
                 });
+                runtime.shutdown_timeout(WORKER_SHUTDOWN_TIMEOUT);
             })
             .map_err(|source| GatewayError::Thread {
                 declared_port,
                 source,
-            })?;
-        wait_until_listening(declared_port, bound)?;
-        tracing::info!(port = declared_port, %bound, %protocol, "listening");
-        Ok(PortServer {
-            protocol,
-            bound,
-            twin,
-            stop,
-            thread,
-        })
+            })
     }
 
     /// Stops accepting connections on every port and lets in-flight requests finish within
@@ -485,8 +562,8 @@ impl DataPlane {
     /// Blocks until [`DataPlane::shutdown`] was called, every port has closed its sockets and
     /// no request is in flight any more, or the grace period has passed since the shutdown.
     ///
-    /// pingora itself would sleep the whole grace period; its server threads are left to that
-    /// sleep (they hold no socket and no request), so a process can exit as soon as this returns.
+    /// The port workers sleep out the rest of the grace period; they hold no socket and no
+    /// request by then, so a process can exit as soon as this returns.
     pub fn wait(self) {
         let mut receiver = self.inner.shutdown.subscribe();
         match tokio::runtime::Builder::new_current_thread()
@@ -524,9 +601,7 @@ impl DataPlane {
         let mut idle_looks = 0;
         while idle_looks < 2 {
             let idle = self.requests_in_flight() == 0
-                && servers
-                    .iter()
-                    .all(|s| s.thread.is_finished() || s.released());
+                && servers.iter().all(|s| s.finished() || s.released());
             idle_looks = if idle { idle_looks + 1 } else { 0 };
             if Instant::now() >= deadline {
                 tracing::warn!(
@@ -543,6 +618,34 @@ impl DataPlane {
             "every port closed and no request in flight"
         );
     }
+}
+
+/// What one thread serving a port needs.
+struct PortWorker<'a> {
+    declared_port: u16,
+    protocol: PortProtocol,
+    index: usize,
+    threads: usize,
+    conf: Arc<ServerConf>,
+    sockets: &'a [(SocketAddr, socket2::Socket)],
+    stopped: watch::Receiver<bool>,
+}
+
+/// A listening socket for `addr`, non-blocking as the runtimes need it: `SO_REUSEADDR` (a
+/// restart can bind while old connections linger in TIME_WAIT) but never `SO_REUSEPORT` (a
+/// second process on the port is an error, not a silent share of the connections); IPv6
+/// sockets are IPv6-only, so `[::]` and `0.0.0.0` do not collide.
+fn listen_socket(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket)
 }
 
 /// When listening on `0.0.0.0`, the `[::]` address of the same port, if this host can bind it
@@ -563,7 +666,7 @@ fn dual_stack_twin(bound: SocketAddr) -> Option<SocketAddr> {
 fn wait_until_released(declared_port: u16, server: &PortServer) -> Result<(), GatewayError> {
     let started = Instant::now();
     while !server.released() {
-        if server.thread.is_finished() || started.elapsed() > LISTEN_DEADLINE {
+        if server.finished() || started.elapsed() > LISTEN_DEADLINE {
             return Err(GatewayError::NotReleased {
                 declared_port,
                 addr: server.bound,
@@ -575,7 +678,7 @@ fn wait_until_released(declared_port: u16, server: &PortServer) -> Result<(), Ga
     Ok(())
 }
 
-/// Polls until the port accepts a TCP connection (pingora binds asynchronously on its thread).
+/// Polls until the port accepts a TCP connection (a worker has started accepting).
 fn wait_until_listening(declared_port: u16, bound: SocketAddr) -> Result<(), GatewayError> {
     let probe = match bound.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => {

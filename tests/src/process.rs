@@ -186,9 +186,12 @@ impl Torhaus {
             .arg("--config")
             .arg(config_dir)
             .arg("--state-dir")
-            .arg(state_dir.path())
-            .arg("--threads")
-            .arg(options.threads.unwrap_or(1).to_string());
+            .arg(state_dir.path());
+        if !options.extra_args.iter().any(|a| a == "--threads") {
+            command
+                .arg("--threads")
+                .arg(options.threads.unwrap_or(1).to_string());
+        }
         if !port_map.is_empty() {
             command.arg("--port-map").arg(&port_map);
         }

@@ -335,6 +335,52 @@ async fn thousand_reloads_under_load_lose_no_request() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Serves `CLIENTS` keep-alive connections at once, each sending `REQUESTS` requests, with
+/// torhaus started with `scheduler_args`; fails unless every answer is 200 from the backend.
+async fn concurrent_clients_all_served(scheduler_args: &[&str]) -> anyhow::Result<()> {
+    const CLIENTS: usize = 8;
+    const REQUESTS: usize = 50;
+    let manifests = [
+        ("base", base_manifests()),
+        (
+            "routes",
+            route("spread", "spread.example.com", "echo", None),
+        ),
+    ];
+    let rig = Rig::start_with_args(&manifests, None, scheduler_args).await?;
+    let addr = served_on_80(&rig, "spread.example.com").await?;
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(tokio::spawn(async move {
+            let mut connection = Connection::open(addr, &Transport::Http1).await?;
+            let request = TestRequest::get("spread.example.com", "/spread");
+            for _ in 0..REQUESTS {
+                let response = connection.send(&request).await?;
+                ensure!(response.status == 200, "answered {}", response.status);
+                response.echo()?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for client in clients {
+        client
+            .await
+            .context("client task panicked")?
+            .with_context(|| format!("{scheduler_args:?}; log:\n{}", rig.torhaus.log_tail()))?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_thread_event_loops_serve_concurrent_connections() -> anyhow::Result<()> {
+    concurrent_clients_all_served(&["--threads", "2"]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_stealing_serves_concurrent_connections() -> anyhow::Result<()> {
+    concurrent_clients_all_served(&["--threads", "2", "--work-stealing"]).await
+}
+
 /// Sends raw bytes to the stable route's port and returns the status torhaus answered.
 async fn raw_status_of(addr: SocketAddr, bytes: &[u8]) -> anyhow::Result<u16> {
     let answer = raw_exchange(addr, bytes).await?;
