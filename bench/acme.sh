@@ -17,7 +17,6 @@
 #   BASE_PORT=19400 KEEP_RUN=1 (keep the run directory)
 set -euo pipefail
 
-HERE=$(cd "$(dirname "$0")" && pwd)
 TARGET=${CARGO_TARGET_DIR:-$HOME/.cache/torhaus/target}
 if [[ -z ${TORHAUS_BIN:-} ]]; then
   if [[ -x $TARGET/release/torhaus ]]; then TORHAUS_BIN=$TARGET/release/torhaus
@@ -168,7 +167,7 @@ served() {  # HOST HTTPS_PORT: true when torhaus serves a Pebble certificate for
 
 # --- 1. time from a new hostname to a valid certificate served ---------------------------------------
 mkdir -p "$RUN/a/config" "$RUN/a/state"
-hosts=(app0.$ZONE)
+hosts=("app0.$ZONE")
 { common; gateway edge yes "${hosts[@]}"; } > "$RUN/a/config/bench.yaml"
 start_torhaus a "$RUN/a/config" "$RUN/a/state" "$HTTPS_A" "$ADMIN_A"
 for _ in $(seq 300); do served "app0.$ZONE" "$HTTPS_A" && break; sleep 0.1; done
@@ -187,7 +186,7 @@ for i in $(seq 1 "$NEW_NAMES"); do
   [[ -n $ok ]] || { echo "app$i.$ZONE not served within 30 s"; tail -20 "$RUN/a.log"; exit 1; }
   times+=($(( $(now_ms) - start )))
 done
-sorted=($(printf '%s\n' "${times[@]}" | sort -n))
+mapfile -t sorted < <(printf '%s\n' "${times[@]}" | sort -n)
 median=${sorted[$(( ${#sorted[@]} / 2 ))]}
 max=${sorted[-1]}
 

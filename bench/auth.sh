@@ -31,7 +31,7 @@ PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  [ "${KEEP_RUN:-0}" = 1 ] && echo "run directory kept: $RUN" || rm -rf "$RUN"
+  if [ "${KEEP_RUN:-0}" = 1 ]; then echo "run directory kept: $RUN"; else rm -rf "$RUN"; fi
 }
 trap cleanup EXIT
 UP_PORT=$BASE_PORT; OP_PORT=$((BASE_PORT + 1)); GW_PORT=$((BASE_PORT + 2)); ADMIN_PORT=$((BASE_PORT + 3))

@@ -72,7 +72,7 @@ T0=$(date +%s)
 tree_pids() { local p=$1 c; echo "$p"; for c in $(ps -o pid= --ppid "$p" 2>/dev/null); do tree_pids "$c"; done; }
 cleanup() {
   local p q all=()
-  for p in "${PIDS[@]}"; do all+=($(tree_pids "$p")); done
+  for p in "${PIDS[@]}"; do mapfile -t -O "${#all[@]}" all < <(tree_pids "$p"); done
   for q in "${all[@]}"; do kill -TERM "$q" 2>/dev/null; done
   for _ in $(seq 30); do
     local alive=0; for q in "${all[@]}"; do kill -0 "$q" 2>/dev/null && alive=1; done
@@ -100,6 +100,7 @@ start() {
 wait_ready() {
   local url=$1 extra=${2:-} i out
   for i in $(seq 100); do
+    # shellcheck disable=SC2086 # $extra holds curl options, one word each
     out=$(curl -sk $extra -o /dev/null -w '%{http_code} %{size_download} %{http_version}' --max-time 1 "$url" 2>/dev/null)
     case "$out" in "200 $BODY_BYTES "*) echo "$out"; return 0 ;; esac
     sleep 0.1
@@ -109,6 +110,7 @@ wait_ready() {
 
 # ---------------------------------------------------------------- TLS material
 case $CERT_TYPE in ec) KOPT="-newkey ec -pkeyopt ec_paramgen_curve:P-256" ;; *) KOPT="-newkey rsa:2048" ;; esac
+# shellcheck disable=SC2086 # $KOPT holds openssl options, one word each
 openssl req -x509 $KOPT -nodes -keyout key.pem \
   -out cert.pem -days 7 -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" 2>/dev/null
 cat cert.pem key.pem > combined.pem
@@ -307,8 +309,8 @@ start_subject() {
     start subject "$PX_CPUS" bash -c "exec $SUBJECT_CMD"
 }
 
-want=($PROXIES); [ -n "${SUBJECT_CMD:-}" ] && want+=(subject)
-for n in "${want[@]}"; do start_$n && TARGETS+=($n); done
+read -r -a want <<< "$PROXIES"; [ -n "${SUBJECT_CMD:-}" ] && want+=(subject)
+for n in "${want[@]}"; do "start_$n" && TARGETS+=("$n"); done
 
 declare -A HAS_TLS
 READY=(); RSS0=()
@@ -317,7 +319,7 @@ for n in "${TARGETS[@]}"; do
     if r2=$(wait_ready "https://127.0.0.1:${TPORT[$n]}/" --http2); then
       case $r2 in *" 2") HAS_TLS[$n]=1 ;; *) HAS_TLS[$n]=0; echo "$n: TLS answers but not h2 ($r2); TLS cells skipped" ;; esac
     else HAS_TLS[$n]=0; echo "$n: TLS port ${TPORT[$n]} not ready; TLS cells skipped"; fi
-    READY+=($n)
+    READY+=("$n")
   else
     echo "$n: NOT READY on ${PORT[$n]} (got '$r'); see $RUN/$n.log"; tail -3 "$RUN/$n.log" 2>/dev/null
   fi
@@ -418,8 +420,8 @@ kids_ticks() { sed 's/.*) //' "/proc/$$/stat" | awk '{print $14 + $15}'; }
 # run_cell ROUND MODE TARGET DUR [warm]; appends one CSV row per attempt; retries once
 # (while time is left) when other tenants used more than FOREIGN_MAX % of the 2 cores.
 run_cell() {
-  local rnd=$1 mode=$2 t=$3 dur=$4 warm=${5:-} attempt
-  for attempt in 1 2; do
+  local rnd=$1 mode=$2 t=$3 dur=$4 warm=${5:-}
+  for _ in 1 2; do
     run_once "$@" || return 0
     [ -n "$warm" ] && return 0
     local f; f=$(tail -1 "$CSV" | cut -d, -f13)

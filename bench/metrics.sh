@@ -73,7 +73,7 @@ for v in "${variants[@]}"; do
   mkdir -p "$v"
   (cd "$v" && SUBJECT_PORT=${PORT[$v]} SUBJECT_TLS_PORT=$((PORT[$v] + 1)) TORHAUS_ARGS=$args \
     CONFIG_DIR=$RUN/$v/config STATE_DIR=$RUN/$v/state \
-    exec taskset -c 1 "$HERE/torhaus-subject.sh" > "$RUN/$v/log" 2>&1) & PID[$v]=$!; pids+=(${PID[$v]})
+    exec taskset -c 1 "$HERE/torhaus-subject.sh" > "$RUN/$v/log" 2>&1) & PID[$v]=$!; pids+=("${PID[$v]}")
 done
 for v in "${variants[@]}"; do
   for _ in $(seq 100); do

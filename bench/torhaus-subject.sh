@@ -96,6 +96,7 @@ spec:
 YAML
 } > "$CONFIG_DIR/10-routes.yaml"
 
+# shellcheck disable=SC2086 # TORHAUS_ARGS is a list of flags, split on purpose
 exec "$TORHAUS_BIN" run --config "$CONFIG_DIR" --state-dir "$STATE_DIR" \
   --port-map "80:$SUBJECT_PORT,443:$SUBJECT_TLS_PORT" --threads "${WORKERS:-1}" --log-format json \
   ${TORHAUS_ARGS:-}
