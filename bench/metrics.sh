@@ -13,6 +13,7 @@
 # Usage: bench/metrics.sh                    # builds torhaus --release first
 #        SKIP_BUILD=1 ROUNDS=7 DUR=5 bench/metrics.sh
 # Knobs: TORHAUS_BIN ROUNDS=5 DUR=4 WARM=1 CONNS=64 THREADS=2 ROUTES=100 BASE_PORT=18500 KEEP_RUN=1
+#        TOGETHER=1 (load the three variants at the same time, see cells_together)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
@@ -68,7 +69,7 @@ for v in "${variants[@]}"; do
   case $v in
     off) args="--no-request-metrics --admin-bind off" ;;
     metrics) args="--admin-bind $admin" ;;
-    full) args="--admin-bind $admin --access-log $RUN/access-full.log" ;;
+    full) args="--admin-bind $admin --access-log ${ACCESS_LOG:-$RUN/access-full.log}" ;;
   esac
   mkdir -p "$v"
   (cd "$v" && SUBJECT_PORT=${PORT[$v]} SUBJECT_TLS_PORT=$((PORT[$v] + 1)) TORHAUS_ARGS=$args \
@@ -98,7 +99,41 @@ cell() { # variant round
   echo "$v,$2,$rps,$cpu_us" >> results.csv
   printf '  round %d %-8s %10.0f req/s %7s us/req\n' "$2" "$v" "$rps" "$cpu_us"
 }
+# TOGETHER=1: the three variants are loaded at the same time, each by its own wrk, so every
+# round measures them under the same machine conditions (steal time, frequency, neighbours);
+# they share the proxy core, and CPU microseconds per request compare their efficiency.
+cells_together() { # round
+  local v out i before=() after=() order=()
+  # The start order rotates from round to round, so no variant always gets a head start.
+  for i in 0 1 2; do order+=("${variants[$(( (i + $1) % 3 ))]}"); done
+  for v in "${order[@]}"; do
+    taskset -c 0 wrk -t1 -c"$CONNS" -d"${WARM}s" "http://127.0.0.1:${PORT[$v]}/" >/dev/null 2>&1 &
+  done
+  wait_wrk
+  for v in "${variants[@]}"; do before+=("$(cpu_ns "${PID[$v]}")"); done
+  for v in "${order[@]}"; do
+    taskset -c 0 wrk -t1 -c"$CONNS" -d"${DUR}s" "http://127.0.0.1:${PORT[$v]}/" > "$RUN/wrk-$v.out" &
+  done
+  wait_wrk
+  for v in "${variants[@]}"; do after+=("$(cpu_ns "${PID[$v]}")"); done
+  i=0
+  for v in "${variants[@]}"; do
+    out=$(cat "$RUN/wrk-$v.out")
+    local requests; requests=$(echo "$out" | awk '/requests in/ {print $1}')
+    local rps; rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+    local cpu_us; cpu_us=$(awk -v t=$((after[i] - before[i])) -v n="$requests" 'BEGIN {printf "%.2f", t / 1e3 / n}')
+    echo "$v,$1,$rps,$cpu_us" >> results.csv
+    printf '  round %d %-8s %10.0f req/s %7s us/req (together)\n' "$1" "$v" "$rps" "$cpu_us"
+    i=$((i + 1))
+  done
+}
+# CPU time of every thread of a process, in nanoseconds (schedstat: finer than stat's ticks,
+# which would be a few percent of a short cell).
+cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f\n", s}'; }
+# Waits for the wrk processes this shell started (not for the servers, which never end).
+wait_wrk() { while pgrep -P $$ -x wrk >/dev/null; do sleep 0.1; done; }
 for round in $(seq "$ROUNDS"); do
+  if [ -n "${TOGETHER:-}" ]; then cells_together "$round"; continue; fi
   if [ $((round % 2)) -eq 1 ]; then order=("${variants[@]}"); else order=(full metrics off); fi
   for v in "${order[@]}"; do cell "$v" "$round"; done
 done
@@ -128,5 +163,5 @@ for v in ("metrics", "full"):
     print(f"{v} / off per round: median {statistics.median(ratios):.3f}, "
           f"quartiles {q[0]:.3f}..{q[2]:.3f}, range {ratios[0]:.3f}..{ratios[-1]:.3f}")
 PY
-lines=$(wc -l < "$RUN/access-full.log")
+lines=$(wc -l < "${ACCESS_LOG:-$RUN/access-full.log}" 2>/dev/null || echo "?")
 echo "access log lines written by 'full': $lines"
