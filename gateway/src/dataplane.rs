@@ -525,6 +525,10 @@ impl DataPlane {
             .name(thread_name)
             .spawn(move || {
                 runtime.block_on(async move {
+                    if threads == 1 {
+                        // Tasks never leave this thread: access log lines may wait in its batch.
+                        tokio::spawn(crate::access_log::run_batch_flusher());
+                    }
                     let fds = Arc::new(parking_lot::Mutex::new(fds));
                     service.start_service(Some(fds), stopped, 1).await;
                     // The sockets are closed; connections still open have the grace period to
@@ -532,6 +536,7 @@ impl DataPlane {
                     tokio::time::sleep(grace_period).await;
                 });
                 runtime.shutdown_timeout(WORKER_SHUTDOWN_TIMEOUT);
+                crate::access_log::flush_thread_batch();
             })
             .map_err(|source| GatewayError::Thread {
                 declared_port,
