@@ -373,8 +373,9 @@ pub struct AccessLog {
 struct Queue {
     /// Single lines or whole batches, each ending in a newline.
     lines: SyncSender<Vec<u8>>,
-    /// Bytes sent and not yet taken by the writer.
-    queued_bytes: AtomicUsize,
+    /// Bytes sent and not yet taken by the writer (which holds only this, not the sender: the
+    /// channel closes, and the writer ends, once every sender is gone).
+    queued_bytes: Arc<AtomicUsize>,
     dropped: IntCounter,
 }
 
@@ -449,7 +450,8 @@ pub async fn run_batch_flusher() {
 }
 
 impl AccessLog {
-    /// Opens `target` and starts the writer thread, which ends when the log is dropped.
+    /// Opens `target` and starts the writer thread, which ends once the log is dropped and no
+    /// thread's batch refers to it any more.
     pub fn start(target: &AccessLogTarget, dropped: IntCounter) -> Result<AccessLog, GatewayError> {
         let sink: Box<dyn Write + Send> = match target {
             AccessLogTarget::Stderr => Box::new(std::io::stderr()),
@@ -467,15 +469,15 @@ impl AccessLog {
             ),
         };
         let (lines, receiver) = sync_channel(QUEUE_LINES);
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
         let queue = Arc::new(Queue {
             lines,
-            queued_bytes: AtomicUsize::new(0),
+            queued_bytes: Arc::clone(&queued_bytes),
             dropped,
         });
-        let writer_queue = Arc::clone(&queue);
         std::thread::Builder::new()
             .name("torhaus-access-log".into())
-            .spawn(move || write_lines(receiver, &writer_queue.queued_bytes, sink))
+            .spawn(move || write_lines(receiver, &queued_bytes, sink))
             .map_err(|e| GatewayError::Settings(format!("access log writer thread: {e}")))?;
         Ok(AccessLog { queue })
     }
