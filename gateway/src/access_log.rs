@@ -1,7 +1,7 @@
 //! Access logs: one JSON object per request, written off the request path by a dedicated thread.
 //!
-//! The proxy serializes an [`AccessEntry`] and hands it to the writer thread, which wakes every
-//! 25 ms and writes what has queued. On a worker thread with its own event loop (the default,
+//! The proxy serializes an [`AccessEntry`] and hands it to the writer thread, which writes what
+//! has queued at most every 25 ms, in one vectored write, and sleeps while nothing comes. On a worker thread with its own event loop (the default,
 //! see the data plane) lines are appended to that thread's batch, and the batch goes to the
 //! writer when it is full or, by a timer task of the same thread ([`run_batch_flusher`]), 25 ms
 //! after its first line: no allocation, channel operation or cross-thread free per line.
@@ -18,7 +18,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::fs::OpenOptions;
-use std::io::{BufWriter, Write};
+use std::io::{IoSlice, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,7 +33,7 @@ use crate::error::GatewayError;
 /// Lines (or batches of lines) waiting for the writer at most; beyond it they are dropped. At
 /// the write interval below this absorbs 650k single lines per second.
 const QUEUE_LINES: usize = 16 * 1024;
-/// How often the writer wakes to write what has queued: lines reach the file this late at most
+/// How long the writer lets lines gather after a write: lines reach the file this late at most
 /// (plus the write itself).
 const WRITE_INTERVAL: Duration = Duration::from_millis(25);
 /// A thread's batch goes to the writer once it holds this many bytes, else when its flusher
@@ -71,7 +71,8 @@ pub struct AccessEntry<'a> {
     /// `ip:port` of the TCP peer (not X-Forwarded-For).
     pub client: Option<SocketAddr>,
     pub host: &'a str,
-    pub method: &'a str,
+    /// Written as is: `http::Method` admits only token characters, which need no escape.
+    pub method: &'a http::Method,
     /// Without the query string.
     pub path: &'a str,
     pub protocol: Protocol,
@@ -81,8 +82,8 @@ pub struct AccessEntry<'a> {
     pub route_names: &'a LogNames,
     /// `backend`, rendered when the snapshot was built.
     pub backend_name: &'a LogNames,
-    /// The endpoint of the last attempt.
-    pub upstream: Option<SocketAddr>,
+    /// The endpoint of the last attempt, rendered when the endpoint was first seen.
+    pub upstream: Option<&'a LogNames>,
     pub duration_seconds: f64,
     pub upstream_seconds: Option<f64>,
     pub request_bytes: u64,
@@ -108,8 +109,9 @@ impl Protocol {
     }
 }
 
-/// Configured names (gateway, listener, route, backend) as the JSON members of a line, escaped
-/// once when a snapshot's series are built: per request they cost one copy.
+/// Members of a line known before any request: configured names (gateway, listener, route,
+/// backend), escaped once when a snapshot's series are built, and upstream addresses, rendered
+/// once per endpoint. Per request they cost one copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogNames(Box<[u8]>);
 
@@ -133,6 +135,14 @@ impl LogNames {
         let mut json = Vec::with_capacity(16 + backend.len());
         json.extend_from_slice(b",\"backend\":");
         json_str(&mut json, backend);
+        LogNames(json.into_boxed_slice())
+    }
+
+    /// `,"upstream":"ip:port"`.
+    pub fn upstream(addr: SocketAddr) -> LogNames {
+        let mut json = Vec::with_capacity(64);
+        json.extend_from_slice(b",\"upstream\":");
+        json_addr(&mut json, Some(addr));
         LogNames(json.into_boxed_slice())
     }
 }
@@ -298,17 +308,10 @@ fn json_addr(out: &mut Vec<u8>, addr: Option<SocketAddr>) {
                 len += 1;
             }
             buf[len - 1] = b':';
-            let port = v4.port();
-            let digits = 1
-                + usize::from(port >= 10)
-                + usize::from(port >= 100)
-                + usize::from(port >= 1000)
-                + usize::from(port >= 10_000);
-            let mut rest = port;
-            for slot in buf[len..len + digits].iter_mut().rev() {
-                *slot = b'0' + (rest % 10) as u8;
-                rest /= 10;
-            }
+            let mut port = [0u8; 20];
+            let start = decimal_tail(u64::from(v4.port()), &mut port);
+            let digits = port.len() - start;
+            buf[len..len + digits].copy_from_slice(&port[start..]);
             len += digits;
             buf[len] = b'"';
             out.extend_from_slice(&buf[..len + 1]);
@@ -329,7 +332,7 @@ impl AccessEntry<'_> {
         out.extend_from_slice(b",\"host\":\"");
         escape_into(out, self.host);
         out.extend_from_slice(b"\",\"method\":\"");
-        escape_into(out, self.method);
+        out.extend_from_slice(self.method.as_str().as_bytes());
         out.extend_from_slice(b"\",\"path\":\"");
         escape_into(out, self.path);
         out.push(b'"');
@@ -338,8 +341,10 @@ impl AccessEntry<'_> {
         json_u64(out, u64::from(self.status));
         out.extend_from_slice(&self.route_names.0);
         out.extend_from_slice(&self.backend_name.0);
-        out.extend_from_slice(b",\"upstream\":");
-        json_addr(out, self.upstream);
+        match self.upstream {
+            Some(upstream) => out.extend_from_slice(&upstream.0),
+            None => out.extend_from_slice(b",\"upstream\":null"),
+        }
         out.extend_from_slice(b",\"duration_ms\":");
         json_millis(out, self.duration_seconds);
         out.extend_from_slice(b",\"upstream_ms\":");
@@ -517,42 +522,82 @@ impl AccessLog {
     }
 }
 
+/// Buffers handed to one vectored write at most (Linux's `IOV_MAX`).
+const WRITE_SLICES: usize = 1024;
+
 fn write_lines(
     receiver: Receiver<Vec<u8>>,
     queued_bytes: &AtomicUsize,
-    sink: Box<dyn Write + Send>,
+    mut sink: Box<dyn Write + Send>,
 ) {
-    let mut out = BufWriter::with_capacity(64 * 1024, sink);
-    let mut dirty = false;
+    // Batches and lines go to the sink as they came, in one vectored write per wake-up: no copy
+    // into a buffer, and one system call for everything that queued in the interval.
+    let mut pending: Vec<Vec<u8>> = Vec::new();
     loop {
-        // Polled, not blocked on: a writer parked in `recv` would be woken by every request's
-        // send (a futex wake and a context switch per line, measured at tens of microseconds
-        // per request on a busy core). Polling lets lines accumulate and go out in batches.
-        let mut result = Ok(());
+        // Parked while nothing is queued, so an idle gateway's writer never wakes. Once
+        // something arrives, the writer drains, writes, and sleeps the interval before looking
+        // again: parked in `recv` all the time, it would be woken by every single line's send
+        // (a futex wake and a context switch each, measured at tens of microseconds per
+        // request on a busy core); this way lines accumulate and go out together.
+        match receiver.recv() {
+            Ok(lines) => {
+                queued_bytes.fetch_sub(lines.len(), Ordering::Relaxed);
+                pending.push(lines);
+            }
+            Err(_) => return,
+        }
+        let mut closed = false;
         loop {
             match receiver.try_recv() {
-                Ok(line) => {
-                    queued_bytes.fetch_sub(line.len(), Ordering::Relaxed);
-                    dirty = true;
-                    if result.is_ok() {
-                        result = out.write_all(&line);
+                Ok(lines) => {
+                    queued_bytes.fetch_sub(lines.len(), Ordering::Relaxed);
+                    pending.push(lines);
+                    if pending.len() == WRITE_SLICES {
+                        write_out(&mut sink, &mut pending);
                     }
                 }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
-                    let _ = out.flush();
-                    return;
+                    closed = true;
+                    break;
                 }
             }
         }
-        if dirty {
-            dirty = false;
-            if let Err(error) = result.and_then(|()| out.flush()) {
-                tracing::error!(%error, "writing the access log failed; lines are lost");
-            }
+        if !pending.is_empty() {
+            write_out(&mut sink, &mut pending);
+        }
+        if closed {
+            return;
         }
         std::thread::sleep(WRITE_INTERVAL);
     }
+}
+
+/// Writes and empties `pending`; when the sink fails, the error is logged and the lines are
+/// lost (the proxy never waits for its log).
+fn write_out(sink: &mut dyn Write, pending: &mut Vec<Vec<u8>>) {
+    let result = write_all_vectored(sink, pending).and_then(|()| sink.flush());
+    pending.clear();
+    if let Err(error) = result {
+        tracing::error!(%error, "writing the access log failed; lines are lost");
+    }
+}
+
+/// Writes every byte of `buffers`, in order, continuing after short writes.
+fn write_all_vectored(sink: &mut dyn Write, buffers: &[Vec<u8>]) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = buffers.iter().map(|b| IoSlice::new(b)).collect();
+    let mut remaining = &mut slices[..];
+    // Skips leading empty buffers, so that a write of 0 bytes below means the sink is stuck.
+    IoSlice::advance_slices(&mut remaining, 0);
+    while !remaining.is_empty() {
+        match sink.write_vectored(remaining) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(written) => IoSlice::advance_slices(&mut remaining, written),
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
 }
 
 /// `text` cut to at most [`MAX_FIELD_BYTES`], on a character boundary.
@@ -795,7 +840,7 @@ mod tests {
             time: Timestamp::at(1_767_225_600, 0),
             client: "[2001:db8::1]:5000".parse().ok(),
             host: "h\u{7f}st\\\"x",
-            method: "GET",
+            method: &http::Method::GET,
             path: "/ä/\u{0}\n\t\r\u{1f}\"'</script>",
             protocol: Protocol::Http2,
             status: 0,
@@ -872,6 +917,71 @@ mod tests {
         Ok(())
     }
 
+    /// A sink that takes at most 5 bytes of the first non-empty slice per call, and fails
+    /// every third call as interrupted: how pipes and slow files answer.
+    struct Stingy {
+        written: Vec<u8>,
+        calls: usize,
+    }
+
+    impl Write for Stingy {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+            self.calls += 1;
+            if self.calls.is_multiple_of(3) {
+                return Err(std::io::ErrorKind::Interrupted.into());
+            }
+            let Some(first) = bufs.iter().find(|b| !b.is_empty()) else {
+                return Ok(0);
+            };
+            let take = first.len().min(5);
+            self.written.extend_from_slice(&first[..take]);
+            Ok(take)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn vectored_writes_survive_short_writes_and_interrupts() -> std::io::Result<()> {
+        let buffers: Vec<Vec<u8>> = vec![
+            Vec::new(),
+            b"first line\n".to_vec(),
+            Vec::new(),
+            b"second\nthird line\n".to_vec(),
+            b"x\n".to_vec(),
+        ];
+        let mut sink = Stingy {
+            written: Vec::new(),
+            calls: 0,
+        };
+        write_all_vectored(&mut sink, &buffers)?;
+        assert_eq!(sink.written, buffers.concat());
+        assert!(sink.calls > buffers.len(), "short writes were continued");
+
+        // A sink that accepts nothing is an error, not a busy loop.
+        struct Stuck;
+        impl Write for Stuck {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Ok(0)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let stuck = write_all_vectored(&mut Stuck, &buffers);
+        assert_eq!(
+            stuck.map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::WriteZero)
+        );
+        Ok(())
+    }
+
     #[test]
     fn lines_reach_the_file_as_json() -> Result<(), Box<dyn std::error::Error>> {
         let dir = std::env::temp_dir().join(format!("torhaus-access-log-{}", std::process::id()));
@@ -883,17 +993,18 @@ mod tests {
         )?;
         let route = LogNames::route("default/gw", "http", "default/app");
         let backend = LogNames::backend("default/app:80");
+        let upstream = LogNames::upstream(SocketAddr::from(([127, 0, 0, 1], 9000)));
         let entry = AccessEntry {
             time: Timestamp::at(1_767_225_600, 0),
             client: "127.0.0.1:5000".parse().ok(),
             host: "app.example.com",
-            method: "GET",
+            method: &http::Method::GET,
             path: "/x\"y",
             protocol: Protocol::Http1,
             status: 200,
             route_names: &route,
             backend_name: &backend,
-            upstream: "127.0.0.1:9000".parse().ok(),
+            upstream: Some(&upstream),
             duration_seconds: 0.0015,
             upstream_seconds: Some(0.001),
             request_bytes: 0,
@@ -912,6 +1023,8 @@ mod tests {
         };
         let value: serde_json::Value = serde_json::from_str(line.trim_end())?;
         assert_eq!(value["path"], "/x\"y");
+        assert_eq!(value["method"], "GET");
+        assert_eq!(value["upstream"], "127.0.0.1:9000");
         assert_eq!(value["status"], 200);
         assert!(value["user"].is_null());
         std::fs::remove_dir_all(&dir)?;
@@ -936,7 +1049,7 @@ mod tests {
             time: Timestamp::at(1_767_225_600, 0),
             client: "127.0.0.1:5000".parse().ok(),
             host: "app.example.com",
-            method: "GET",
+            method: &http::Method::GET,
             path: "/",
             protocol: Protocol::Http1,
             status,

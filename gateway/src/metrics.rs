@@ -653,9 +653,12 @@ impl Observer {
             let target = std::str::from_utf8(request.raw_path()).unwrap_or("(not UTF-8)");
             log.write(&AccessEntry {
                 time: crate::access_log::Timestamp::now(),
-                client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+                client: finished
+                    .obs
+                    .client
+                    .or_else(|| session.client_addr().and_then(|a| a.as_inet()).copied()),
                 host: crate::access_log::bounded(host),
-                method: request.method.as_str(),
+                method: &request.method,
                 path: crate::access_log::path_only(target),
                 protocol: if session.is_http2() {
                     Protocol::Http2
@@ -811,6 +814,9 @@ impl BackendSeries {
 #[derive(Debug, Default)]
 pub struct RequestObs {
     started: Option<Instant>,
+    /// The TCP peer, read once when the request starts: by the end of the request the
+    /// connection's digest has left the cache, and the forwarding headers need it too.
+    client: Option<SocketAddr>,
     /// The compiled listener that served the request (its address within the snapshot).
     listener: usize,
     upstream_started: Option<Instant>,
@@ -819,9 +825,14 @@ pub struct RequestObs {
 }
 
 impl RequestObs {
-    /// The request arrived (its header has been read).
-    pub fn start(&mut self) {
+    /// The request from `client` arrived (its header has been read).
+    pub fn start(&mut self, client: Option<SocketAddr>) {
         self.started = Some(Instant::now());
+        self.client = client;
+    }
+
+    pub fn client(&self) -> Option<SocketAddr> {
+        self.client
     }
 
     pub fn set_listener(&mut self, listener: &CompiledListener) {
@@ -857,7 +868,7 @@ pub struct Finished<'a> {
     pub rule: Option<&'a Arc<Rule>>,
     pub backend_index: Option<usize>,
     /// The endpoint of the last attempt.
-    pub upstream: Option<SocketAddr>,
+    pub upstream: Option<&'a LogNames>,
     /// Who the identity layer let through (username, else subject), for the access log.
     pub user: Option<&'a str>,
 }

@@ -429,12 +429,12 @@ impl PortProxy {
         Ok(())
     }
 
-    fn set_forwarded_headers(&self, session: &mut Session) -> pingora::Result<()> {
-        let Some(client) = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip())
-        else {
+    fn set_forwarded_headers(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+    ) -> pingora::Result<()> {
+        let Some(client) = ctx.obs.client().map(|a| a.ip()) else {
             return Ok(());
         };
         let request = session.req_header();
@@ -579,7 +579,8 @@ impl ProxyHttp for PortProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        ctx.obs.start();
+        ctx.obs
+            .start(session.client_addr().and_then(|a| a.as_inet()).copied());
         // pingora answers a pipelined request only when asked to keep the bytes it read ahead.
         session.set_pipelining_enabled(true);
         Ok(())
@@ -632,7 +633,7 @@ impl ProxyHttp for PortProxy {
             answer.send(session).await?;
             return Ok(true);
         }
-        self.set_forwarded_headers(session)?;
+        self.set_forwarded_headers(session, ctx)?;
         Ok(false)
     }
 
@@ -861,7 +862,10 @@ impl ProxyHttp for PortProxy {
                 snapshot: ctx.snapshot.as_deref(),
                 rule: ctx.rule.as_ref(),
                 backend_index: ctx.backend_index,
-                upstream: ctx.in_flight.as_ref().map(|claim| claim.endpoint().addr),
+                upstream: ctx
+                    .in_flight
+                    .as_ref()
+                    .map(|claim| &claim.endpoint().log_addr),
                 user: ctx
                     .auth_identity
                     .as_deref()

@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 
 use torhaus_model::{Backend, BackendTarget, DataPlaneConfig, Filter};
 
+use crate::access_log::LogNames;
+
 /// When an endpoint is taken out of rotation after connection failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EjectionPolicy {
@@ -59,6 +61,8 @@ fn now_millis() -> u64 {
 #[derive(Debug)]
 pub struct EndpointState {
     pub addr: SocketAddr,
+    /// The address as access log lines carry it.
+    pub log_addr: LogNames,
     in_flight: AtomicU32,
     consecutive_failures: AtomicU32,
     /// Ejections since the last success: the exponent of the next backoff.
@@ -70,6 +74,7 @@ impl EndpointState {
     fn new(addr: SocketAddr) -> Self {
         Self {
             addr,
+            log_addr: LogNames::upstream(addr),
             in_flight: AtomicU32::new(0),
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
