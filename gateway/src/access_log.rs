@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crossbeam_queue::ArrayQueue;
 use prometheus::IntCounter;
 
 use crate::error::GatewayError;
@@ -39,6 +40,12 @@ const WRITE_INTERVAL: Duration = Duration::from_millis(25);
 /// A thread's batch goes to the writer once it holds this many bytes, else when its flusher
 /// wakes, WRITE_INTERVAL after the batch's first line.
 const BATCH_BYTES: usize = 16 * 1024;
+/// A batch buffer's size: room for the line that crosses [`BATCH_BYTES`] (lines are a few
+/// hundred bytes; one with a 2 KiB host and path full of escapes grows the buffer once).
+const BATCH_CAPACITY: usize = BATCH_BYTES + 8 * 1024;
+/// Written batch buffers kept for reuse at most. A thread needs two or three in rotation (one
+/// filling, one or two with the writer); beyond this they are freed.
+const SPARE_BATCHES: usize = 32;
 /// Bytes queued for the writer at most; beyond it batches are dropped (their lines counted).
 const QUEUE_BYTES: usize = 16 * 1024 * 1024;
 /// Host and path are truncated to this many bytes (on a character boundary).
@@ -382,6 +389,17 @@ struct Queue {
     /// channel closes, and the writer ends, once every sender is gone).
     queued_bytes: Arc<AtomicUsize>,
     dropped: IntCounter,
+    /// Batch buffers the writer has written out, emptied, for threads to fill again: the same
+    /// few buffers stay warm in the cache, and no batch is allocated or freed across threads.
+    spare: Arc<ArrayQueue<Vec<u8>>>,
+}
+
+impl Queue {
+    fn batch_buffer(&self) -> Vec<u8> {
+        self.spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(BATCH_CAPACITY))
+    }
 }
 
 impl Queue {
@@ -412,7 +430,7 @@ struct Batch {
 impl Batch {
     fn flush(&mut self) {
         if self.lines > 0 {
-            let bytes = std::mem::replace(&mut self.bytes, Vec::with_capacity(BATCH_BYTES));
+            let bytes = std::mem::replace(&mut self.bytes, self.queue.batch_buffer());
             self.queue.send(bytes, std::mem::take(&mut self.lines));
         }
     }
@@ -475,14 +493,16 @@ impl AccessLog {
         };
         let (lines, receiver) = sync_channel(QUEUE_LINES);
         let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let spare = Arc::new(ArrayQueue::new(SPARE_BATCHES));
         let queue = Arc::new(Queue {
             lines,
             queued_bytes: Arc::clone(&queued_bytes),
             dropped,
+            spare: Arc::clone(&spare),
         });
         std::thread::Builder::new()
             .name("torhaus-access-log".into())
-            .spawn(move || write_lines(receiver, &queued_bytes, sink))
+            .spawn(move || write_lines(receiver, &queued_bytes, &spare, sink))
             .map_err(|e| GatewayError::Settings(format!("access log writer thread: {e}")))?;
         Ok(AccessLog { queue })
     }
@@ -497,7 +517,7 @@ impl AccessLog {
                     // data planes in one process): the old batch is flushed as it is dropped.
                     _ => slot.insert(Batch {
                         queue: Arc::clone(&self.queue),
-                        bytes: Vec::with_capacity(BATCH_BYTES),
+                        bytes: self.queue.batch_buffer(),
                         lines: 0,
                     }),
                 };
@@ -528,6 +548,7 @@ const WRITE_SLICES: usize = 1024;
 fn write_lines(
     receiver: Receiver<Vec<u8>>,
     queued_bytes: &AtomicUsize,
+    spare: &ArrayQueue<Vec<u8>>,
     mut sink: Box<dyn Write + Send>,
 ) {
     // Batches and lines go to the sink as they came, in one vectored write per wake-up: no copy
@@ -553,7 +574,7 @@ fn write_lines(
                     queued_bytes.fetch_sub(lines.len(), Ordering::Relaxed);
                     pending.push(lines);
                     if pending.len() == WRITE_SLICES {
-                        write_out(&mut sink, &mut pending);
+                        write_out(&mut sink, &mut pending, spare);
                     }
                 }
                 Err(TryRecvError::Empty) => break,
@@ -564,7 +585,7 @@ fn write_lines(
             }
         }
         if !pending.is_empty() {
-            write_out(&mut sink, &mut pending);
+            write_out(&mut sink, &mut pending, spare);
         }
         if closed {
             return;
@@ -573,11 +594,19 @@ fn write_lines(
     }
 }
 
-/// Writes and empties `pending`; when the sink fails, the error is logged and the lines are
-/// lost (the proxy never waits for its log).
-fn write_out(sink: &mut dyn Write, pending: &mut Vec<Vec<u8>>) {
+/// Writes and empties `pending`, handing batch buffers back for reuse; when the sink fails,
+/// the error is logged and the lines are lost (the proxy never waits for its log).
+fn write_out(sink: &mut dyn Write, pending: &mut Vec<Vec<u8>>, spare: &ArrayQueue<Vec<u8>>) {
     let result = write_all_vectored(sink, pending).and_then(|()| sink.flush());
-    pending.clear();
+    for mut buffer in pending.drain(..) {
+        // Single lines are small and not worth keeping; a batch that grew past its size for
+        // an outsized line is freed rather than kept large.
+        if (BATCH_CAPACITY..2 * BATCH_CAPACITY).contains(&buffer.capacity()) {
+            buffer.clear();
+            // A full spare queue frees the buffer.
+            let _ = spare.push(buffer);
+        }
+    }
     if let Err(error) = result {
         tracing::error!(%error, "writing the access log failed; lines are lost");
     }
@@ -980,6 +1009,37 @@ mod tests {
             Err(std::io::ErrorKind::WriteZero)
         );
         Ok(())
+    }
+
+    #[test]
+    fn written_batch_buffers_come_back_empty_for_reuse() {
+        let spare = ArrayQueue::new(2);
+        let batch = |text: &[u8]| {
+            let mut buffer = Vec::with_capacity(BATCH_CAPACITY);
+            buffer.extend_from_slice(text);
+            buffer
+        };
+        let mut grown = Vec::with_capacity(BATCH_CAPACITY);
+        grown.resize(BATCH_CAPACITY + 1, b'x');
+        grown.push(b'\n');
+        let mut pending = vec![
+            batch(b"a\n"),
+            b"single line\n".to_vec(),
+            grown,
+            batch(b"b\n"),
+            batch(b"c\n"),
+        ];
+        let expected_bytes = pending.concat();
+        let mut sink = Vec::new();
+        write_out(&mut sink, &mut pending, &spare);
+        assert_eq!(sink, expected_bytes);
+        assert!(pending.is_empty());
+        // Two of the three batch buffers fit; the single line and the grown batch are freed.
+        assert_eq!(spare.len(), 2);
+        while let Some(buffer) = spare.pop() {
+            assert!(buffer.is_empty());
+            assert_eq!(buffer.capacity(), BATCH_CAPACITY);
+        }
     }
 
     #[test]
