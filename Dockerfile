@@ -48,7 +48,10 @@ RUN --mount=type=bind,from=build,source=/out,target=/out \
     && useradd --uid "${UID}" --gid "${UID}" --no-create-home --home-dir /var/lib/torhaus \
        --shell /usr/sbin/nologin nonroot \
     && install -d -m 0700 -o "${UID}" -g "${UID}" /var/lib/torhaus
-ENV TORHAUS_STATE_DIR=/var/lib/torhaus
+# mimalloc returns memory freed after start-up instead of keeping its arenas committed: about
+# 2-3 MiB less idle RSS, no measurable throughput cost (bench/RESULTS.md, session 9).
+ENV TORHAUS_STATE_DIR=/var/lib/torhaus \
+    MIMALLOC_ARENA_EAGER_COMMIT=0
 USER 65532:65532
 WORKDIR /var/lib/torhaus
 # HTTP and HTTPS listeners, and the admin listener (/healthz, /readyz, /metrics).

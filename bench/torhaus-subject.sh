@@ -96,6 +96,8 @@ spec:
 YAML
 } > "$CONFIG_DIR/10-routes.yaml"
 
+# As the container image runs it (see the Dockerfile); set it to 2 for mimalloc's default.
+export MIMALLOC_ARENA_EAGER_COMMIT=${MIMALLOC_ARENA_EAGER_COMMIT:-0}
 # shellcheck disable=SC2086 # TORHAUS_ARGS is a list of flags, split on purpose
 exec "$TORHAUS_BIN" run --config "$CONFIG_DIR" --state-dir "$STATE_DIR" \
   --port-map "80:$SUBJECT_PORT,443:$SUBJECT_TLS_PORT" --threads "${WORKERS:-1}" --log-format json \
