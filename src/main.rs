@@ -15,7 +15,7 @@ use tracing_subscriber::EnvFilter;
 use crate::cli::{CaCommand, Cli, Command, LogFormat};
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: torhaus_alloc::Mimalloc = torhaus_alloc::Mimalloc;
 
 fn main() -> ExitCode {
     // mimalloc asks for transparent huge pages on its arenas, so the first small allocation in
