@@ -642,7 +642,9 @@ impl Observer {
             u64::try_from(session.body_bytes_read()).unwrap_or(u64::MAX),
             u64::try_from(session.body_bytes_sent()).unwrap_or(u64::MAX),
         );
-        let elapsed = finished.obs.elapsed_seconds();
+        // One monotonic reading ends the request: it times it, and dates its log line.
+        let ended = Instant::now();
+        let elapsed = finished.obs.seconds_until(ended);
         if self.request_metrics {
             self.metrics
                 .record(&resolved, finished.obs, elapsed, status, bytes);
@@ -652,7 +654,7 @@ impl Observer {
             let host = crate::proxy::raw_host(request);
             let target = std::str::from_utf8(request.raw_path()).unwrap_or("(not UTF-8)");
             log.write(&AccessEntry {
-                time: crate::access_log::Timestamp::now(),
+                time: crate::access_log::Timestamp::at_instant(ended),
                 client: finished
                     .obs
                     .client
@@ -851,8 +853,10 @@ impl RequestObs {
         }
     }
 
-    pub fn elapsed_seconds(&self) -> f64 {
-        self.started.map_or(0.0, |s| s.elapsed().as_secs_f64())
+    /// Seconds from the request's start to `ended`.
+    pub fn seconds_until(&self, ended: Instant) -> f64 {
+        self.started
+            .map_or(0.0, |s| ended.saturating_duration_since(s).as_secs_f64())
     }
 
     pub fn upstream_seconds(&self) -> Option<f64> {
