@@ -78,10 +78,11 @@ impl std::str::FromStr for AccessLogTarget {
     }
 }
 
-/// One request, as logged. Field order is the line's order.
+/// What a line says about the request as it arrived. It is rendered as soon as the request
+/// has been read ([`RequestFields::write_json`]): filters may rewrite the host and path
+/// before the request ends, and the log shows what the client sent. Field order is the line's.
 #[derive(Debug)]
-pub struct AccessEntry<'a> {
-    pub time: Timestamp,
+pub struct RequestFields<'a> {
     /// `ip:port` of the TCP peer (not X-Forwarded-For).
     pub client: Option<SocketAddr>,
     pub host: &'a str,
@@ -90,6 +91,15 @@ pub struct AccessEntry<'a> {
     /// Without the query string.
     pub path: &'a str,
     pub protocol: Protocol,
+}
+
+/// One request, as logged. Field order is the line's order.
+#[derive(Debug)]
+pub struct AccessEntry<'a> {
+    /// When the request ended.
+    pub time: Timestamp,
+    /// [`RequestFields`], rendered when the request arrived.
+    pub request: &'a [u8],
     /// 0 when no response was sent (the client left first).
     pub status: u16,
     /// `gateway`, `listener` and `route`, rendered when the snapshot was built.
@@ -334,14 +344,12 @@ fn json_addr(out: &mut Vec<u8>, addr: Option<SocketAddr>) {
     }
 }
 
-impl AccessEntry<'_> {
-    /// The entry as one JSON object, written by hand: serde_json's generic path was most of a
-    /// line's cost (bench/RESULTS.md). Durations are rounded to the microsecond. The fixed
-    /// parts carry the quotes around the escaped values next to them.
+impl RequestFields<'_> {
+    /// The members from `client` to `protocol`, each preceded by a comma, as JSON. Written by
+    /// hand, like the rest of the line: serde_json's generic path was most of a line's cost
+    /// (bench/RESULTS.md). The fixed parts carry the quotes around the escaped values.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"{\"time\":\"");
-        out.extend_from_slice(self.time.as_bytes());
-        out.extend_from_slice(b"\",\"client\":");
+        out.extend_from_slice(b",\"client\":");
         json_addr(out, self.client);
         out.extend_from_slice(b",\"host\":\"");
         escape_into(out, self.host);
@@ -351,6 +359,22 @@ impl AccessEntry<'_> {
         escape_into(out, self.path);
         out.push(b'"');
         out.extend_from_slice(self.protocol.json_member());
+    }
+
+    /// Room for the rendered fields: the escaped host and path may grow up to sixfold, but
+    /// are rarely escaped at all.
+    pub fn rendered_capacity(&self) -> usize {
+        self.host.len() + self.path.len() + 96
+    }
+}
+
+impl AccessEntry<'_> {
+    /// The entry as one JSON object. Durations are rounded to the microsecond.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"time\":\"");
+        out.extend_from_slice(self.time.as_bytes());
+        out.push(b'"');
+        out.extend_from_slice(self.request);
         out.extend_from_slice(b",\"status\":");
         json_u64(out, u64::from(self.status));
         out.extend_from_slice(&self.route_names.0);
@@ -940,17 +964,27 @@ mod tests {
         Ok(())
     }
 
+    fn rendered(fields: &RequestFields<'_>) -> Vec<u8> {
+        let mut out = Vec::with_capacity(fields.rendered_capacity());
+        fields.write_json(&mut out);
+        out
+    }
+
     #[test]
     fn hand_written_lines_are_the_json_of_their_fields() -> Result<(), serde_json::Error> {
         let route = LogNames::route("", "l\"", "ns/r\\");
         let backend = LogNames::backend("ns/b:80\u{1}");
-        let entry = AccessEntry {
-            time: Timestamp::at(1_767_225_600, 0),
+        let fields = RequestFields {
             client: "[2001:db8::1]:5000".parse().ok(),
             host: "h\u{7f}st\\\"x",
             method: &http::Method::GET,
             path: "/ä/\u{0}\n\t\r\u{1f}\"'</script>",
             protocol: Protocol::Http2,
+        };
+        let request = rendered(&fields);
+        let entry = AccessEntry {
+            time: Timestamp::at(1_767_225_600, 0),
+            request: &request,
             status: 0,
             route_names: &route,
             backend_name: &backend,
@@ -967,9 +1001,9 @@ mod tests {
         let expected = serde_json::json!({
             "time": "2026-01-01T00:00:00.000Z",
             "client": "[2001:db8::1]:5000",
-            "host": entry.host,
+            "host": fields.host,
             "method": "GET",
-            "path": entry.path,
+            "path": fields.path,
             "protocol": "HTTP/2",
             "status": 0,
             "gateway": "",
@@ -1133,13 +1167,16 @@ mod tests {
         let route = LogNames::route("default/gw", "http", "default/app");
         let backend = LogNames::backend("default/app:80");
         let upstream = LogNames::upstream(SocketAddr::from(([127, 0, 0, 1], 9000)));
-        let entry = AccessEntry {
-            time: Timestamp::at(1_767_225_600, 0),
+        let request = rendered(&RequestFields {
             client: "127.0.0.1:5000".parse().ok(),
             host: "app.example.com",
             method: &http::Method::GET,
             path: "/x\"y",
             protocol: Protocol::Http1,
+        });
+        let entry = AccessEntry {
+            time: Timestamp::at(1_767_225_600, 0),
+            request: &request,
             status: 200,
             route_names: &route,
             backend_name: &backend,
@@ -1184,13 +1221,16 @@ mod tests {
             AccessLog::start(&AccessLogTarget::File(second_path.clone()), dropped.clone())?;
         let route = LogNames::route("default/gw", "http", "default/app");
         let backend = LogNames::backend("default/app:80");
-        let entry = |status: u16| AccessEntry {
-            time: Timestamp::at(1_767_225_600, 0),
+        let request = rendered(&RequestFields {
             client: "127.0.0.1:5000".parse().ok(),
             host: "app.example.com",
             method: &http::Method::GET,
             path: "/",
             protocol: Protocol::Http1,
+        });
+        let entry = |status: u16| AccessEntry {
+            time: Timestamp::at(1_767_225_600, 0),
+            request: &request,
             status,
             route_names: &route,
             backend_name: &backend,

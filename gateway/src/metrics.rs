@@ -38,7 +38,7 @@ use torhaus_model::{BackendTarget, HostMatch, Rule};
 
 use pingora::proxy::Session;
 
-use crate::access_log::{AccessEntry, AccessLog, LogNames, Protocol};
+use crate::access_log::{AccessEntry, AccessLog, LogNames, Protocol, RequestFields};
 use crate::drain::InFlightRequests;
 use crate::error::GatewayError;
 use crate::router::CompiledListener;
@@ -629,6 +629,17 @@ impl Observer {
         self.request_metrics
     }
 
+    /// The request's header has been read (pingora's `early_request_filter`): its start, its
+    /// client and, when requests are logged, what the log says about the request as it arrived,
+    /// rendered now because filters may yet rewrite its host and path (and because its bytes are
+    /// in the cache now, where by the end of the request they are not).
+    pub fn request_arrived(&self, session: &Session, obs: &mut RequestObs) {
+        obs.start(session.client_addr().and_then(|a| a.as_inet()).copied());
+        if self.access_log.is_some() {
+            obs.request_fields = Some(render_request_fields(session, obs.client));
+        }
+    }
+
     /// The request has ended (pingora's `logging` phase).
     pub fn finish(&self, session: &Session, finished: &Finished<'_>) {
         if !self.request_metrics && self.access_log.is_none() {
@@ -650,23 +661,22 @@ impl Observer {
                 .record(&resolved, finished.obs, elapsed, status, bytes);
         }
         if let Some(log) = &self.access_log {
-            let request = session.req_header();
-            let host = crate::proxy::raw_host(request);
-            let target = std::str::from_utf8(request.raw_path()).unwrap_or("(not UTF-8)");
+            let rendered_late;
+            let request = match finished.obs.request_fields.as_deref() {
+                Some(fields) => fields,
+                // The request ended before it was noted (pingora answered it itself).
+                None => {
+                    let client = finished
+                        .obs
+                        .client
+                        .or_else(|| session.client_addr().and_then(|a| a.as_inet()).copied());
+                    rendered_late = render_request_fields(session, client);
+                    &rendered_late
+                }
+            };
             log.write(&AccessEntry {
                 time: crate::access_log::Timestamp::at_instant(ended),
-                client: finished
-                    .obs
-                    .client
-                    .or_else(|| session.client_addr().and_then(|a| a.as_inet()).copied()),
-                host: crate::access_log::bounded(host),
-                method: &request.method,
-                path: crate::access_log::path_only(target),
-                protocol: if session.is_http2() {
-                    Protocol::Http2
-                } else {
-                    Protocol::Http1
-                },
+                request,
                 status,
                 route_names: &resolved.route.unwrap_or(&self.metrics.unrouted).log_names,
                 backend_name: resolved
@@ -681,6 +691,26 @@ impl Observer {
             });
         }
     }
+}
+
+/// The access log's members about the request as it arrived (see [`RequestFields`]).
+fn render_request_fields(session: &Session, client: Option<SocketAddr>) -> Vec<u8> {
+    let request = session.req_header();
+    let target = std::str::from_utf8(request.raw_path()).unwrap_or("(not UTF-8)");
+    let fields = RequestFields {
+        client,
+        host: crate::access_log::bounded(crate::proxy::raw_host(request)),
+        method: &request.method,
+        path: crate::access_log::path_only(target),
+        protocol: if session.is_http2() {
+            Protocol::Http2
+        } else {
+            Protocol::Http1
+        },
+    };
+    let mut rendered = Vec::with_capacity(fields.rendered_capacity());
+    fields.write_json(&mut rendered);
+    rendered
 }
 
 fn unix_now_f64() -> f64 {
@@ -824,6 +854,8 @@ pub struct RequestObs {
     upstream_started: Option<Instant>,
     /// The last attempt's time to response headers.
     upstream_seconds: Option<f64>,
+    /// The access log's members about the request as it arrived, when requests are logged.
+    request_fields: Option<Vec<u8>>,
 }
 
 impl RequestObs {

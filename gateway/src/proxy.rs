@@ -179,6 +179,35 @@ pub(crate) fn raw_host(request: &pingora::http::RequestHeader) -> &str {
         .unwrap_or_default()
 }
 
+/// The host a client addressed, as it sent it (see [`raw_host`]), kept while filters may
+/// rewrite the Host header: `X-Forwarded-Host` and `Forwarded` tell the upstream the original.
+/// A clone of the header's bytes, not a copy.
+enum SentHost {
+    Header(http::HeaderValue),
+    Authority(http::uri::Authority),
+    Absent,
+}
+
+impl SentHost {
+    fn of(request: &pingora::http::RequestHeader) -> SentHost {
+        match request.headers.get(header::HOST) {
+            Some(value) if value.to_str().is_ok() => SentHost::Header(value.clone()),
+            _ => request
+                .uri
+                .authority()
+                .map_or(SentHost::Absent, |a| SentHost::Authority(a.clone())),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            SentHost::Header(value) => value.to_str().unwrap_or_default(),
+            SentHost::Authority(authority) => authority.as_str(),
+            SentHost::Absent => "",
+        }
+    }
+}
+
 /// The request as the identity layer sees it; `None` when its target is not UTF-8.
 fn identity_request(session: &Session, scheme: Scheme) -> Option<IdentityRequest<'_>> {
     let request = session.req_header();
@@ -433,18 +462,18 @@ impl PortProxy {
         &self,
         session: &mut Session,
         ctx: &RequestCtx,
+        host: &SentHost,
     ) -> pingora::Result<()> {
         let Some(client) = ctx.obs.client().map(|a| a.ip()) else {
             return Ok(());
         };
         let request = session.req_header();
-        let host = raw_host(request);
         let forwarded = filters::forwarded_headers(
             client,
             &request.headers,
             self.shared.trusted_hops,
             self.scheme(),
-            host,
+            host.as_str(),
         );
         let request = session.req_header_mut();
         request.insert_header(X_FORWARDED_FOR, forwarded.x_forwarded_for)?;
@@ -579,8 +608,7 @@ impl ProxyHttp for PortProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        ctx.obs
-            .start(session.client_addr().and_then(|a| a.as_inet()).copied());
+        self.shared.observer.request_arrived(session, &mut ctx.obs);
         // pingora answers a pipelined request only when asked to keep the bytes it read ahead.
         session.set_pipelining_enabled(true);
         Ok(())
@@ -603,6 +631,7 @@ impl ProxyHttp for PortProxy {
         let Some(rule) = ctx.rule.clone() else {
             return Ok(false);
         };
+        let sent_host = SentHost::of(session.req_header());
         if let Some(snapshot) = &ctx.snapshot
             && !snapshot.auth.is_empty()
         {
@@ -633,7 +662,7 @@ impl ProxyHttp for PortProxy {
             answer.send(session).await?;
             return Ok(true);
         }
-        self.set_forwarded_headers(session, ctx)?;
+        self.set_forwarded_headers(session, ctx, &sent_host)?;
         Ok(false)
     }
 

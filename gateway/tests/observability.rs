@@ -496,3 +496,51 @@ async fn plain_http_connections_are_counted_while_open() -> Result<()> {
     wait_until("no open connection", open(0.0)).await?;
     Ok(())
 }
+
+/// A URLRewrite changes the host and path the upstream sees, not what the client sent: the
+/// access log and the forwarding headers keep the client's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewritten_requests_are_logged_and_forwarded_as_the_client_sent_them() -> Result<()> {
+    let app = TestBackend::spawn("app").await;
+    let app_backend = backend("app", vec![app.addr], UpstreamProtocol::Http1);
+    let dir = temp_dir("rewrite");
+    let log_path = dir.join("access.log");
+    let target = AccessLogTarget::File(log_path.clone());
+    let gateway = Gateway::start_with(&[80], Default::default(), |settings| {
+        settings.access_log = Some(target);
+    });
+    gateway.apply(simple(
+        80,
+        vec![rule(
+            vec![prefix("/old")],
+            vec![Filter::Rewrite(Rewrite {
+                hostname: Some("internal.svc".into()),
+                path: Some(PathModifier::ReplacePrefixMatch("/v2".into())),
+            })],
+            vec![to(&app_backend, 1)],
+        )],
+    ));
+    let response = get(gateway.addr(80), "app.example.com", "/old/page?q=1").await?;
+    assert_eq!(response.status, 200);
+    let head = app.last_head();
+    assert!(head.starts_with("GET /v2/page?q=1 HTTP/1.1"), "{head}");
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("\r\nhost: internal.svc\r\n"), "{head}");
+    assert!(
+        head.contains("\r\nx-forwarded-host: app.example.com\r\n"),
+        "{head}"
+    );
+    assert!(head.contains(";host=app.example.com;"), "{head}");
+
+    wait_until("the access log line", || {
+        std::fs::read_to_string(&log_path).is_ok_and(|t| t.ends_with('\n'))
+    })
+    .await?;
+    let log = std::fs::read_to_string(&log_path)?;
+    let line: serde_json::Value = serde_json::from_str(log.trim_end())?;
+    assert_eq!(line["host"], "app.example.com", "{log}");
+    assert_eq!(line["path"], "/old/page", "{log}");
+    assert_eq!(line["status"], 200);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
