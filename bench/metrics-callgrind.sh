@@ -70,7 +70,7 @@ instructions() { # variant requests
 # totals, these do not move with how often the runtime happened to park between requests. Only
 # each function's main entry (the one naming the binary) counts: the entries callgrind adds for
 # code inlined from other files are already inside it.
-OWN_FUNCTIONS='metrics::Observer::finish|metrics::RequestObs::start|access_log::write_lines'
+OWN_FUNCTIONS='metrics::Observer::finish|metrics::render_request_fields|access_log::write_lines'
 own_instructions() { # callgrind.out
   callgrind_annotate --inclusive=yes --auto=no --threshold=100 "$1" 2>/dev/null |
     awk -v pat="$OWN_FUNCTIONS" '$0 ~ pat && /\[\// && $0 !~ /=>|>  / {gsub(",", "", $1); sum += $1} END {print sum + 0}'
