@@ -14,36 +14,13 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROUNDS=${ROUNDS:-10}; DUR=${DUR:-3}; WARM=${WARM:-1}; CONNS=${CONNS:-64}
 export ROUTES=${ROUTES:-100}
 BASE_PORT=${BASE_PORT:-18700}
-for t in wrk nginx openssl taskset curl python3; do
-  command -v "$t" >/dev/null || { echo "missing $t: scripts/install-deps.sh bench" >&2; exit 1; }
-done
-RUN=$(mktemp -d "${TMPDIR:-/tmp}/torhaus-ab.XXXXXX")
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  [ -n "${KEEP_RUN:-}" ] || rm -rf "$RUN"
-}
-trap cleanup EXIT
-cd "$RUN"
-
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout key.pem \
-  -out cert.pem -days 7 -subj /CN=localhost 2>/dev/null
-export TLS_CERT=$RUN/cert.pem TLS_KEY=$RUN/key.pem WORKERS=1
-export UPSTREAM=127.0.0.1:$BASE_PORT
-BODY=$(head -c 100 /dev/zero | tr '\0' 'x')
-mkdir -p up
-cat > up/nginx.conf <<NGINX
-worker_processes 1; daemon off; pid $RUN/up/nginx.pid; error_log $RUN/up/error.log error;
-events { worker_connections 16384; }
-http {
-  access_log off; keepalive_requests 10000000; keepalive_timeout 300s;
-  client_body_temp_path $RUN/up/body; proxy_temp_path $RUN/up/proxy;
-  server { listen $UPSTREAM backlog=4096;
-    location / { default_type text/plain; return 200 "$BODY"; } }
-}
-NGINX
-taskset -c 1 nginx -p "$RUN/up" -c "$RUN/up/nginx.conf" & pids+=($!)
+# shellcheck source=bench/common.sh
+. "$HERE/common.sh"
+require_tools wrk nginx openssl taskset curl python3
+enter_run_dir torhaus-ab
+make_bench_certificate
+export WORKERS=1
+start_upstream "$BASE_PORT" 1
 
 declare -A PORT PID BIN=([a]=$A [b]=$B)
 i=1
@@ -63,9 +40,6 @@ for v in a b; do
   curl -fs -o /dev/null "http://127.0.0.1:${PORT[$v]}/" || { echo "$v did not start:"; cat "$RUN/$v/log"; exit 1; }
 done
 
-# CPU time of every thread of a process, in nanoseconds.
-cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f\n", s}'; }
-wait_wrk() { while pgrep -P $$ -x wrk >/dev/null; do sleep 0.1; done; }
 : > results.csv
 for round in $(seq "$ROUNDS"); do
   # The start order alternates, so neither build always gets a head start.

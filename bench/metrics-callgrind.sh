@@ -17,31 +17,13 @@ if [ -z "${TORHAUS_BIN:-}" ]; then
   [ -n "${SKIP_BUILD:-}" ] || (cd "$ROOT" && cargo build --release --quiet --bin torhaus)
   TORHAUS_BIN=$CARGO_TARGET_DIR/release/torhaus
 fi
-for t in valgrind nginx curl openssl; do
-  command -v "$t" >/dev/null || { echo "missing $t" >&2; exit 1; }
-done
-RUN=$(mktemp -d "${TMPDIR:-/tmp}/torhaus-callgrind.XXXXXX")
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  [ -n "${KEEP_RUN:-}" ] || rm -rf "$RUN"
-}
-trap cleanup EXIT
-cd "$RUN"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout key.pem \
-  -out cert.pem -days 7 -subj /CN=localhost 2>/dev/null
-export TLS_CERT=$RUN/cert.pem TLS_KEY=$RUN/key.pem WORKERS=1
-export UPSTREAM=127.0.0.1:$BASE_PORT
-mkdir -p up
-cat > up/nginx.conf <<NGINX
-worker_processes 1; daemon off; pid $RUN/up/nginx.pid; error_log $RUN/up/error.log error;
-events { worker_connections 1024; }
-http { access_log off; keepalive_requests 10000000;
-  client_body_temp_path $RUN/up/body; proxy_temp_path $RUN/up/proxy;
-  server { listen $UPSTREAM; location / { return 200 "ok"; } } }
-NGINX
-nginx -p "$RUN/up" -c "$RUN/up/nginx.conf" & pids+=($!)
+# shellcheck source=bench/common.sh
+. "$HERE/common.sh"
+require_tools valgrind nginx curl openssl
+enter_run_dir torhaus-callgrind
+make_bench_certificate
+export WORKERS=1
+start_upstream "$BASE_PORT" "" ok
 cat > valgrind-torhaus <<SH
 #!/bin/sh
 exec valgrind --tool=callgrind --callgrind-out-file=\$CALLGRIND_OUT "$TORHAUS_BIN" "\$@"

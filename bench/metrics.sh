@@ -28,37 +28,13 @@ if [ -z "${TORHAUS_BIN:-}" ]; then
   TORHAUS_BIN=$CARGO_TARGET_DIR/release/torhaus
 fi
 export TORHAUS_BIN
-for t in wrk nginx openssl taskset curl; do
-  command -v "$t" >/dev/null || { echo "missing $t: scripts/install-deps.sh bench" >&2; exit 1; }
-done
-RUN=$(mktemp -d "${TMPDIR:-/tmp}/torhaus-metrics-bench.XXXXXX")
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  [ -n "${KEEP_RUN:-}" ] || rm -rf "$RUN"
-}
-trap cleanup EXIT
-cd "$RUN"
-
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout key.pem \
-  -out cert.pem -days 7 -subj /CN=localhost -addext "subjectAltName=DNS:localhost" 2>/dev/null
-export TLS_CERT=$RUN/cert.pem TLS_KEY=$RUN/key.pem WORKERS=1
-UP_PORT=$BASE_PORT
-export UPSTREAM=127.0.0.1:$UP_PORT
-BODY=$(head -c 100 /dev/zero | tr '\0' 'x')
-mkdir -p up
-cat > up/nginx.conf <<NGINX
-worker_processes 1; daemon off; pid $RUN/up/nginx.pid; error_log $RUN/up/error.log error;
-events { worker_connections 16384; }
-http {
-  access_log off; keepalive_requests 10000000; keepalive_timeout 300s;
-  client_body_temp_path $RUN/up/body; proxy_temp_path $RUN/up/proxy;
-  server { listen 127.0.0.1:$UP_PORT backlog=4096;
-    location / { default_type text/plain; return 200 "$BODY"; } }
-}
-NGINX
-taskset -c 1 nginx -p "$RUN/up" -c "$RUN/up/nginx.conf" & pids+=($!)
+# shellcheck source=bench/common.sh
+. "$HERE/common.sh"
+require_tools wrk nginx openssl taskset curl
+enter_run_dir torhaus-metrics-bench
+make_bench_certificate
+export WORKERS=1
+start_upstream "$BASE_PORT" 1
 
 variants=(off metrics full)
 declare -A PORT PID
@@ -127,11 +103,6 @@ cells_together() { # round
     i=$((i + 1))
   done
 }
-# CPU time of every thread of a process, in nanoseconds (schedstat: finer than stat's ticks,
-# which would be a few percent of a short cell).
-cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f\n", s}'; }
-# Waits for the wrk processes this shell started (not for the servers, which never end).
-wait_wrk() { while pgrep -P $$ -x wrk >/dev/null; do sleep 0.1; done; }
 for round in $(seq "$ROUNDS"); do
   if [ -n "${TOGETHER:-}" ]; then cells_together "$round"; continue; fi
   if [ $((round % 2)) -eq 1 ]; then order=("${variants[@]}"); else order=(full metrics off); fi
