@@ -32,13 +32,7 @@ for v in a b; do
     TORHAUS_ARGS=$args CONFIG_DIR=$RUN/$v/config STATE_DIR=$RUN/$v/state \
     exec taskset -c 1 "$HERE/torhaus-subject.sh" > "$RUN/$v/log" 2>&1) & PID[$v]=$!; pids+=("${PID[$v]}")
 done
-for v in a b; do
-  for _ in $(seq 100); do
-    curl -fs -o /dev/null "http://127.0.0.1:${PORT[$v]}/" && break
-    sleep 0.1
-  done
-  curl -fs -o /dev/null "http://127.0.0.1:${PORT[$v]}/" || { echo "$v did not start:"; cat "$RUN/$v/log"; exit 1; }
-done
+for v in a b; do wait_until_serving "${PORT[$v]}" "$RUN/$v/log"; done
 
 : > results.csv
 for round in $(seq "$ROUNDS"); do

@@ -55,6 +55,18 @@ NGINX
   fi
 }
 
+# Waits up to 10 s for a torhaus on PORT to answer; exits with its LOG if it never does.
+wait_until_serving() { # port log
+  local _
+  for _ in $(seq 100); do
+    curl -fs -o /dev/null "http://127.0.0.1:$1/" && return 0
+    sleep 0.1
+  done
+  echo "torhaus on port $1 did not start:" >&2
+  cat "$2" >&2
+  exit 1
+}
+
 # CPU time of every thread of a process, in nanoseconds (schedstat: finer than stat's ticks,
 # which would be a few percent of a short cell).
 cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f\n", s}'; }

@@ -52,13 +52,7 @@ for v in "${variants[@]}"; do
     CONFIG_DIR=$RUN/$v/config STATE_DIR=$RUN/$v/state \
     exec taskset -c 1 "$HERE/torhaus-subject.sh" > "$RUN/$v/log" 2>&1) & PID[$v]=$!; pids+=("${PID[$v]}")
 done
-for v in "${variants[@]}"; do
-  for _ in $(seq 100); do
-    curl -fs -o /dev/null "http://127.0.0.1:${PORT[$v]}/" && break
-    sleep 0.1
-  done
-  curl -fs -o /dev/null "http://127.0.0.1:${PORT[$v]}/" || { echo "$v did not start:"; cat "$RUN/$v/log"; exit 1; }
-done
+for v in "${variants[@]}"; do wait_until_serving "${PORT[$v]}" "$RUN/$v/log"; done
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)

@@ -77,6 +77,19 @@ fn temp_dir(label: &str) -> PathBuf {
     dir
 }
 
+/// A gateway on port 80 that logs requests to a file in a fresh directory (`label` names it):
+/// the gateway, the directory and the log's path. `request_metrics` as the settings say.
+fn gateway_with_access_log(label: &str, request_metrics: bool) -> (Gateway, PathBuf, PathBuf) {
+    let dir = temp_dir(label);
+    let log_path = dir.join("access.log");
+    let target = AccessLogTarget::File(log_path.clone());
+    let gateway = Gateway::start_with(&[80], Default::default(), |settings| {
+        settings.request_metrics = request_metrics;
+        settings.access_log = Some(target);
+    });
+    (gateway, dir, log_path)
+}
+
 fn fastrand_suffix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -103,12 +116,7 @@ async fn requests_are_counted_by_route_backend_and_class_and_logged_without_secr
 {
     let app = TestBackend::spawn("app").await;
     let app_backend = backend("app", vec![app.addr], UpstreamProtocol::Http1);
-    let dir = temp_dir("log");
-    let log_path = dir.join("access.log");
-    let target = AccessLogTarget::File(log_path.clone());
-    let gateway = Gateway::start_with(&[80], Default::default(), |settings| {
-        settings.access_log = Some(target);
-    });
+    let (gateway, dir, log_path) = gateway_with_access_log("log", true);
     gateway.apply(Arc::new(DataPlaneConfig {
         ports: vec![http_port(
             80,
@@ -428,13 +436,7 @@ async fn series_of_removed_routes_disappear_on_reload() -> Result<()> {
 async fn request_metrics_can_be_switched_off() -> Result<()> {
     let app = TestBackend::spawn("app").await;
     let app_backend = backend("app", vec![app.addr], UpstreamProtocol::Http1);
-    let dir = temp_dir("off");
-    let log_path = dir.join("access.log");
-    let target = AccessLogTarget::File(log_path.clone());
-    let gateway = Gateway::start_with(&[80], Default::default(), |settings| {
-        settings.request_metrics = false;
-        settings.access_log = Some(target);
-    });
+    let (gateway, dir, log_path) = gateway_with_access_log("off", false);
     gateway.apply(simple(
         80,
         vec![rule(vec![prefix("/")], vec![], vec![to(&app_backend, 1)])],
@@ -503,12 +505,7 @@ async fn plain_http_connections_are_counted_while_open() -> Result<()> {
 async fn rewritten_requests_are_logged_and_forwarded_as_the_client_sent_them() -> Result<()> {
     let app = TestBackend::spawn("app").await;
     let app_backend = backend("app", vec![app.addr], UpstreamProtocol::Http1);
-    let dir = temp_dir("rewrite");
-    let log_path = dir.join("access.log");
-    let target = AccessLogTarget::File(log_path.clone());
-    let gateway = Gateway::start_with(&[80], Default::default(), |settings| {
-        settings.access_log = Some(target);
-    });
+    let (gateway, dir, log_path) = gateway_with_access_log("rewrite", true);
     gateway.apply(simple(
         80,
         vec![rule(
