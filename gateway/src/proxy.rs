@@ -103,6 +103,10 @@ pub struct RequestCtx {
     auth_identity: Option<Arc<torhaus_policies::identity::Identity>>,
     /// Headers the identity layer adds to the response (a refreshed session cookie).
     auth_response_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// The forwarding headers for the first attempt's upstream request.
+    forwarded: Option<filters::ForwardedHeaders>,
+    /// The host the client sent, for a retry's forwarding headers.
+    sent_host: Option<SentHost>,
     /// Counts this request as in flight until the context is dropped.
     _active: Option<ActiveRequest>,
 }
@@ -182,6 +186,7 @@ pub(crate) fn raw_host(request: &pingora::http::RequestHeader) -> &str {
 /// The host a client addressed, as it sent it (see [`raw_host`]), kept while filters may
 /// rewrite the Host header: `X-Forwarded-Host` and `Forwarded` tell the upstream the original.
 /// A clone of the header's bytes, not a copy.
+#[derive(Debug)]
 enum SentHost {
     Header(http::HeaderValue),
     Authority(http::uri::Authority),
@@ -458,29 +463,21 @@ impl PortProxy {
         Ok(())
     }
 
-    fn set_forwarded_headers(
+    /// The forwarding headers of this request (none without a TCP peer).
+    fn forwarded_headers(
         &self,
-        session: &mut Session,
+        session: &Session,
         ctx: &RequestCtx,
         host: &SentHost,
-    ) -> pingora::Result<()> {
-        let Some(client) = ctx.obs.client().map(|a| a.ip()) else {
-            return Ok(());
-        };
-        let request = session.req_header();
-        let forwarded = filters::forwarded_headers(
+    ) -> Option<filters::ForwardedHeaders> {
+        let client = ctx.obs.client()?.ip();
+        Some(filters::forwarded_headers(
             client,
-            &request.headers,
+            &session.req_header().headers,
             self.shared.trusted_hops,
             self.scheme(),
             host.as_str(),
-        );
-        let request = session.req_header_mut();
-        request.insert_header(X_FORWARDED_FOR, forwarded.x_forwarded_for)?;
-        request.insert_header(X_FORWARDED_PROTO, forwarded.x_forwarded_proto)?;
-        request.insert_header(X_FORWARDED_HOST, forwarded.x_forwarded_host)?;
-        request.insert_header(FORWARDED, forwarded.forwarded)?;
-        Ok(())
+        ))
     }
 
     /// Lets the rule's identity policy decide; `true` when the gateway answered the request.
@@ -662,7 +659,11 @@ impl ProxyHttp for PortProxy {
             answer.send(session).await?;
             return Ok(true);
         }
-        self.set_forwarded_headers(session, ctx, &sent_host)?;
+        // Added to the upstream request (`upstream_request_filter`), not to this one: pingora
+        // copies this header into each attempt's request, and four more entries there cost
+        // their copies and frees on every request.
+        ctx.forwarded = self.forwarded_headers(session, ctx, &sent_host);
+        ctx.sent_host = Some(sent_host);
         Ok(false)
     }
 
@@ -725,6 +726,29 @@ impl ProxyHttp for PortProxy {
                 }
                 _ => {}
             }
+        }
+        Ok(())
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut pingora::http::RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let forwarded = match ctx.forwarded.take() {
+            Some(forwarded) => Some(forwarded),
+            // A retry: the first attempt took the headers.
+            None => ctx
+                .sent_host
+                .as_ref()
+                .and_then(|host| self.forwarded_headers(session, ctx, host)),
+        };
+        if let Some(forwarded) = forwarded {
+            upstream_request.insert_header(X_FORWARDED_FOR, forwarded.x_forwarded_for)?;
+            upstream_request.insert_header(X_FORWARDED_PROTO, forwarded.x_forwarded_proto)?;
+            upstream_request.insert_header(X_FORWARDED_HOST, forwarded.x_forwarded_host)?;
+            upstream_request.insert_header(FORWARDED, forwarded.forwarded)?;
         }
         Ok(())
     }

@@ -654,6 +654,19 @@ async fn retries_listed_codes_and_connect_failures() -> Result<()> {
     let response = get(addr, "a.test", "/status/503").await?;
     assert_eq!(response.status, 503);
     assert_eq!(app.hits() - before, 3);
+    // The last retry carried the forwarding headers too, not only the first attempt.
+    let head = app.last_head().to_ascii_lowercase();
+    for forwarded in [
+        "\r\nx-forwarded-for: 127.0.0.1\r\n",
+        "\r\nx-forwarded-proto: http\r\n",
+        "\r\nx-forwarded-host: a.test\r\n",
+        ";host=a.test;",
+    ] {
+        assert!(
+            head.contains(forwarded),
+            "{forwarded:?} missing from {head}"
+        );
+    }
     // 500 is not listed: no retry.
     let before = app.hits();
     assert_eq!(get(addr, "a.test", "/status/500").await?.status, 500);
