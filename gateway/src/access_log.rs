@@ -703,7 +703,7 @@ impl Timestamp {
                 && let Some(since) = instant.checked_duration_since(anchor)
                 && since < CLOCK_PAIRING_INTERVAL
             {
-                return unix + since;
+                return unix.saturating_add(since);
             }
             let unix = SystemTime::now()
                 .duration_since(UNIX_EPOCH)

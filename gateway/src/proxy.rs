@@ -736,14 +736,12 @@ impl ProxyHttp for PortProxy {
         upstream_request: &mut pingora::http::RequestHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        let forwarded = match ctx.forwarded.take() {
-            Some(forwarded) => Some(forwarded),
-            // A retry: the first attempt took the headers.
-            None => ctx
-                .sent_host
+        // A retry computes them again: the first attempt took them.
+        let forwarded = ctx.forwarded.take().or_else(|| {
+            ctx.sent_host
                 .as_ref()
-                .and_then(|host| self.forwarded_headers(session, ctx, host)),
-        };
+                .and_then(|host| self.forwarded_headers(session, ctx, host))
+        });
         if let Some(forwarded) = forwarded {
             upstream_request.insert_header(X_FORWARDED_FOR, forwarded.x_forwarded_for)?;
             upstream_request.insert_header(X_FORWARDED_PROTO, forwarded.x_forwarded_proto)?;
