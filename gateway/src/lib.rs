@@ -8,6 +8,8 @@ pub mod dataplane;
 pub mod drain;
 pub mod error;
 pub mod filters;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod metrics;
 pub mod mirror;
 pub mod proxy;

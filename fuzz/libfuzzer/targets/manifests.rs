@@ -1,0 +1,6 @@
+//! Fuzzes manifest files through parsing, translation, compilation and routing.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|text: &str| {
+    torhaus_fuzz::exercise_manifests(text);
+});
