@@ -18,7 +18,7 @@ use torhaus_gateway::fuzzing::{self, RawRequestOutcome};
 pub use torhaus_gateway::router::CompiledConfig;
 use torhaus_gateway::router::{self, RequestView};
 use torhaus_k8s::{ObjectSet, TranslateOptions};
-use torhaus_model::{Filter, PathModifier, PortProtocol, Rule, Scheme};
+use torhaus_model::{Filter, HostMatch, PathMatch, PathModifier, PortProtocol, Rule, Scheme};
 use torhaus_policies::identity::Identity;
 use torhaus_policies::session::{CookieCodec, Session, chunk_name, seal_session};
 use torhaus_policies::{AuthContext, AuthPolicy, Authenticator, Decision};
@@ -26,11 +26,6 @@ use torhaus_policies::{AuthContext, AuthPolicy, Authenticator, Decision};
 /// A Gateway setup that fuzzed routes can attach to: an HTTP listener for every host and one for
 /// `*.example.com` on its own port, a Service with a hand-written EndpointSlice.
 const BASE_MANIFESTS: &str = r#"
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {name: torhaus}
-spec: {controllerName: torhaus.dev/gateway-controller}
----
 apiVersion: v1
 kind: Namespace
 metadata: {name: default, labels: {team: web}}
@@ -60,11 +55,26 @@ ports: [{name: http, port: 8080, protocol: TCP}]
 endpoints: [{addresses: ["192.0.2.10"], conditions: {ready: true}}]
 "#;
 
+/// The GatewayClass torhaus serves, under the name the conformance manifests leave as the
+/// placeholder `{GATEWAY_CLASS_NAME}` (the conformance rig substitutes it the same way).
+const GATEWAY_CLASS_NAME: &str = "torhaus";
+
+fn gateway_class() -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\n\
+         metadata: {{name: {GATEWAY_CLASS_NAME}}}\nspec: {{controllerName: {}}}\n",
+        torhaus_k8s::CONTROLLER_NAME
+    )
+}
+
 /// Parses `text` as one manifest file next to [`BASE_MANIFESTS`], translates the result twice
 /// (it must be deterministic), compiles it and routes a handful of requests through every
-/// listener. Panics (the fuzzer's finding) when an invariant does not hold.
-pub fn exercise_manifests(text: &str) {
+/// listener. Panics (the fuzzer's finding) when an invariant does not hold. Returns how many of
+/// those requests a route matched.
+pub fn exercise_manifests(text: &str) -> usize {
+    let text = &text.replace("{GATEWAY_CLASS_NAME}", GATEWAY_CLASS_NAME);
     let mut set = ObjectSet::default();
+    add_file(&mut set, &gateway_class(), Path::new("class.yaml"));
     add_file(&mut set, BASE_MANIFESTS, Path::new("base.yaml"));
     add_file(&mut set, text, Path::new("fuzzed.yaml"));
     // The JSON branch of the parser sees the same text; its objects are not added.
@@ -80,9 +90,11 @@ pub fn exercise_manifests(text: &str) {
         "translation is not deterministic"
     );
     let compiled = CompiledConfig::compile(&first.config);
-    for request in sample_requests() {
-        exercise_request(&compiled, &request);
-    }
+    let words = Vocabulary::of(std::slice::from_ref(&compiled));
+    sample_requests()
+        .iter()
+        .map(|request| exercise_request(&compiled, &words, request))
+        .sum()
 }
 
 fn add_file(set: &mut ObjectSet, text: &str, path: &Path) {
@@ -93,36 +105,124 @@ fn add_file(set: &mut ObjectSet, text: &str, path: &Path) {
     }
 }
 
-/// The configurations of the conformance suites under `tests/conformance/`, compiled: the
-/// request fuzzer routes through all of them.
-pub fn conformance_configs() -> Vec<CompiledConfig> {
+/// The configurations of the conformance suites under `tests/conformance/`, compiled, one per
+/// case file (with its suite's base file), as the conformance rig serves them: the request
+/// fuzzer routes through all of them.
+pub fn conformance_configs() -> std::io::Result<Vec<CompiledConfig>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/conformance");
     let mut configs = Vec::new();
     for suite in ["torhaus", "gateway-api-v1.6.1"] {
-        // A missing suite is a broken checkout, which the conformance tests report by name.
-        let Ok(set) = torhaus_k8s::load_directory(root.join(suite).join("manifests")) else {
-            continue;
+        let dir = root.join(suite).join("manifests");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)?
+            .map(|entry| entry.map(|e| e.path()))
+            .collect::<Result<_, _>>()?;
+        files.sort();
+        let (bases, cases): (Vec<_>, Vec<_>) = files.into_iter().partition(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("base"))
+        });
+        let base = match bases.first() {
+            Some(path) => std::fs::read_to_string(path)?,
+            None => String::new(),
         };
-        let translation = torhaus_k8s::translate(&set, &TranslateOptions::default());
-        configs.push(CompiledConfig::compile(&translation.config));
+        for case in cases {
+            let mut set = ObjectSet::default();
+            add_file(&mut set, &gateway_class(), Path::new("class.yaml"));
+            for (text, path) in [
+                (base.clone(), dir.join("base.yaml")),
+                (std::fs::read_to_string(&case)?, case),
+            ] {
+                let text = text.replace("{GATEWAY_CLASS_NAME}", GATEWAY_CLASS_NAME);
+                add_file(&mut set, &text, &path);
+            }
+            let translation = torhaus_k8s::translate(&set, &TranslateOptions::default());
+            configs.push(CompiledConfig::compile(&translation.config));
+        }
     }
-    configs
+    Ok(configs)
 }
 
 /// A request as the proxy sees it after pingora has parsed it, in a form a fuzzer can generate.
+/// Its parts are either raw or picked from the [`Vocabulary`] of the configuration it is routed
+/// through, so that generated requests reach the routes' matches and filters.
 #[derive(Debug, Clone, Arbitrary)]
 pub struct RequestInput {
     pub method: String,
     /// The Host header as received.
-    pub host: String,
-    /// The request target: the path and an optional query.
-    pub target: String,
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub host: Part,
+    /// The path; `path_suffix` is appended to it.
+    pub path: Part,
+    pub path_suffix: String,
+    pub query: Option<String>,
+    pub headers: Vec<(Part, Vec<u8>)>,
     pub client: ClientAddr,
     pub trusted_hops: u8,
     pub https: bool,
     /// The random draw for weighted backends and mirror percentages.
     pub random: u32,
+}
+
+/// A part of a request: as generated, or the n-th word of its kind in the [`Vocabulary`].
+#[derive(Debug, Clone, Arbitrary)]
+pub enum Part {
+    Raw(String),
+    Known(u16),
+}
+
+impl Part {
+    fn resolve<'a>(&'a self, words: &'a [String]) -> &'a str {
+        match self {
+            Part::Raw(raw) => raw,
+            Part::Known(index) if !words.is_empty() => &words[usize::from(*index) % words.len()],
+            Part::Known(_) => "",
+        }
+    }
+}
+
+/// The hosts, paths and header names a configuration's routes match on.
+#[derive(Debug, Clone, Default)]
+pub struct Vocabulary {
+    pub hosts: Vec<String>,
+    pub paths: Vec<String>,
+    pub header_names: Vec<String>,
+}
+
+impl Vocabulary {
+    pub fn of(configs: &[CompiledConfig]) -> Vocabulary {
+        let mut words = Vocabulary::default();
+        let listeners = configs
+            .iter()
+            .flat_map(|c| c.ports())
+            .flat_map(|p| p.listeners());
+        for listener in listeners {
+            for attached in &listener.model().routes {
+                for host in &attached.hostnames {
+                    words.hosts.push(match host {
+                        HostMatch::Any => "any.test".to_owned(),
+                        HostMatch::Exact(host) => host.clone(),
+                        HostMatch::Wildcard(suffix) => format!("x{suffix}"),
+                    });
+                }
+                for request_match in attached.route.rules.iter().flat_map(|r| r.matches.iter()) {
+                    match &request_match.path {
+                        PathMatch::Exact(path) | PathMatch::Prefix(path) => {
+                            words.paths.push(path.clone());
+                        }
+                        PathMatch::Regex(_) => {}
+                    }
+                    for header in &request_match.headers {
+                        words.header_names.push(header.name.as_str().to_owned());
+                    }
+                }
+            }
+        }
+        for list in [&mut words.hosts, &mut words.paths, &mut words.header_names] {
+            list.sort();
+            list.dedup();
+        }
+        words
+    }
 }
 
 #[derive(Debug, Clone, Copy, Arbitrary)]
@@ -140,62 +240,68 @@ impl From<ClientAddr> for IpAddr {
     }
 }
 
-fn sample_requests() -> Vec<RequestInput> {
-    let hosts = [
-        "example.com",
-        "a.example.com",
-        "x.y.example.com",
-        "localhost:80",
-        "[::1]",
-    ];
-    let targets = [
-        "/",
-        "/foo",
-        "/foo/bar/?q=1&q=2",
-        "/%2e%2E/x",
-        "//a//b",
-        "/v2/x?",
-    ];
+/// Requests over the configuration's own hosts and paths, and a few odd shapes, routed by
+/// [`exercise_manifests`].
+pub fn sample_requests() -> Vec<RequestInput> {
+    let odd_paths = ["/%2e%2E/x", "//a//b", "/foo/bar/"];
     let mut requests = Vec::new();
-    for (index, host) in hosts.iter().enumerate() {
-        for target in targets {
-            requests.push(RequestInput {
-                method: if index % 2 == 0 { "GET" } else { "POST" }.to_owned(),
-                host: (*host).to_owned(),
-                target: target.to_owned(),
-                headers: vec![
-                    ("version".to_owned(), b"two".to_vec()),
-                    ("origin".to_owned(), b"https://app.example.com".to_vec()),
-                    (
-                        "x-forwarded-for".to_owned(),
-                        b"198.51.100.7, 10.0.0.1".to_vec(),
-                    ),
-                ],
-                client: ClientAddr::V4([10, 0, 0, 2]),
-                trusted_hops: 1,
-                https: index % 2 == 1,
-                random: u32::try_from(index).unwrap_or(0).wrapping_mul(0x9e37_79b9),
-            });
-        }
+    for index in 0..30u16 {
+        let path = match odd_paths.get(usize::from(index % 10)) {
+            Some(odd) => Part::Raw((*odd).to_owned()),
+            None => Part::Known(index / 2),
+        };
+        requests.push(RequestInput {
+            method: if index % 2 == 0 { "GET" } else { "POST" }.to_owned(),
+            host: Part::Known(index),
+            path,
+            path_suffix: if index % 3 == 0 {
+                "/sub".to_owned()
+            } else {
+                String::new()
+            },
+            query: (index % 4 == 0).then(|| "q=1&q=2".to_owned()),
+            headers: vec![
+                (Part::Known(index), b"two".to_vec()),
+                (
+                    Part::Raw("origin".to_owned()),
+                    b"https://app.example.com".to_vec(),
+                ),
+                (
+                    Part::Raw("x-forwarded-for".to_owned()),
+                    b"198.51.100.7, 10.0.0.1".to_vec(),
+                ),
+            ],
+            client: ClientAddr::V4([10, 0, 0, 2]),
+            trusted_hops: 1,
+            https: index % 2 == 1,
+            random: u32::from(index).wrapping_mul(0x9e37_79b9),
+        });
     }
     requests
 }
 
 /// Routes `input` through every listener of `config` that serves its host, as the proxy does,
-/// then runs the matched rule's filters, the backend choice and the forwarding headers.
-pub fn exercise_request(config: &CompiledConfig, input: &RequestInput) {
+/// then runs the matched rule's filters, the backend choice and the forwarding headers. Returns
+/// how many listeners had a route for it.
+pub fn exercise_request(
+    config: &CompiledConfig,
+    words: &Vocabulary,
+    input: &RequestInput,
+) -> usize {
+    let host = input.host.resolve(&words.hosts);
+    let target = format!("{}{}", input.path.resolve(&words.paths), input.path_suffix);
     let Ok(method) = Method::from_bytes(input.method.as_bytes()) else {
-        return; // pingora answers 400 before the proxy sees it
+        return 0; // pingora answers 400 before the proxy sees it
     };
     // pingora hands over only header values it could parse; the proxy never sees others.
-    let Ok(raw_host) = HeaderValue::from_str(&input.host) else {
-        return;
+    let Ok(raw_host) = HeaderValue::from_str(host) else {
+        return 0;
     };
     let mut headers = HeaderMap::new();
     headers.insert(http::header::HOST, raw_host);
     for (name, value) in &input.headers {
         if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
+            HeaderName::from_bytes(name.resolve(&words.header_names).as_bytes()),
             HeaderValue::from_bytes(value),
         ) {
             headers.append(name, value);
@@ -212,7 +318,7 @@ pub fn exercise_request(config: &CompiledConfig, input: &RequestInput) {
         &headers,
         u32::from(input.trusted_hops),
         scheme,
-        &input.host,
+        host,
     );
     for (name, value) in [
         ("X-Forwarded-For", &forwarded.x_forwarded_for),
@@ -227,31 +333,28 @@ pub fn exercise_request(config: &CompiledConfig, input: &RequestInput) {
     }
     let _ = filters::effective_client_ip(client, &headers, u32::from(input.trusted_hops));
 
-    let Some(host) = torhaus_model::hostname::normalize_request_host(&input.host) else {
-        return; // the proxy answers 400
+    let Some(normalized_host) = torhaus_model::hostname::normalize_request_host(host) else {
+        return 0; // the proxy answers 400
     };
-    let (path, query) = match input.target.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (input.target.as_str(), None),
-    };
+    let path = target.as_str();
+    let query = input.query.as_deref();
     let view = RequestView {
-        host: &host,
+        host: &normalized_host,
         path,
         query,
         method: &method,
         headers: &headers,
     };
-    let redirect_host = input
-        .host
-        .rsplit_once(':')
-        .map_or(input.host.as_str(), |(h, _)| h);
+    let redirect_host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    let mut matched_listeners = 0;
     for port in config.ports() {
-        let Some(listener) = port.listener_for_host(&host) else {
+        let Some(listener) = port.listener_for_host(&normalized_host) else {
             continue;
         };
         let Some(matched) = listener.route(&view) else {
             continue;
         };
+        matched_listeners += 1;
         assert!(
             matched
                 .rule
@@ -278,6 +381,7 @@ pub fn exercise_request(config: &CompiledConfig, input: &RequestInput) {
             input.random,
         );
     }
+    matched_listeners
 }
 
 fn exercise_rule(rule: &Rule, request: &RedirectInput<'_>, headers: &HeaderMap, random: u32) {

@@ -5,16 +5,16 @@ use std::path::{Path, PathBuf};
 
 use arbitrary::{Arbitrary, Unstructured};
 use torhaus_fuzz::{
-    DecisionKind, IdentityInput, RequestInput, conformance_configs, exercise_identity,
-    exercise_manifests, exercise_raw_request, exercise_request, replay_dir,
+    DecisionKind, IdentityInput, RequestInput, Vocabulary, conformance_configs, exercise_identity,
+    exercise_manifests, exercise_raw_request, exercise_request, replay_dir, sample_requests,
 };
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
 }
 
-fn manifest_inputs(bytes: &[u8]) {
-    exercise_manifests(&String::from_utf8_lossy(bytes));
+fn manifest_inputs(bytes: &[u8]) -> usize {
+    exercise_manifests(&String::from_utf8_lossy(bytes))
 }
 
 /// The manifests fuzzer's seeds are the project's own manifests; what it found is kept under
@@ -22,33 +22,61 @@ fn manifest_inputs(bytes: &[u8]) {
 #[test]
 fn manifests_pass_every_invariant() -> anyhow::Result<()> {
     let mut replayed = 0;
+    let mut routed = 0;
     for dir in [
         "../examples",
         "../tests/conformance",
         "regressions/manifests",
     ] {
         // Every file is fair input, the test CA and cases.json beside the manifests included.
-        replayed += replay_dir(&fuzz_dir().join(dir), &mut manifest_inputs)?;
+        replayed += replay_dir(&fuzz_dir().join(dir), &mut |bytes| {
+            routed += manifest_inputs(bytes);
+        })?;
     }
     assert!(
         replayed > 20,
         "the manifests were not found (only {replayed} files)"
     );
+    // The examples' and the suites' base routes are live in the harness, not merely parsed.
+    assert!(routed > 60, "only {routed} sample requests were routed");
     Ok(())
 }
 
 #[test]
 fn kept_request_inputs_pass_every_invariant() -> anyhow::Result<()> {
-    let configs = conformance_configs();
-    assert_eq!(configs.len(), 2, "both conformance suites compile");
+    let configs = conformance_configs()?;
+    assert!(
+        configs.len() > 20,
+        "one configuration per conformance case file"
+    );
+    let served: usize = configs.iter().map(|c| c.ports().len()).sum();
+    let configs_len = configs.len();
+    assert!(served >= configs_len, "every configuration serves a port");
+    let configs: Vec<_> = configs
+        .into_iter()
+        .map(|config| {
+            let words = Vocabulary::of(std::slice::from_ref(&config));
+            (config, words)
+        })
+        .collect();
+    let routed: usize = sample_requests()
+        .iter()
+        .flat_map(|request| {
+            configs
+                .iter()
+                .map(move |(c, w)| exercise_request(c, w, request))
+        })
+        .sum();
+    // The requests reach the suites' routes, not only their 404s.
+    assert!(routed > 300, "only {routed} sample requests were routed");
     let mut replayed = 0;
     for dir in ["corpus/requests", "regressions/requests"] {
         replayed += replay_dir(&fuzz_dir().join(dir), &mut |bytes| {
             let Ok(input) = RequestInput::arbitrary_take_rest(Unstructured::new(bytes)) else {
                 return;
             };
-            for config in &configs {
-                exercise_request(config, &input);
+            for (config, words) in &configs {
+                exercise_request(config, words, &input);
             }
         })?;
     }

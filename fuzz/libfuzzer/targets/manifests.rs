@@ -2,5 +2,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|text: &str| {
-    torhaus_fuzz::exercise_manifests(text);
+    let _ = torhaus_fuzz::exercise_manifests(text);
 });

@@ -4,12 +4,23 @@
 
 use std::sync::OnceLock;
 
-use torhaus_fuzz::{CompiledConfig, RequestInput, conformance_configs, exercise_request};
+use torhaus_fuzz::{CompiledConfig, RequestInput, Vocabulary, conformance_configs, exercise_request};
 
-static CONFIGS: OnceLock<Vec<CompiledConfig>> = OnceLock::new();
+static CONFIGS: OnceLock<Vec<(CompiledConfig, Vocabulary)>> = OnceLock::new();
 
 libfuzzer_sys::fuzz_target!(|input: RequestInput| {
-    for config in CONFIGS.get_or_init(conformance_configs) {
-        exercise_request(config, &input);
+    // Without the configurations there is nothing to fuzz: fail loudly at the first input.
+    let configs = CONFIGS.get_or_init(|| match conformance_configs() {
+        Ok(configs) => configs
+            .into_iter()
+            .map(|config| {
+                let words = Vocabulary::of(std::slice::from_ref(&config));
+                (config, words)
+            })
+            .collect(),
+        Err(error) => panic!("reading the conformance manifests: {error}"),
+    });
+    for (config, words) in configs {
+        let _ = exercise_request(config, words, &input);
     }
 });
