@@ -1,5 +1,7 @@
-//! What the fuzzers drive: manifests through parsing, translation and compilation, and requests
-//! through routing, filters and forwarding headers, checking the invariants the proxy relies on.
+//! What the fuzzers drive, with the invariants the proxy relies on: manifests through parsing,
+//! translation and compilation; requests through routing, filters and forwarding headers; raw
+//! HTTP/1 bytes through pingora's parser and the strict checks; requests and sessions through
+//! the identity decision.
 //!
 //! The libFuzzer targets in `fuzz/libfuzzer/` call these functions with generated input; this
 //! crate's tests call them with every file kept under `fuzz/corpus/` and `fuzz/regressions/`, so
