@@ -131,6 +131,10 @@ pub struct RunArgs {
     /// by a few long, busy connections.
     #[arg(long)]
     pub work_stealing: bool,
+    /// Which engine serves HTTP/1.1: torhaus's own (plain proxied requests; everything else is
+    /// handed to pingora's proxy) or pingora's proxy for everything. HTTP/2 is always pingora's.
+    #[arg(long, value_enum, default_value_t = Http1EngineArg::Torhaus)]
+    pub http1_engine: Http1EngineArg,
     /// Address the listeners bind to.
     #[arg(long, default_value = "0.0.0.0")]
     pub bind: IpAddr,
@@ -326,5 +330,21 @@ mod tests {
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+}
+
+/// `--http1-engine`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Http1EngineArg {
+    Torhaus,
+    Pingora,
+}
+
+impl From<Http1EngineArg> for torhaus_gateway::Http1EngineChoice {
+    fn from(arg: Http1EngineArg) -> Self {
+        match arg {
+            Http1EngineArg::Torhaus => torhaus_gateway::Http1EngineChoice::Torhaus,
+            Http1EngineArg::Pingora => torhaus_gateway::Http1EngineChoice::Pingora,
+        }
     }
 }

@@ -33,6 +33,7 @@ use pingora::listeners::TcpSocketOptions;
 use pingora::listeners::tls::TlsSettings;
 use pingora::server::Fds;
 use pingora::server::configuration::ServerConf;
+use pingora::services::listening::Service;
 use pingora::services::Service as _;
 use tokio::sync::watch;
 use torhaus_model::{DataPlaneConfig, OnDemandIssuer, PortProtocol};
@@ -42,7 +43,7 @@ use crate::auth::AuthRegistry;
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, Observer, StateView};
 use crate::mirror::Mirrors;
-use crate::proxy::{PortProxy, ProxyShared};
+use crate::proxy::{EngineOptions, Http1Engine, PortProxy, ProxyShared};
 use crate::snapshot::Snapshot;
 use crate::tls::{OnDemandCache, PortCertResolver, SniRecorder};
 use crate::upstream::EjectionPolicy;
@@ -84,6 +85,19 @@ pub struct GatewaySettings {
     pub request_metrics: bool,
     /// Where to write one JSON line per request; `None` disables access logs.
     pub access_log: Option<AccessLogTarget>,
+    /// Which engine serves HTTP/1.1 connections.
+    pub http1_engine: Http1EngineChoice,
+}
+
+/// Which engine serves HTTP/1.1 connections (HTTP/2 is always pingora's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Http1EngineChoice {
+    /// torhaus's own, for plain proxied requests, handing the rest to pingora's proxy
+    /// (`gateway::proxy::Http1Engine`).
+    #[default]
+    Torhaus,
+    /// pingora's proxy for everything.
+    Pingora,
 }
 
 impl Default for GatewaySettings {
@@ -98,6 +112,7 @@ impl Default for GatewaySettings {
             max_request_header_bytes: 32 * 1024,
             request_metrics: true,
             access_log: None,
+            http1_engine: Http1EngineChoice::default(),
         }
     }
 }
@@ -465,21 +480,30 @@ impl DataPlane {
             protocol,
             shared: Arc::clone(&self.inner.proxy),
         };
-        let mut service = pingora::proxy::http_proxy_service_with_name(
-            &conf,
-            proxy,
-            &format!("torhaus port {declared_port}"),
+        let mut pingora = pingora::proxy::http_proxy(&conf, proxy);
+        if protocol == PortProtocol::Http {
+            let mut server_options = HttpServerOptions::default();
+            server_options.h2c = true;
+            pingora.server_options = Some(server_options);
+        }
+        let engine = Http1Engine::new(
+            PortProxy {
+                declared_port,
+                protocol,
+                shared: Arc::clone(&self.inner.proxy),
+            },
+            pingora,
+            EngineOptions {
+                h2c: protocol == PortProtocol::Http,
+                own_http1: self.inner.settings.http1_engine == Http1EngineChoice::Torhaus,
+            },
         );
+        let mut service = Service::new(format!("torhaus port {declared_port}"), engine);
         // The options only matter to pingora when it binds, which it does not: the fds table
         // already holds every address.
         let options = TcpSocketOptions::default();
         match protocol {
             PortProtocol::Http => {
-                if let Some(app) = service.app_logic_mut() {
-                    let mut server_options = HttpServerOptions::default();
-                    server_options.h2c = true;
-                    app.server_options = Some(server_options);
-                }
                 for (addr, _) in sockets {
                     service.add_tcp_with_settings(&addr.to_string(), options.clone());
                 }

@@ -21,7 +21,7 @@ pub mod strict;
 pub mod tls;
 pub mod upstream;
 
-pub use dataplane::{DataPlane, DataPlaneOptions, GatewaySettings};
+pub use dataplane::{DataPlane, DataPlaneOptions, GatewaySettings, Http1EngineChoice};
 pub use error::GatewayError;
 pub use metrics::Metrics;
 pub use upstream::EjectionPolicy;

@@ -36,6 +36,7 @@ use prometheus::{
 };
 use torhaus_model::{BackendTarget, HostMatch, Rule};
 
+use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 
 use crate::access_log::{AccessEntry, AccessLog, LogNames, Protocol, RequestFields};
@@ -634,18 +635,31 @@ impl Observer {
     /// rendered now because filters may yet rewrite its host and path (and because its bytes are
     /// in the cache now, where by the end of the request they are not).
     pub fn request_arrived(&self, session: &Session, obs: &mut RequestObs) {
-        obs.start(session.client_addr().and_then(|a| a.as_inet()).copied());
+        let client = session.client_addr().and_then(|a| a.as_inet()).copied();
+        let protocol = if session.is_http2() {
+            Protocol::Http2
+        } else {
+            Protocol::Http1
+        };
+        self.note_arrival(client, session.req_header(), protocol, obs);
+    }
+
+    /// [`Observer::request_arrived`] for a request read without a pingora session.
+    pub fn note_arrival(
+        &self,
+        client: Option<SocketAddr>,
+        request: &RequestHeader,
+        protocol: Protocol,
+        obs: &mut RequestObs,
+    ) {
+        obs.start(client);
         if self.access_log.is_some() {
-            obs.request_fields = Some(render_request_fields(session, obs.client));
+            obs.request_fields = Some(render_request_fields(request, protocol, obs.client));
         }
     }
 
     /// The request has ended (pingora's `logging` phase).
     pub fn finish(&self, session: &Session, finished: &Finished<'_>) {
-        if !self.request_metrics && self.access_log.is_none() {
-            return;
-        }
-        let resolved = Resolved::of(finished);
         let status = session
             .response_written()
             .map_or(0, |response| response.status.as_u16());
@@ -653,6 +667,34 @@ impl Observer {
             u64::try_from(session.body_bytes_read()).unwrap_or(u64::MAX),
             u64::try_from(session.body_bytes_sent()).unwrap_or(u64::MAX),
         );
+        let protocol = if session.is_http2() {
+            Protocol::Http2
+        } else {
+            Protocol::Http1
+        };
+        let client = || session.client_addr().and_then(|a| a.as_inet()).copied();
+        self.note_end(
+            status,
+            bytes,
+            || render_request_fields(session.req_header(), protocol, client()),
+            finished,
+        );
+    }
+
+    /// [`Observer::finish`] for a request served without a pingora session: the status written
+    /// (0 for none), the body bytes read and sent, and the request's log fields in case it
+    /// ended before [`Observer::note_arrival`].
+    pub fn note_end(
+        &self,
+        status: u16,
+        bytes: (u64, u64),
+        late_fields: impl FnOnce() -> Vec<u8>,
+        finished: &Finished<'_>,
+    ) {
+        if !self.request_metrics && self.access_log.is_none() {
+            return;
+        }
+        let resolved = Resolved::of(finished);
         // One monotonic reading ends the request: it times it, and dates its log line.
         let ended = Instant::now();
         let elapsed = finished.obs.seconds_until(ended);
@@ -666,11 +708,7 @@ impl Observer {
                 Some(fields) => fields,
                 // The request ended before it was noted (pingora answered it itself).
                 None => {
-                    let client = finished
-                        .obs
-                        .client
-                        .or_else(|| session.client_addr().and_then(|a| a.as_inet()).copied());
-                    rendered_late = render_request_fields(session, client);
+                    rendered_late = late_fields();
                     &rendered_late
                 }
             };
@@ -694,19 +732,18 @@ impl Observer {
 }
 
 /// The access log's members about the request as it arrived (see [`RequestFields`]).
-fn render_request_fields(session: &Session, client: Option<SocketAddr>) -> Vec<u8> {
-    let request = session.req_header();
+fn render_request_fields(
+    request: &RequestHeader,
+    protocol: Protocol,
+    client: Option<SocketAddr>,
+) -> Vec<u8> {
     let target = std::str::from_utf8(request.raw_path()).unwrap_or("(not UTF-8)");
     let fields = RequestFields {
         client,
         host: crate::access_log::bounded(crate::proxy::raw_host(request)),
         method: &request.method,
         path: crate::access_log::path_only(target),
-        protocol: if session.is_http2() {
-            Protocol::Http2
-        } else {
-            Protocol::Http1
-        },
+        protocol,
     };
     let mut rendered = Vec::with_capacity(fields.rendered_capacity());
     fields.write_json(&mut rendered);

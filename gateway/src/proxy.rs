@@ -16,6 +16,12 @@
 //! once the session is revoked or expired.
 //! Retries follow `Rule.retry` (listed codes and connection failures), with `backoff` between
 //! attempts, and only while pingora still holds the whole request body for replay.
+//!
+//! On HTTP/1.1, [`Http1Engine`] serves plain proxied requests with this same code and hands the
+//! rest to pingora's proxy (see its module).
+
+mod engine;
+mod wire;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +29,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::header;
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType};
@@ -44,6 +50,8 @@ use crate::snapshot::Snapshot;
 use crate::strict::check_request;
 use crate::tls::ClientSni;
 use crate::upstream::{EjectionPolicy, EndpointSet, InFlight};
+
+pub use engine::{EngineOptions, Http1Engine};
 
 /// Connect timeout when the rule sets none: long enough for any sane network, short enough that
 /// a black-holed endpoint is ejected quickly.
@@ -112,6 +120,24 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
+    /// The request as metrics and the access log see it once it has ended.
+    fn finished(&self) -> Finished<'_> {
+        Finished {
+            obs: &self.obs,
+            snapshot: self.snapshot.as_deref(),
+            rule: self.rule.as_ref(),
+            backend_index: self.backend_index,
+            upstream: self
+                .in_flight
+                .as_ref()
+                .map(|claim| &claim.endpoint().log_addr),
+            user: self
+                .auth_identity
+                .as_deref()
+                .map(|id| id.username.as_deref().unwrap_or(&id.sub)),
+        }
+    }
+
     fn retry_allowed(&self, body_truncated: bool) -> bool {
         let Some(policy) = self.rule.as_ref().and_then(|r| r.retry.as_ref()) else {
             return false;
@@ -150,8 +176,7 @@ impl Answer {
 }
 
 /// The host a request addresses, lowercase and without port; borrowed when already normal.
-fn request_host(session: &Session) -> Option<std::borrow::Cow<'_, str>> {
-    let request = session.req_header();
+fn request_host(request: &RequestHeader) -> Option<std::borrow::Cow<'_, str>> {
     let raw = match request.headers.get(header::HOST) {
         Some(value) => value.to_str().ok()?,
         // HTTP/1.0 may omit Host (HTTP/1.1 without it was refused earlier): only listeners and
@@ -240,10 +265,86 @@ async fn read_small_body(session: &mut Session, limit: usize) -> pingora::Result
 
 /// Whether the rule's CORS filter answers this request itself (a preflight, which browsers
 /// send without cookies or credentials, so the identity layer must not refuse it).
-fn answers_cors_preflight(session: &Session, rule: &Rule) -> bool {
-    let request = session.req_header();
+fn answers_cors_preflight(request: &RequestHeader, rule: &Rule) -> bool {
     rule.filters.iter().any(|f| matches!(f, Filter::Cors(_)))
         && filters::is_cors_preflight(&request.method, &request.headers)
+}
+
+/// Removes the identity header names of every policy in force, so that no client can pose as
+/// someone the identity layer let through (on every route, under a policy or not).
+fn strip_identity_headers(request: &mut RequestHeader, ctx: &RequestCtx) {
+    if let Some(snapshot) = &ctx.snapshot
+        && !snapshot.auth.is_empty()
+    {
+        for name in snapshot.auth.strip_everywhere() {
+            request.remove_header(name);
+        }
+    }
+}
+
+/// The response side of the matched rule and backend: identity cookies, header modifiers and
+/// CORS headers, applied to the upstream's response.
+fn apply_response_filters(
+    request: &RequestHeader,
+    response: &mut ResponseHeader,
+    ctx: &RequestCtx,
+) -> pingora::Result<()> {
+    for (name, value) in &ctx.auth_response_headers {
+        response.append_header(name.clone(), value.clone())?;
+    }
+    let Some(rule) = &ctx.rule else {
+        return Ok(());
+    };
+    let backend_filters = ctx
+        .backend_index
+        .and_then(|i| rule.backends.get(i))
+        .map(|b| &b.filters[..])
+        .unwrap_or(&[]);
+    for filter in rule.filters.iter().chain(backend_filters) {
+        match filter {
+            Filter::ResponseHeaders(modifier) => {
+                filters::apply_response_headers(modifier, response)?;
+            }
+            Filter::Cors(cors) => {
+                if let Some(origin) = request
+                    .headers
+                    .get(header::ORIGIN)
+                    .and_then(|o| o.to_str().ok())
+                {
+                    filters::cors_response_headers(cors, origin).apply_to(response)?;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The status answering a request that failed with `e`; 0 when the client is gone.
+fn error_status(e: &Error) -> u16 {
+    match e.etype() {
+        ErrorType::HTTPStatus(code) => *code,
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
+        _ => match e.esource() {
+            pingora::ErrorSource::Upstream => 502,
+            pingora::ErrorSource::Downstream => match e.etype() {
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                _ => 400,
+            },
+            pingora::ErrorSource::Internal | pingora::ErrorSource::Unset => 500,
+        },
+    }
+}
+
+/// Sets the four forwarding headers on a request to the upstream, replacing any the client sent.
+fn add_forwarded_headers(
+    request: &mut RequestHeader,
+    forwarded: filters::ForwardedHeaders,
+) -> pingora::Result<()> {
+    request.insert_header(X_FORWARDED_FOR, forwarded.x_forwarded_for)?;
+    request.insert_header(X_FORWARDED_PROTO, forwarded.x_forwarded_proto)?;
+    request.insert_header(X_FORWARDED_HOST, forwarded.x_forwarded_host)?;
+    request.insert_header(FORWARDED, forwarded.forwarded)
 }
 
 fn session_ended() -> Box<Error> {
@@ -253,28 +354,32 @@ fn session_ended() -> Box<Error> {
     )
 }
 
-fn client_sni(session: &Session) -> Option<&ClientSni> {
-    session
-        .digest()?
-        .ssl_digest
-        .as_ref()?
-        .extension
-        .get::<ClientSni>()
+/// The server name the client sent in its TLS handshake, if any.
+fn client_sni(digest: Option<&pingora::protocols::Digest>) -> Option<&str> {
+    match digest?.ssl_digest.as_ref()?.extension.get::<ClientSni>()? {
+        ClientSni(Some(sni), _) => Some(sni),
+        ClientSni(None, _) => None,
+    }
 }
 
 impl PortProxy {
     /// Routes the request into `ctx`; `Err(status)` when the gateway answers it itself.
-    fn route(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), u16> {
+    fn route(
+        &self,
+        request: &RequestHeader,
+        sni: Option<&str>,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), u16> {
         let snapshot = self.shared.snapshot.load_full();
         let port = snapshot
             .routes
             .port(self.declared_port)
             .filter(|p| p.protocol() == self.protocol)
             .ok_or(404u16)?;
-        let host = request_host(session).ok_or(400u16)?;
+        let host = request_host(request).ok_or(400u16)?;
         let listener = port.listener_for_host(&host);
         if self.protocol == PortProtocol::Https
-            && let Some(ClientSni(Some(sni), _)) = client_sni(session)
+            && let Some(sni) = sni
         {
             let by_sni = port.listener_for_host(sni);
             let same = match (listener, by_sni) {
@@ -288,7 +393,6 @@ impl PortProxy {
         }
         let listener = listener.ok_or(404u16)?;
         ctx.obs.set_listener(listener);
-        let request = session.req_header();
         let path_and_query = request.raw_path();
         let path_and_query = std::str::from_utf8(path_and_query).map_err(|_| 400u16)?;
         let (path, query) = match path_and_query.split_once('?') {
@@ -325,28 +429,28 @@ impl PortProxy {
     /// (a redirect or a CORS preflight).
     fn apply_request_filters(
         &self,
-        session: &mut Session,
+        request: &mut RequestHeader,
+        has_body: bool,
         ctx: &mut RequestCtx,
         list: &[Filter],
     ) -> pingora::Result<Option<Answer>> {
         for filter in list {
             match filter {
                 Filter::RequestHeaders(modifier) => {
-                    filters::apply_request_headers(modifier, session.req_header_mut())?;
+                    filters::apply_request_headers(modifier, request)?;
                 }
                 Filter::Redirect(redirect) => {
-                    return Ok(Some(self.redirect(session, ctx, redirect)));
+                    return Ok(Some(self.redirect(request, ctx, redirect)));
                 }
-                Filter::Rewrite(rewrite) => self.rewrite(session, ctx, rewrite)?,
+                Filter::Rewrite(rewrite) => self.rewrite(request, ctx, rewrite)?,
                 Filter::Mirror(mirror) => {
                     if filters::should_mirror(mirror, fastrand::u32(..))
                         && let BackendTarget::Service(backend) = &mirror.backend
                         && let Some(snapshot) = &ctx.snapshot
                         && let Some(endpoints) = snapshot.endpoints.endpoints_of(backend)
                     {
-                        let has_body = !session.is_body_empty();
                         if let Some(body) = self.shared.mirrors.start(
-                            session.req_header(),
+                            request,
                             has_body,
                             backend,
                             endpoints,
@@ -356,7 +460,6 @@ impl PortProxy {
                     }
                 }
                 Filter::Cors(cors) => {
-                    let request = session.req_header();
                     if filters::is_cors_preflight(&request.method, &request.headers) {
                         let text = |name| {
                             request
@@ -383,9 +486,8 @@ impl PortProxy {
         Ok(None)
     }
 
-    fn redirect(&self, session: &Session, ctx: &RequestCtx, redirect: &Redirect) -> Answer {
-        let request = session.req_header();
-        let Some(host) = request_host(session) else {
+    fn redirect(&self, request: &RequestHeader, ctx: &RequestCtx, redirect: &Redirect) -> Answer {
+        let Some(host) = request_host(request) else {
             return Answer::status(400);
         };
         let Some(matched) = ctx
@@ -422,14 +524,12 @@ impl PortProxy {
 
     fn rewrite(
         &self,
-        session: &mut Session,
+        request: &mut RequestHeader,
         ctx: &RequestCtx,
         rewrite: &Rewrite,
     ) -> pingora::Result<()> {
         if let Some(hostname) = &rewrite.hostname {
-            session
-                .req_header_mut()
-                .insert_header(header::HOST, hostname.as_str())?;
+            request.insert_header(header::HOST, hostname.as_str())?;
         }
         let Some(modifier) = &rewrite.path else {
             return Ok(());
@@ -441,7 +541,6 @@ impl PortProxy {
         else {
             return Ok(());
         };
-        let request = session.req_header();
         let target = std::str::from_utf8(request.raw_path())
             .map_err(|_| Error::explain(ErrorType::HTTPStatus(400), "request path is not UTF-8"))?;
         let (path, query) = match target.split_once('?') {
@@ -459,21 +558,21 @@ impl PortProxy {
                 "rewritten path is not a valid URI",
             )
         })?;
-        session.req_header_mut().set_uri(uri);
+        request.set_uri(uri);
         Ok(())
     }
 
     /// The forwarding headers of this request (none without a TCP peer).
     fn forwarded_headers(
         &self,
-        session: &Session,
+        request: &RequestHeader,
         ctx: &RequestCtx,
         host: &SentHost,
     ) -> Option<filters::ForwardedHeaders> {
         let client = ctx.obs.client()?.ip();
         Some(filters::forwarded_headers(
             client,
-            &session.req_header().headers,
+            &request.headers,
             self.shared.trusted_hops,
             self.scheme(),
             host.as_str(),
@@ -545,6 +644,41 @@ impl PortProxy {
                 Ok(true)
             }
         }
+    }
+
+    /// After the identity layer: the rule's filters, the backend choice and the backend's
+    /// filters, then the forwarding headers. `Err` holds the answer when the gateway replies
+    /// itself (a redirect, a CORS preflight, or an error status).
+    fn prepare_upstream(
+        &self,
+        request: &mut RequestHeader,
+        has_body: bool,
+        ctx: &mut RequestCtx,
+        sent_host: SentHost,
+    ) -> pingora::Result<Result<(), Answer>> {
+        let Some(rule) = ctx.rule.clone() else {
+            return Ok(Err(Answer::status(500)));
+        };
+        if let Some(answer) = self.apply_request_filters(request, has_body, ctx, &rule.filters)? {
+            return Ok(Err(answer));
+        }
+        if let Err(status) = self.choose_backend(ctx) {
+            return Ok(Err(Answer::status(status)));
+        }
+        if let Some(index) = ctx.backend_index
+            && let Some(weighted) = rule.backends.get(index)
+            && !weighted.filters.is_empty()
+            && let Some(answer) =
+                self.apply_request_filters(request, has_body, ctx, &weighted.filters)?
+        {
+            return Ok(Err(answer));
+        }
+        // Added to the upstream request, not to this one: pingora copies this header into each
+        // attempt's request, and four more entries there cost their copies and frees on every
+        // request.
+        ctx.forwarded = self.forwarded_headers(request, ctx, &sent_host);
+        ctx.sent_host = Some(sent_host);
+        Ok(Ok(()))
     }
 
     /// Whether an upgraded connection (WebSocket) may carry on: its session still valid.
@@ -621,7 +755,8 @@ impl ProxyHttp for PortProxy {
             respond(session, rejection.status(), &[], true).await?;
             return Ok(true);
         }
-        if let Err(status) = self.route(session, ctx) {
+        let sni = client_sni(session.digest());
+        if let Err(status) = self.route(session.req_header(), sni, ctx) {
             respond(session, status, &[], false).await?;
             return Ok(true);
         }
@@ -629,42 +764,21 @@ impl ProxyHttp for PortProxy {
             return Ok(false);
         };
         let sent_host = SentHost::of(session.req_header());
-        if let Some(snapshot) = &ctx.snapshot
-            && !snapshot.auth.is_empty()
-        {
-            let request = session.req_header_mut();
-            for name in snapshot.auth.strip_everywhere() {
-                request.remove_header(name);
-            }
-        }
+        strip_identity_headers(session.req_header_mut(), ctx);
         if let Some(enforcer) = ctx.auth.clone()
-            && !answers_cors_preflight(session, &rule)
+            && !answers_cors_preflight(session.req_header(), &rule)
             && self.authenticate(session, ctx, &enforcer).await?
         {
             return Ok(true);
         }
-        if let Some(answer) = self.apply_request_filters(session, ctx, &rule.filters)? {
-            answer.send(session).await?;
-            return Ok(true);
+        let has_body = !session.is_body_empty();
+        match self.prepare_upstream(session.req_header_mut(), has_body, ctx, sent_host)? {
+            Ok(()) => Ok(false),
+            Err(answer) => {
+                answer.send(session).await?;
+                Ok(true)
+            }
         }
-        if let Err(status) = self.choose_backend(ctx) {
-            respond(session, status, &[], false).await?;
-            return Ok(true);
-        }
-        if let Some(index) = ctx.backend_index
-            && let Some(weighted) = rule.backends.get(index)
-            && !weighted.filters.is_empty()
-            && let Some(answer) = self.apply_request_filters(session, ctx, &weighted.filters)?
-        {
-            answer.send(session).await?;
-            return Ok(true);
-        }
-        // Added to the upstream request (`upstream_request_filter`), not to this one: pingora
-        // copies this header into each attempt's request, and four more entries there cost
-        // their copies and frees on every request.
-        ctx.forwarded = self.forwarded_headers(session, ctx, &sent_host);
-        ctx.sent_host = Some(sent_host);
-        Ok(false)
     }
 
     async fn request_body_filter(
@@ -698,36 +812,7 @@ impl ProxyHttp for PortProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        for (name, value) in &ctx.auth_response_headers {
-            upstream_response.append_header(name.clone(), value.clone())?;
-        }
-        let Some(rule) = &ctx.rule else {
-            return Ok(());
-        };
-        let backend_filters = ctx
-            .backend_index
-            .and_then(|i| rule.backends.get(i))
-            .map(|b| &b.filters[..])
-            .unwrap_or(&[]);
-        for filter in rule.filters.iter().chain(backend_filters) {
-            match filter {
-                Filter::ResponseHeaders(modifier) => {
-                    filters::apply_response_headers(modifier, upstream_response)?;
-                }
-                Filter::Cors(cors) => {
-                    if let Some(origin) = session
-                        .req_header()
-                        .headers
-                        .get(header::ORIGIN)
-                        .and_then(|o| o.to_str().ok())
-                    {
-                        filters::cors_response_headers(cors, origin).apply_to(upstream_response)?;
-                    }
-                }
-                _ => {}
-            }
-        }
-        Ok(())
+        apply_response_filters(session.req_header(), upstream_response, ctx)
     }
 
     async fn upstream_request_filter(
@@ -740,15 +825,12 @@ impl ProxyHttp for PortProxy {
         let forwarded = ctx.forwarded.take().or_else(|| {
             ctx.sent_host
                 .as_ref()
-                .and_then(|host| self.forwarded_headers(session, ctx, host))
+                .and_then(|host| self.forwarded_headers(session.req_header(), ctx, host))
         });
-        if let Some(forwarded) = forwarded {
-            upstream_request.insert_header(X_FORWARDED_FOR, forwarded.x_forwarded_for)?;
-            upstream_request.insert_header(X_FORWARDED_PROTO, forwarded.x_forwarded_proto)?;
-            upstream_request.insert_header(X_FORWARDED_HOST, forwarded.x_forwarded_host)?;
-            upstream_request.insert_header(FORWARDED, forwarded.forwarded)?;
+        match forwarded {
+            Some(forwarded) => add_forwarded_headers(upstream_request, forwarded),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     async fn upstream_peer(
@@ -906,23 +988,7 @@ impl ProxyHttp for PortProxy {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        self.shared.observer.finish(
-            session,
-            &Finished {
-                obs: &ctx.obs,
-                snapshot: ctx.snapshot.as_deref(),
-                rule: ctx.rule.as_ref(),
-                backend_index: ctx.backend_index,
-                upstream: ctx
-                    .in_flight
-                    .as_ref()
-                    .map(|claim| &claim.endpoint().log_addr),
-                user: ctx
-                    .auth_identity
-                    .as_deref()
-                    .map(|id| id.username.as_deref().unwrap_or(&id.sub)),
-            },
-        );
+        self.shared.observer.finish(session, &ctx.finished());
     }
 
     async fn fail_to_proxy(
@@ -931,18 +997,7 @@ impl ProxyHttp for PortProxy {
         e: &Error,
         _ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let code = match e.etype() {
-            ErrorType::HTTPStatus(code) => *code,
-            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
-            _ => match e.esource() {
-                pingora::ErrorSource::Upstream => 502,
-                pingora::ErrorSource::Downstream => match e.etype() {
-                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
-                    _ => 400,
-                },
-                pingora::ErrorSource::Internal | pingora::ErrorSource::Unset => 500,
-            },
-        };
+        let code = error_status(e);
         if code > 0
             && session.response_written().is_none()
             && let Err(error) = respond(session, code, &[], true).await

@@ -17,6 +17,7 @@
 //! (pingora's pipelining support, enabled per request in `early_request_filter`).
 
 use http::{HeaderMap, Version, header};
+use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
 
 /// Why a request is refused before routing.
@@ -50,18 +51,7 @@ pub fn check_request(session: &ServerSession, max_header_bytes: usize) -> Result
     let request = session.req_header();
     let headers = &request.headers;
     if let Some(h1) = session.as_http1() {
-        let raw = h1.get_headers_raw_bytes();
-        if raw.len() > max_header_bytes {
-            return Err(Rejection::HeadersTooLarge);
-        }
-        check_request_target(request.raw_path())?;
-        check_host(headers, request.version)?;
-        check_content_length(headers)?;
-        if headers.contains_key(header::TRANSFER_ENCODING) && mentions_content_length(&raw) {
-            return Err(Rejection::BadRequest(
-                "Content-Length together with Transfer-Encoding",
-            ));
-        }
+        check_h1_request(request, &h1.get_headers_raw_bytes(), max_header_bytes)?;
     } else {
         let size: usize = headers
             .iter()
@@ -71,6 +61,28 @@ pub fn check_request(session: &ServerSession, max_header_bytes: usize) -> Result
             return Err(Rejection::HeadersTooLarge);
         }
         check_content_length(headers)?;
+    }
+    Ok(())
+}
+
+/// The HTTP/1 checks of [`check_request`], over the request and its raw header block as read
+/// from the wire (request line included).
+pub fn check_h1_request(
+    request: &RequestHeader,
+    raw: &[u8],
+    max_header_bytes: usize,
+) -> Result<(), Rejection> {
+    let headers = &request.headers;
+    if raw.len() > max_header_bytes {
+        return Err(Rejection::HeadersTooLarge);
+    }
+    check_request_target(request.raw_path())?;
+    check_host(headers, request.version)?;
+    check_content_length(headers)?;
+    if headers.contains_key(header::TRANSFER_ENCODING) && mentions_content_length(raw) {
+        return Err(Rejection::BadRequest(
+            "Content-Length together with Transfer-Encoding",
+        ));
     }
     Ok(())
 }

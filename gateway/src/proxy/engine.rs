@@ -1,0 +1,1017 @@
+//! torhaus's own HTTP/1.1 engine: the keep-alive loop of a listener port's connections, serving
+//! plain proxied requests itself and handing everything else to pingora's proxy.
+//!
+//! pingora's proxy layer costs about 80,000 instructions per keep-alive request here (a boxed
+//! per-request state machine, two header maps per message, a task spawned per pooled upstream
+//! connection), where nginx's whole request costs less. This engine reads the request head
+//! itself, routes and filters it with the very code pingora's path uses ([`PortProxy`]), and
+//! relays the upstream's response as sent, with its own per-thread pool of upstream
+//! connections.
+//!
+//! # What it serves, and what it hands over
+//! It serves an HTTP/1.1 request without a body (no `Content-Length`, no `Transfer-Encoding`),
+//! without `Upgrade` or `Expect`, not CONNECT, with one Host, on a rule without identity policy,
+//! mirrors or retry policy whose backends speak HTTP/1. Everything else goes to pingora's proxy,
+//! which then keeps the connection (HTTP/2 by ALPN or h2c preface, HTTP/1.0, request bodies,
+//! WebSocket, identity, mirrors, retries, h2c backends, heads it cannot read, and requests for
+//! pingora to refuse with 400 or 431). Answers the gateway gives itself (404, 421, redirects,
+//! CORS preflights, weighted 500s, 503 without endpoints) are written here, with the same status
+//! and headers as on pingora's path.
+//!
+//! # Behaviour it shares with pingora's path
+//! - The strict checks of [`crate::strict`], the forwarding headers, the filters, the weighted
+//!   backend choice, load balancing and passive ejection, metrics and the access log.
+//! - Timeouts: `timeouts.request` from the request's arrival and `backendRequest` from the
+//!   attempt's start, both to the end of the response; before the response head they give 504,
+//!   later the body is cut and both connections are closed. Connecting is bounded by the time
+//!   left, at most 10 s. With no timeout set nothing is cut.
+//! - A pooled upstream connection that turns out closed before any response byte is replaced by
+//!   a new one once, for idempotent methods (pingora's own rule).
+//! - Idle client connections are closed after 60 s, and at shutdown.
+//!
+//! # Relaying
+//! The response head is passed on as sent unless something must change in it (response filters,
+//! hop-by-hop fields, an HTTP/1.0 upstream, or a connection to close), in which case it is
+//! rebuilt with the field names' case kept. Bodies are relayed as sent: `Content-Length` bodies
+//! by count, chunked bodies followed by [`ChunkedTracker`] so their end is known exactly, bodies
+//! delimited by the upstream closing are passed on and the client connection closed after them.
+//! An upstream connection goes back to the pool only after a complete, well-framed response.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Method, Version, header};
+use parking_lot::Mutex;
+use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::{ALPN, Stream};
+use pingora::proxy::HttpProxy;
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use torhaus_model::{BackendTarget, Filter, Rule, UpstreamProtocol};
+
+use super::wire::{
+    self, ChunkedTracker, FieldSpan, RequestHead, ResponseHead, content_length, lists_token,
+};
+use super::{
+    Answer, DEFAULT_CONNECT_TIMEOUT, FORWARDED, PortProxy, RequestCtx, SentHost,
+    UPSTREAM_IDLE_TIMEOUT, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO,
+    apply_response_filters, error_status, strip_identity_headers,
+};
+use crate::filters::ForwardedHeaders;
+use crate::access_log::Protocol;
+use crate::strict::check_h1_request;
+
+/// How long a client connection may stay idle between requests (pingora's value).
+const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle upstream connections kept per endpoint, per worker thread.
+const MAX_IDLE_PER_ENDPOINT: usize = 128;
+/// How much is read from an upstream at a time while relaying a body.
+const RELAY_CHUNK: usize = 64 * 1024;
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Hop-by-hop fields (RFC 9110 §7.6.1), never forwarded in either direction.
+const HOP_BY_HOP: [&str; 5] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "upgrade",
+];
+
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+}
+
+/// One listener port's HTTP/1 engine, with pingora's proxy for what it does not serve.
+pub struct Http1Engine {
+    port: PortProxy,
+    pingora: Arc<HttpProxy<PortProxy>>,
+    options: EngineOptions,
+    pool: UpstreamPool,
+}
+
+/// How an [`Http1Engine`] serves its port.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineOptions {
+    /// Whether cleartext connections may open with the HTTP/2 preface.
+    pub h2c: bool,
+    /// Whether the engine serves HTTP/1.1 itself; without it pingora's proxy serves everything.
+    pub own_http1: bool,
+}
+
+impl std::fmt::Debug for Http1Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Http1Engine")
+            .field("port", &self.port)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Http1Engine {
+    pub fn new(port: PortProxy, pingora: HttpProxy<PortProxy>, options: EngineOptions) -> Self {
+        Self {
+            port,
+            pingora: Arc::new(pingora),
+            options,
+            pool: UpstreamPool::default(),
+        }
+    }
+}
+
+/// What the client connection does after a request.
+enum Next {
+    KeepAlive,
+    Close,
+    /// pingora's proxy takes the connection over, starting with the request in the buffer.
+    HandOver,
+}
+
+/// What the connection knows about its client.
+struct Client {
+    addr: Option<SocketAddr>,
+    sni: Option<Box<str>>,
+}
+
+#[async_trait]
+impl ServerApp for Http1Engine {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        self.serve(stream, shutdown).await;
+        None
+    }
+
+    async fn cleanup(&self) {
+        ServerApp::cleanup(self.pingora.as_ref()).await;
+    }
+}
+
+/// Runs `future` until `deadline`, if there is one; `None` when it expired.
+async fn within<F: std::future::Future>(deadline: Option<Instant>, future: F) -> Option<F::Output> {
+    match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline.into(), future).await.ok(),
+        None => Some(future.await),
+    }
+}
+
+/// The plaintext stream with `read` put back in front of it, for pingora's HTTP/2 path.
+fn rewound(stream: Stream, read: &[u8]) -> Option<Stream> {
+    let mut tcp = stream
+        .into_any()
+        .downcast::<pingora::protocols::l4::stream::Stream>()
+        .ok()?;
+    tcp.rewind(read);
+    Some(tcp)
+}
+
+impl Http1Engine {
+    async fn serve(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) {
+        if !self.options.own_http1 || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            ServerApp::process_new(&self.pingora, stream, shutdown).await;
+            return;
+        }
+        let may_be_h2c = self.options.h2c && stream.get_ssl_digest().is_none();
+        let client = Client {
+            addr: stream
+                .get_socket_digest()
+                .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied()),
+            sni: stream.get_ssl_digest().and_then(|d| {
+                d.extension
+                    .get::<crate::tls::ClientSni>()
+                    .and_then(|sni| sni.0.clone())
+            }),
+        };
+        let mut buf = BytesMut::with_capacity(4096);
+        let mut fields = Vec::with_capacity(32);
+        let mut idle_watch = shutdown.clone();
+        let mut first = true;
+        loop {
+            if *shutdown.borrow() && buf.is_empty() {
+                return;
+            }
+            let head = loop {
+                if first && may_be_h2c && !buf.is_empty() {
+                    let seen = buf.len().min(H2_PREFACE.len());
+                    if buf[..seen] == H2_PREFACE[..seen] {
+                        if seen == H2_PREFACE.len() {
+                            match rewound(stream, &buf) {
+                                Some(stream) => {
+                                    ServerApp::process_new(&self.pingora, stream, shutdown).await;
+                                }
+                                None => tracing::debug!("cannot hand an h2c connection over"),
+                            }
+                            return;
+                        }
+                    } else {
+                        first = false;
+                    }
+                }
+                if !(first && may_be_h2c) && !buf.is_empty() {
+                    match wire::read_request_head(&buf, &mut fields) {
+                        Ok(Some(head)) => break Some(head),
+                        Ok(None) => {}
+                        Err(_) => break None,
+                    }
+                    if buf.len() > self.port.shared.max_request_header_bytes {
+                        break None;
+                    }
+                }
+                let idle = buf.is_empty();
+                let read = tokio::select! {
+                    read = tokio::time::timeout(CLIENT_IDLE_TIMEOUT, stream.read_buf(&mut buf)) => read,
+                    _ = idle_watch.changed(), if idle => return,
+                };
+                match read {
+                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
+                    Ok(Ok(_)) => {}
+                }
+            };
+            first = false;
+            let next = match head {
+                Some(head) => self.serve_request(&mut stream, &mut buf, &head, &fields, &client).await,
+                None => Next::HandOver,
+            };
+            match next {
+                Next::KeepAlive => {}
+                Next::Close => {
+                    let _ = stream.shutdown().await;
+                    return;
+                }
+                Next::HandOver => {
+                    self.hand_over(stream, buf, shutdown).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// pingora's proxy serves the connection from here on, starting with `read`.
+    async fn hand_over(self: &Arc<Self>, stream: Stream, read: BytesMut, shutdown: &ShutdownWatch) {
+        let mut session = ServerSession::new_http1(stream);
+        if !read.is_empty() {
+            session.set_pipelined_prefix(read);
+        }
+        session.set_keepalive(if *shutdown.borrow() {
+            None
+        } else {
+            Some(CLIENT_IDLE_TIMEOUT.as_secs())
+        });
+        let mut reused = self.pingora.process_new_http(session, shutdown).await;
+        while let Some((stream, settings)) = reused.map(|r| r.consume()) {
+            let mut session = ServerSession::new_http1(stream);
+            if let Some(settings) = settings {
+                settings.apply_to_session(&mut session);
+            }
+            reused = self.pingora.process_new_http(session, shutdown).await;
+        }
+    }
+
+    /// Serves the request whose head starts `buf`, or leaves `buf` as it was for pingora.
+    async fn serve_request(
+        &self,
+        stream: &mut Stream,
+        buf: &mut BytesMut,
+        head: &RequestHead,
+        fields: &[FieldSpan],
+        client: &Client,
+    ) -> Next {
+        let Some(shape) = RequestShape::of(&buf[..head.len], head, fields) else {
+            return Next::HandOver;
+        };
+        let raw = buf.split_to(head.len).freeze();
+        let hand_back = |buf: &mut BytesMut| {
+            let mut restored = BytesMut::with_capacity(raw.len() + buf.len());
+            restored.extend_from_slice(&raw);
+            restored.extend_from_slice(buf);
+            *buf = restored;
+            Next::HandOver
+        };
+        let Ok(mut request) = request_header(&raw, head, fields) else {
+            return hand_back(buf);
+        };
+        let shared = &self.port.shared;
+        let mut ctx = RequestCtx {
+            _active: Some(shared.in_flight.enter()),
+            ..RequestCtx::default()
+        };
+        shared
+            .observer
+            .note_arrival(client.addr, &request, Protocol::Http1, &mut ctx.obs);
+        let outcome = if let Err(rejection) =
+            check_h1_request(&request, &raw, shared.max_request_header_bytes)
+        {
+            tracing::debug!(reason = rejection.reason(), "request rejected");
+            write_answer(stream, &Answer::status(rejection.status()), true).await
+        } else if let Err(status) = self.port.route(&request, client.sni.as_deref(), &mut ctx) {
+            write_answer(stream, &Answer::status(status), shape.close).await
+        } else {
+            let Some(rule) = ctx.rule.clone() else {
+                return hand_back(buf);
+            };
+            if !serves_rule(&rule, &ctx) {
+                return hand_back(buf);
+            }
+            let sent_host = SentHost::of(&request);
+            strip_identity_headers(&mut request, &ctx);
+            match self
+                .port
+                .prepare_upstream(&mut request, false, &mut ctx, sent_host)
+            {
+                Err(error) => {
+                    write_answer(stream, &Answer::status(error_status(&error)), true).await
+                }
+                Ok(Err(answer)) => write_answer(stream, &answer, shape.close).await,
+                Ok(Ok(())) => {
+                    let sent = SentRequest {
+                        raw: &raw,
+                        fields,
+                    };
+                    self.forward(stream, &request, sent, &mut ctx, shape.close)
+                        .await
+                }
+            }
+        };
+        shared
+            .observer
+            .note_end(outcome.status, (0, outcome.body_bytes), Vec::new, &ctx.finished());
+        if outcome.close { Next::Close } else { Next::KeepAlive }
+    }
+
+    /// Sends the request to an endpoint of the chosen backend and relays the response.
+    async fn forward(
+        &self,
+        downstream: &mut Stream,
+        request: &RequestHeader,
+        sent: SentRequest<'_>,
+        ctx: &mut RequestCtx,
+        client_close: bool,
+    ) -> Outcome {
+        let (Some(endpoints), Some(rule)) = (ctx.endpoints.clone(), ctx.rule.clone()) else {
+            return write_answer(downstream, &Answer::status(500), true).await;
+        };
+        let remaining = match ctx.deadline {
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return write_answer(downstream, &Answer::status(504), client_close).await;
+                }
+                Some(left)
+            }
+            None => None,
+        };
+        let per_attempt = rule.timeouts.backend_request;
+        let budget = match (remaining, per_attempt) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let Some(claim) = endpoints.pick_excluding(None) else {
+            return write_answer(downstream, &Answer::status(503), client_close).await;
+        };
+        let addr = claim.endpoint().addr;
+        let endpoint = Arc::clone(claim.endpoint());
+        ctx.in_flight = Some(claim);
+        ctx.obs.upstream_started();
+        ctx.attempts += 1;
+        ctx.attempt_deadline = per_attempt.map(|t| Instant::now() + t);
+        let deadline = match (ctx.deadline, ctx.attempt_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let head = upstream_head(request, &sent, &edited_names(&rule, ctx), ctx.forwarded.take());
+
+        let connect_timeout = budget.map_or(DEFAULT_CONNECT_TIMEOUT, |b| b.min(DEFAULT_CONNECT_TIMEOUT));
+        let idempotent = request.method.is_idempotent();
+        let mut pooled = self.pool.take(addr);
+        let mut fields = Vec::with_capacity(32);
+        let (mut upstream, mut received, response) = loop {
+            let reused = pooled.is_some();
+            let mut upstream = match pooled.take() {
+                Some(upstream) => upstream,
+                None => match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await
+                {
+                    Ok(Ok(upstream)) => {
+                        let _ = upstream.set_nodelay(true);
+                        upstream
+                    }
+                    failed => {
+                        if endpoint.record_failure(&self.port.shared.ejection) {
+                            tracing::warn!(endpoint = %addr, "endpoint ejected after repeated connection failures");
+                        }
+                        let status = if failed.is_err() { 504 } else { 502 };
+                        tracing::debug!(endpoint = %addr, status, "cannot connect to the upstream");
+                        return write_answer(downstream, &Answer::status(status), client_close).await;
+                    }
+                },
+            };
+            match exchange(&mut upstream, &head, deadline, downstream, &mut fields).await {
+                Ok((received, response)) => break (upstream, received, response),
+                Err(Exchange::NothingReceived) if reused && idempotent => continue,
+                Err(Exchange::TimedOut) => {
+                    return write_answer(downstream, &Answer::status(504), client_close).await;
+                }
+                Err(Exchange::ClientGone) => return Outcome::closed(0),
+                Err(_) => {
+                    tracing::debug!(endpoint = %addr, "upstream failed before its response head");
+                    return write_answer(downstream, &Answer::status(502), client_close).await;
+                }
+            }
+        };
+        ctx.obs.upstream_answered();
+        endpoint.record_success();
+
+        let Some(framing) = Framing::of(&request.method, &received, &response, &fields) else {
+            tracing::debug!(endpoint = %addr, "upstream response with unusable framing");
+            return write_answer(downstream, &Answer::status(502), client_close).await;
+        };
+        let upstream_keeps = response.minor_version == 1
+            && framing != Framing::UntilClose
+            && !fields.iter().any(|f| {
+                received[f.name.clone()].eq_ignore_ascii_case(b"connection")
+                    && lists_token(&received[f.value.clone()], "close")
+            });
+        let close = client_close || framing == Framing::UntilClose;
+        let mut out = Vec::new();
+        let head_out: &[u8] = if rule_changes_responses(&rule, ctx) {
+            match rebuilt_head(request, &received, &response, &fields, ctx, close) {
+                Ok(rebuilt) => {
+                    out = rebuilt;
+                    &out
+                }
+                Err(error) => {
+                    let status = error_status(&error);
+                    return write_answer(downstream, &Answer::status(status), true).await;
+                }
+            }
+        } else if close
+            || response.minor_version != 1
+            || fields.iter().any(|f| is_hop_by_hop(&received[f.name.clone()]))
+        {
+            out = edited_response_head(&received, &response, &fields, close);
+            &out
+        } else {
+            &received[..response.len]
+        };
+        let mut relay = Relay {
+            framing,
+            chunked: ChunkedTracker::default(),
+            body_bytes: 0,
+            complete: framing == Framing::None || framing == Framing::Length(0),
+            extra: false,
+        };
+        let first_body = relay.take(&received[response.len..]);
+        let status = response.status;
+        let mut first_write = Vec::with_capacity(head_out.len() + first_body.len());
+        first_write.extend_from_slice(head_out);
+        first_write.extend_from_slice(first_body);
+        drop(out);
+        if relay.extra_error() {
+            return Outcome::closed(status);
+        }
+        if downstream.write_all(&first_write).await.is_err() {
+            return Outcome::closed(status);
+        }
+        while !relay.complete {
+            received.clear();
+            received.reserve(RELAY_CHUNK);
+            match within(deadline, upstream.read_buf(&mut received)).await {
+                Some(Ok(0)) if relay.framing == Framing::UntilClose => relay.complete = true,
+                Some(Ok(n)) if n > 0 => {
+                    let part = relay.take(&received);
+                    if relay.extra_error() || downstream.write_all(part).await.is_err() {
+                        return Outcome::closed_after(status, relay.body_bytes);
+                    }
+                }
+                // Cut: the upstream failed or the deadline passed after the head was sent.
+                _ => {
+                    let _ = downstream.flush().await;
+                    return Outcome::closed_after(status, relay.body_bytes);
+                }
+            }
+        }
+        if downstream.flush().await.is_err() {
+            return Outcome::closed_after(status, relay.body_bytes);
+        }
+        if upstream_keeps && !relay.extra {
+            self.pool.put(addr, upstream);
+        }
+        Outcome {
+            status,
+            body_bytes: relay.body_bytes,
+            close,
+        }
+    }
+}
+
+/// What a request's serving left for metrics, the log and the connection.
+#[derive(Debug, Default)]
+struct Outcome {
+    /// The status written to the client (0 for none).
+    status: u16,
+    body_bytes: u64,
+    close: bool,
+}
+
+impl Outcome {
+    fn closed(status: u16) -> Self {
+        Self::closed_after(status, 0)
+    }
+
+    fn closed_after(status: u16, body_bytes: u64) -> Self {
+        Self {
+            status,
+            body_bytes,
+            close: true,
+        }
+    }
+}
+
+/// What the engine needs to know of a request head before serving it; `None` when pingora's
+/// proxy must serve it.
+struct RequestShape {
+    /// The client asked to close the connection after this request.
+    close: bool,
+    /// The head has hop-by-hop fields to drop before forwarding.
+    hop_by_hop: bool,
+}
+
+impl RequestShape {
+    fn of(raw: &[u8], head: &RequestHead, fields: &[FieldSpan]) -> Option<RequestShape> {
+        if head.minor_version != 1 || &raw[head.method.clone()] == b"CONNECT" {
+            return None;
+        }
+        let mut hosts = 0;
+        let mut shape = RequestShape {
+            close: false,
+            hop_by_hop: false,
+        };
+        for field in fields {
+            let name = &raw[field.name.clone()];
+            let value = &raw[field.value.clone()];
+            let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
+            if is("host") {
+                hosts += 1;
+            } else if is("content-length")
+                || is("transfer-encoding")
+                || is("upgrade")
+                || is("expect")
+            {
+                return None;
+            } else if is("connection") {
+                // Any other option names fields to drop, or asks for an upgrade: pingora's.
+                let known = value.split(|&b| b == b',').all(|option| {
+                    let option = option.trim_ascii();
+                    option.is_empty()
+                        || option.eq_ignore_ascii_case(b"close")
+                        || option.eq_ignore_ascii_case(b"keep-alive")
+                });
+                if !known {
+                    return None;
+                }
+                shape.close |= lists_token(value, "close");
+                shape.hop_by_hop = true;
+            } else if is_hop_by_hop(name) {
+                shape.hop_by_hop = true;
+            }
+        }
+        (hosts == 1).then_some(shape)
+    }
+}
+
+/// The request as pingora's types hold it (for routing and filters), its values shared with
+/// `raw`.
+fn request_header(
+    raw: &Bytes,
+    head: &RequestHead,
+    fields: &[FieldSpan],
+) -> pingora::Result<RequestHeader> {
+    let method = Method::from_bytes(&raw[head.method.clone()]).map_err(|_| {
+        pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, "invalid method")
+    })?;
+    // Without a case map: the head sent upstream is written from `raw`, whose names keep
+    // their case (see `upstream_head`).
+    let mut request =
+        RequestHeader::build_no_case(method, &raw[head.target.clone()], Some(fields.len()))?;
+    request.set_version(Version::HTTP_11);
+    for field in fields {
+        let value = HeaderValue::from_maybe_shared(raw.slice(field.value.clone())).map_err(|_| {
+            pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, "invalid header value")
+        })?;
+        request.append_header(raw.slice(field.name.clone()), value)?;
+    }
+    Ok(request)
+}
+
+/// The request head as the client sent it.
+struct SentRequest<'a> {
+    raw: &'a Bytes,
+    fields: &'a [FieldSpan],
+}
+
+/// Names of request fields that filters or the identity layer may have changed: their values
+/// are written from the request as filtered, the others as sent.
+fn edited_names(rule: &Rule, ctx: &RequestCtx) -> Vec<http::HeaderName> {
+    let mut names = Vec::new();
+    let backend_filters = ctx
+        .backend_index
+        .and_then(|i| rule.backends.get(i))
+        .map(|b| &b.filters[..])
+        .unwrap_or(&[]);
+    for filter in rule.filters.iter().chain(backend_filters) {
+        match filter {
+            Filter::RequestHeaders(modifier) => {
+                names.extend(modifier.set.iter().map(|(name, _)| name.clone()));
+                names.extend(modifier.add.iter().map(|(name, _)| name.clone()));
+                names.extend(modifier.remove.iter().cloned());
+            }
+            Filter::Rewrite(rewrite) if rewrite.hostname.is_some() => names.push(header::HOST),
+            _ => {}
+        }
+    }
+    if let Some(snapshot) = &ctx.snapshot {
+        names.extend(snapshot.auth.strip_everywhere().iter().cloned());
+    }
+    names
+}
+
+/// Whether a field is written by the engine itself: the forwarding headers.
+fn is_forwarding(name: &[u8]) -> bool {
+    [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST, FORWARDED]
+        .iter()
+        .any(|known| name.eq_ignore_ascii_case(known.as_bytes()))
+}
+
+/// The head sent upstream: the request line as filtered, the client's fields as sent (their
+/// names' case kept) except hop-by-hop ones, forwarding ones and `edited` ones, then the edited
+/// fields as filtered, then the forwarding headers.
+fn upstream_head(
+    request: &RequestHeader,
+    sent: &SentRequest<'_>,
+    edited: &[http::HeaderName],
+    forwarded: Option<ForwardedHeaders>,
+) -> Vec<u8> {
+    let raw = sent.raw;
+    let mut head = Vec::with_capacity(raw.len() + 256);
+    head.extend_from_slice(request.method.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(request.raw_path());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    let put = |head: &mut Vec<u8>, name: &[u8], value: &[u8]| {
+        head.extend_from_slice(name);
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value);
+        head.extend_from_slice(b"\r\n");
+    };
+    for field in sent.fields {
+        let name = &raw[field.name.clone()];
+        if is_hop_by_hop(name)
+            || is_forwarding(name)
+            || edited
+                .iter()
+                .any(|e| name.eq_ignore_ascii_case(e.as_str().as_bytes()))
+        {
+            continue;
+        }
+        put(&mut head, name, &raw[field.value.clone()]);
+    }
+    for (i, name) in edited.iter().enumerate() {
+        if edited[..i].contains(name) || is_hop_by_hop(name.as_str().as_bytes()) {
+            continue;
+        }
+        for value in request.headers.get_all(name) {
+            put(&mut head, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    if let Some(forwarded) = forwarded {
+        put(&mut head, X_FORWARDED_FOR.as_bytes(), forwarded.x_forwarded_for.as_bytes());
+        put(&mut head, X_FORWARDED_PROTO.as_bytes(), forwarded.x_forwarded_proto.as_bytes());
+        put(&mut head, X_FORWARDED_HOST.as_bytes(), forwarded.x_forwarded_host.as_bytes());
+        put(&mut head, FORWARDED.as_bytes(), forwarded.forwarded.as_bytes());
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// The upstream's response head with its hop-by-hop fields dropped, as HTTP/1.1, and with
+/// `Connection: close` when the client connection ends after it; everything else as sent.
+fn edited_response_head(
+    received: &[u8],
+    response: &ResponseHead,
+    fields: &[FieldSpan],
+    close: bool,
+) -> Vec<u8> {
+    let mut head = Vec::with_capacity(response.len + 32);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(response.status.to_string().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(&received[response.reason.clone()]);
+    head.extend_from_slice(b"\r\n");
+    for field in fields {
+        let name = &received[field.name.clone()];
+        if is_hop_by_hop(name) {
+            continue;
+        }
+        head.extend_from_slice(name);
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(&received[field.value.clone()]);
+        head.extend_from_slice(b"\r\n");
+    }
+    if close {
+        head.extend_from_slice(b"Connection: close\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// Whether the engine serves requests of this rule (else pingora's proxy does).
+fn serves_rule(rule: &Rule, ctx: &RequestCtx) -> bool {
+    let mirrors = |filters: &[Filter]| filters.iter().any(|f| matches!(f, Filter::Mirror(_)));
+    ctx.auth.is_none()
+        && rule.retry.is_none()
+        && !mirrors(&rule.filters)
+        && rule.backends.iter().all(|backend| {
+            !mirrors(&backend.filters)
+                && !matches!(&backend.target, BackendTarget::Service(service)
+                    if service.protocol == UpstreamProtocol::H2c)
+        })
+}
+
+/// Whether the rule or its chosen backend changes response heads.
+fn rule_changes_responses(rule: &Rule, ctx: &RequestCtx) -> bool {
+    let changes = |filters: &[Filter]| {
+        filters
+            .iter()
+            .any(|f| matches!(f, Filter::ResponseHeaders(_) | Filter::Cors(_)))
+    };
+    !ctx.auth_response_headers.is_empty()
+        || changes(&rule.filters)
+        || ctx
+            .backend_index
+            .and_then(|i| rule.backends.get(i))
+            .is_some_and(|b| changes(&b.filters))
+}
+
+/// The response head rebuilt: hop-by-hop fields dropped, the rule's response filters applied,
+/// `Connection: close` when the client connection ends after it.
+fn rebuilt_head(
+    request: &RequestHeader,
+    received: &BytesMut,
+    response: &ResponseHead,
+    fields: &[FieldSpan],
+    ctx: &RequestCtx,
+    close: bool,
+) -> pingora::Result<Vec<u8>> {
+    let mut rebuilt = ResponseHeader::build(response.status, Some(fields.len() + 1))?;
+    if let Ok(reason) = std::str::from_utf8(&received[response.reason.clone()])
+        && !reason.is_empty()
+    {
+        rebuilt.set_reason_phrase(Some(reason))?;
+    }
+    for field in fields {
+        let name = &received[field.name.clone()];
+        if is_hop_by_hop(name) {
+            continue;
+        }
+        let value = HeaderValue::from_bytes(&received[field.value.clone()]).map_err(|_| {
+            pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, "invalid header value")
+        })?;
+        rebuilt.append_header(Bytes::copy_from_slice(name), value)?;
+    }
+    apply_response_filters(request, &mut rebuilt, ctx)?;
+    if close {
+        rebuilt.insert_header(header::CONNECTION, HeaderValue::from_static("close"))?;
+    }
+    Ok(response_head_bytes(&rebuilt))
+}
+
+/// A response head in HTTP/1.1 wire form.
+fn response_head_bytes(response: &ResponseHeader) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(response.status.as_str().as_bytes());
+    out.push(b' ');
+    let reason = response
+        .get_reason_phrase()
+        .or_else(|| response.status.canonical_reason())
+        .unwrap_or_default();
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    response.header_to_h1_wire(&mut out);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Writes an answer of the gateway's own (no body).
+async fn write_answer(stream: &mut Stream, answer: &Answer, close: bool) -> Outcome {
+    let built = ResponseHeader::build(answer.status, Some(answer.headers.len() + 2)).and_then(
+        |mut response| {
+            response.insert_header(header::CONTENT_LENGTH, HeaderValue::from_static("0"))?;
+            for (name, value) in &answer.headers {
+                response.append_header(name.clone(), value.clone())?;
+            }
+            if close {
+                response.insert_header(header::CONNECTION, HeaderValue::from_static("close"))?;
+            }
+            Ok(response)
+        },
+    );
+    let Ok(response) = built else {
+        return Outcome::closed(0);
+    };
+    let written = stream.write_all(&response_head_bytes(&response)).await.is_ok()
+        && stream.flush().await.is_ok();
+    Outcome {
+        status: answer.status,
+        body_bytes: 0,
+        close: close || !written,
+    }
+}
+
+/// How an exchange with the upstream failed before a final response head.
+enum Exchange {
+    /// The connection ended before any byte of a response (a closed pooled connection).
+    NothingReceived,
+    TimedOut,
+    /// The client went away while an informational response was passed on.
+    ClientGone,
+    Failed,
+}
+
+/// Writes the request head and reads the response head; informational responses (1xx but 101)
+/// are passed on to the client as they come.
+async fn exchange(
+    upstream: &mut TcpStream,
+    head: &[u8],
+    deadline: Option<Instant>,
+    downstream: &mut Stream,
+    fields: &mut Vec<FieldSpan>,
+) -> Result<(BytesMut, ResponseHead), Exchange> {
+    match within(deadline, upstream.write_all(head)).await {
+        None => return Err(Exchange::TimedOut),
+        Some(Err(_)) => return Err(Exchange::NothingReceived),
+        Some(Ok(())) => {}
+    }
+    let mut received = BytesMut::with_capacity(4096);
+    let mut any = false;
+    loop {
+        match wire::read_response_head(&received, fields) {
+            Ok(Some(response)) if (100..200).contains(&response.status) && response.status != 101 => {
+                let informational = received.split_to(response.len);
+                if downstream.write_all(&informational).await.is_err() {
+                    return Err(Exchange::ClientGone);
+                }
+                continue;
+            }
+            Ok(Some(response)) => return Ok((received, response)),
+            Ok(None) => {}
+            Err(_) => return Err(Exchange::Failed),
+        }
+        if received.len() > wire::MAX_RESPONSE_HEAD {
+            return Err(Exchange::Failed);
+        }
+        match within(deadline, upstream.read_buf(&mut received)).await {
+            None => return Err(Exchange::TimedOut),
+            Some(Ok(0)) | Some(Err(_)) if !any => return Err(Exchange::NothingReceived),
+            Some(Ok(0)) | Some(Err(_)) => return Err(Exchange::Failed),
+            Some(Ok(_)) => any = true,
+        }
+    }
+}
+
+/// How a response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+impl Framing {
+    /// The framing of a response (RFC 9112 §6.3); `None` when it is unusable: a coding other
+    /// than chunked last, or conflicting lengths.
+    fn of(
+        method: &Method,
+        received: &[u8],
+        response: &ResponseHead,
+        fields: &[FieldSpan],
+    ) -> Option<Framing> {
+        if *method == Method::HEAD || matches!(response.status, 204 | 304) {
+            return Some(Framing::None);
+        }
+        let mut length = None;
+        let mut chunked = None;
+        for field in fields {
+            let name = &received[field.name.clone()];
+            let value = &received[field.value.clone()];
+            if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
+                chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            } else if name.eq_ignore_ascii_case(b"content-length") {
+                let value = content_length(value)?;
+                if length.is_some_and(|seen| seen != value) {
+                    return None;
+                }
+                length = Some(value);
+            }
+        }
+        match (chunked, length) {
+            (Some(true), _) => Some(Framing::Chunked),
+            (Some(false), _) => None,
+            (None, Some(length)) => Some(Framing::Length(length)),
+            (None, None) => Some(Framing::UntilClose),
+        }
+    }
+}
+
+/// A response body on its way to the client.
+struct Relay {
+    framing: Framing,
+    chunked: ChunkedTracker,
+    body_bytes: u64,
+    complete: bool,
+    /// The upstream sent more than its framing allows, or broke its framing.
+    extra: bool,
+}
+
+impl Relay {
+    /// The part of `input` that belongs to the body.
+    fn take<'a>(&mut self, input: &'a [u8]) -> &'a [u8] {
+        if self.complete {
+            self.extra |= !input.is_empty();
+            return &[];
+        }
+        match self.framing {
+            Framing::None => &[],
+            Framing::Length(total) => {
+                let left = total - self.body_bytes;
+                let take = usize::try_from(left).unwrap_or(usize::MAX).min(input.len());
+                self.body_bytes += take as u64;
+                self.complete = self.body_bytes == total;
+                self.extra |= take < input.len();
+                &input[..take]
+            }
+            Framing::Chunked => match self.chunked.advance(input) {
+                Ok(used) => {
+                    self.body_bytes = self.chunked.payload_bytes();
+                    self.complete = self.chunked.is_done();
+                    self.extra |= used < input.len();
+                    &input[..used]
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "upstream broke its chunked framing");
+                    self.extra = true;
+                    self.complete = false;
+                    &[]
+                }
+            },
+            Framing::UntilClose => {
+                self.body_bytes += input.len() as u64;
+                input
+            }
+        }
+    }
+
+    /// Whether the upstream broke its framing before the body was complete (the client
+    /// connection must then be cut).
+    fn extra_error(&self) -> bool {
+        self.extra && !self.complete
+    }
+}
+
+/// Idle upstream connections of one worker, by endpoint: the most recently used first, none
+/// older than the idle timeout.
+#[derive(Debug, Default)]
+struct UpstreamPool {
+    idle: Mutex<HashMap<SocketAddr, Vec<(TcpStream, Instant)>>>,
+}
+
+impl UpstreamPool {
+    fn take(&self, addr: SocketAddr) -> Option<TcpStream> {
+        let mut idle = self.idle.lock();
+        let list = idle.get_mut(&addr)?;
+        while let Some((stream, since)) = list.pop() {
+            if since.elapsed() < UPSTREAM_IDLE_TIMEOUT {
+                return Some(stream);
+            }
+        }
+        None
+    }
+
+    fn put(&self, addr: SocketAddr, stream: TcpStream) {
+        let mut idle = self.idle.lock();
+        let list = idle.entry(addr).or_default();
+        if list.len() >= MAX_IDLE_PER_ENDPOINT {
+            list.remove(0);
+        }
+        list.push((stream, Instant::now()));
+    }
+}
