@@ -33,8 +33,8 @@ use pingora::listeners::TcpSocketOptions;
 use pingora::listeners::tls::TlsSettings;
 use pingora::server::Fds;
 use pingora::server::configuration::ServerConf;
-use pingora::services::listening::Service;
 use pingora::services::Service as _;
+use pingora::services::listening::Service;
 use tokio::sync::watch;
 use torhaus_model::{DataPlaneConfig, OnDemandIssuer, PortProtocol};
 

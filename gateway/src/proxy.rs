@@ -448,15 +448,12 @@ impl PortProxy {
                         && let BackendTarget::Service(backend) = &mirror.backend
                         && let Some(snapshot) = &ctx.snapshot
                         && let Some(endpoints) = snapshot.endpoints.endpoints_of(backend)
+                        && let Some(body) = self
+                            .shared
+                            .mirrors
+                            .start(request, has_body, backend, endpoints)
                     {
-                        if let Some(body) = self.shared.mirrors.start(
-                            request,
-                            has_body,
-                            backend,
-                            endpoints,
-                        ) {
-                            ctx.mirrors.push(body);
-                        }
+                        ctx.mirrors.push(body);
                     }
                 }
                 Filter::Cors(cors) => {

@@ -64,8 +64,8 @@ use super::{
     UPSTREAM_IDLE_TIMEOUT, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO,
     apply_response_filters, error_status, strip_identity_headers,
 };
-use crate::filters::ForwardedHeaders;
 use crate::access_log::Protocol;
+use crate::filters::ForwardedHeaders;
 use crate::strict::check_h1_request;
 
 /// How long a client connection may stay idle between requests (pingora's value).
@@ -85,7 +85,9 @@ const HOP_BY_HOP: [&str; 5] = [
 ];
 
 fn is_hop_by_hop(name: &[u8]) -> bool {
-    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+    HOP_BY_HOP
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
 }
 
 /// One listener port's HTTP/1 engine, with pingora's proxy for what it does not serve.
@@ -215,7 +217,7 @@ impl Http1Engine {
                         first = false;
                     }
                 }
-                if !(first && may_be_h2c) && !buf.is_empty() {
+                if !(buf.is_empty() || first && may_be_h2c) {
                     match wire::read_request_head(&buf, &mut fields) {
                         Ok(Some(head)) => break Some(head),
                         Ok(None) => {}
@@ -237,7 +239,10 @@ impl Http1Engine {
             };
             first = false;
             let next = match head {
-                Some(head) => self.serve_request(&mut stream, &mut buf, &head, &fields, &client).await,
+                Some(head) => {
+                    self.serve_request(&mut stream, &mut buf, &head, &fields, &client)
+                        .await
+                }
                 None => Next::HandOver,
             };
             match next {
@@ -331,19 +336,23 @@ impl Http1Engine {
                 }
                 Ok(Err(answer)) => write_answer(stream, &answer, shape.close).await,
                 Ok(Ok(())) => {
-                    let sent = SentRequest {
-                        raw: &raw,
-                        fields,
-                    };
+                    let sent = SentRequest { raw: &raw, fields };
                     self.forward(stream, &request, sent, &mut ctx, shape.close)
                         .await
                 }
             }
         };
-        shared
-            .observer
-            .note_end(outcome.status, (0, outcome.body_bytes), Vec::new, &ctx.finished());
-        if outcome.close { Next::Close } else { Next::KeepAlive }
+        shared.observer.note_end(
+            outcome.status,
+            (0, outcome.body_bytes),
+            Vec::new,
+            &ctx.finished(),
+        );
+        if outcome.close {
+            Next::Close
+        } else {
+            Next::KeepAlive
+        }
     }
 
     /// Sends the request to an endpoint of the chosen backend and relays the response.
@@ -386,9 +395,15 @@ impl Http1Engine {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let head = upstream_head(request, &sent, &edited_names(&rule, ctx), ctx.forwarded.take());
+        let head = upstream_head(
+            request,
+            &sent,
+            &edited_names(&rule, ctx),
+            ctx.forwarded.take(),
+        );
 
-        let connect_timeout = budget.map_or(DEFAULT_CONNECT_TIMEOUT, |b| b.min(DEFAULT_CONNECT_TIMEOUT));
+        let connect_timeout =
+            budget.map_or(DEFAULT_CONNECT_TIMEOUT, |b| b.min(DEFAULT_CONNECT_TIMEOUT));
         let idempotent = request.method.is_idempotent();
         let mut pooled = self.pool.take(addr);
         let mut fields = Vec::with_capacity(32);
@@ -408,7 +423,8 @@ impl Http1Engine {
                         }
                         let status = if failed.is_err() { 504 } else { 502 };
                         tracing::debug!(endpoint = %addr, status, "cannot connect to the upstream");
-                        return write_answer(downstream, &Answer::status(status), client_close).await;
+                        return write_answer(downstream, &Answer::status(status), client_close)
+                            .await;
                     }
                 },
             };
@@ -453,7 +469,9 @@ impl Http1Engine {
             }
         } else if close
             || response.minor_version != 1
-            || fields.iter().any(|f| is_hop_by_hop(&received[f.name.clone()]))
+            || fields
+                .iter()
+                .any(|f| is_hop_by_hop(&received[f.name.clone()]))
         {
             out = edited_response_head(&received, &response, &fields, close);
             &out
@@ -602,9 +620,13 @@ fn request_header(
         RequestHeader::build_no_case(method, &raw[head.target.clone()], Some(fields.len()))?;
     request.set_version(Version::HTTP_11);
     for field in fields {
-        let value = HeaderValue::from_maybe_shared(raw.slice(field.value.clone())).map_err(|_| {
-            pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, "invalid header value")
-        })?;
+        let value =
+            HeaderValue::from_maybe_shared(raw.slice(field.value.clone())).map_err(|_| {
+                pingora::Error::explain(
+                    pingora::ErrorType::InvalidHTTPHeader,
+                    "invalid header value",
+                )
+            })?;
         request.append_header(raw.slice(field.name.clone()), value)?;
     }
     Ok(request)
@@ -644,9 +666,14 @@ fn edited_names(rule: &Rule, ctx: &RequestCtx) -> Vec<http::HeaderName> {
 
 /// Whether a field is written by the engine itself: the forwarding headers.
 fn is_forwarding(name: &[u8]) -> bool {
-    [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST, FORWARDED]
-        .iter()
-        .any(|known| name.eq_ignore_ascii_case(known.as_bytes()))
+    [
+        X_FORWARDED_FOR,
+        X_FORWARDED_PROTO,
+        X_FORWARDED_HOST,
+        FORWARDED,
+    ]
+    .iter()
+    .any(|known| name.eq_ignore_ascii_case(known.as_bytes()))
 }
 
 /// The head sent upstream: the request line as filtered, the client's fields as sent (their
@@ -691,10 +718,26 @@ fn upstream_head(
         }
     }
     if let Some(forwarded) = forwarded {
-        put(&mut head, X_FORWARDED_FOR.as_bytes(), forwarded.x_forwarded_for.as_bytes());
-        put(&mut head, X_FORWARDED_PROTO.as_bytes(), forwarded.x_forwarded_proto.as_bytes());
-        put(&mut head, X_FORWARDED_HOST.as_bytes(), forwarded.x_forwarded_host.as_bytes());
-        put(&mut head, FORWARDED.as_bytes(), forwarded.forwarded.as_bytes());
+        put(
+            &mut head,
+            X_FORWARDED_FOR.as_bytes(),
+            forwarded.x_forwarded_for.as_bytes(),
+        );
+        put(
+            &mut head,
+            X_FORWARDED_PROTO.as_bytes(),
+            forwarded.x_forwarded_proto.as_bytes(),
+        );
+        put(
+            &mut head,
+            X_FORWARDED_HOST.as_bytes(),
+            forwarded.x_forwarded_host.as_bytes(),
+        );
+        put(
+            &mut head,
+            FORWARDED.as_bytes(),
+            forwarded.forwarded.as_bytes(),
+        );
     }
     head.extend_from_slice(b"\r\n");
     head
@@ -781,7 +824,10 @@ fn rebuilt_head(
             continue;
         }
         let value = HeaderValue::from_bytes(&received[field.value.clone()]).map_err(|_| {
-            pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, "invalid header value")
+            pingora::Error::explain(
+                pingora::ErrorType::InvalidHTTPHeader,
+                "invalid header value",
+            )
         })?;
         rebuilt.append_header(Bytes::copy_from_slice(name), value)?;
     }
@@ -826,7 +872,10 @@ async fn write_answer(stream: &mut Stream, answer: &Answer, close: bool) -> Outc
     let Ok(response) = built else {
         return Outcome::closed(0);
     };
-    let written = stream.write_all(&response_head_bytes(&response)).await.is_ok()
+    let written = stream
+        .write_all(&response_head_bytes(&response))
+        .await
+        .is_ok()
         && stream.flush().await.is_ok();
     Outcome {
         status: answer.status,
@@ -863,7 +912,9 @@ async fn exchange(
     let mut any = false;
     loop {
         match wire::read_response_head(&received, fields) {
-            Ok(Some(response)) if (100..200).contains(&response.status) && response.status != 101 => {
+            Ok(Some(response))
+                if (100..200).contains(&response.status) && response.status != 101 =>
+            {
                 let informational = received.split_to(response.len);
                 if downstream.write_all(&informational).await.is_err() {
                     return Err(Exchange::ClientGone);

@@ -108,7 +108,11 @@ pub fn read_response_head(
         return Err(HeadError::Malformed);
     };
     let reason = span_of(buf, response.reason.unwrap_or_default().as_bytes());
-    let reason = if reason.start >= buf.len() { 0..0 } else { reason };
+    let reason = if reason.start >= buf.len() {
+        0..0
+    } else {
+        reason
+    };
     spans_of(buf, response.headers, fields);
     Ok(Some(ResponseHead {
         len,
@@ -144,11 +148,19 @@ const MAX_FRAMING_LINE: usize = 4096;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ChunkState {
     /// Reading a chunk-size line: the size so far and whether digits have ended (extensions).
-    Size { size: u64, digits: usize, in_ext: bool },
+    Size {
+        size: u64,
+        digits: usize,
+        in_ext: bool,
+    },
     /// The size line's LF after its CR.
-    SizeLf { size: u64 },
+    SizeLf {
+        size: u64,
+    },
     /// Data bytes still to come in this chunk.
-    Data { left: u64 },
+    Data {
+        left: u64,
+    },
     /// The CR after a chunk's data.
     DataCr,
     /// The LF after a chunk's data.
@@ -158,7 +170,9 @@ enum ChunkState {
     /// Inside a trailer field line.
     Trailer,
     /// The LF ending a trailer line, or the final one when `last` is set.
-    TrailerLf { last: bool },
+    TrailerLf {
+        last: bool,
+    },
     Done,
 }
 
@@ -322,6 +336,10 @@ impl ChunkedTracker {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::expect_used,
+    reason = "a broken test fixture should fail the test loudly"
+)]
 mod tests {
     use super::*;
 
@@ -333,7 +351,8 @@ mod tests {
 
     #[test]
     fn chunked_body_ends_exactly_after_the_last_chunk_and_trailers() {
-        let body = b"5\r\nhello\r\n6;name=value\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\nGET / HTTP/1.1";
+        let body =
+            b"5\r\nhello\r\n6;name=value\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\nGET / HTTP/1.1";
         let (used, tracker) = track_whole(body).expect("valid");
         assert!(tracker.is_done());
         assert_eq!(&body[used..], b"GET / HTTP/1.1");
@@ -366,14 +385,21 @@ mod tests {
             b"11111111111111111\r\n",
             b"5;ext\nhello",
         ] {
-            assert!(track_whole(body).is_err(), "{:?}", String::from_utf8_lossy(body));
+            assert!(
+                track_whole(body).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 
     #[test]
     fn a_huge_chunk_size_is_followed_without_overflow() {
         let mut tracker = ChunkedTracker::default();
-        assert_eq!(tracker.advance(b"ffffffffffffffff\r\nabc").expect("valid"), 21);
+        assert_eq!(
+            tracker.advance(b"ffffffffffffffff\r\nabc").expect("valid"),
+            21
+        );
         assert!(!tracker.is_done());
         assert_eq!(tracker.payload_bytes(), 3);
     }
@@ -407,7 +433,9 @@ mod tests {
                 .expect("partial is fine")
                 .is_none()
         );
-        assert!(read_request_head(b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n", &mut Vec::new()).is_err());
+        assert!(
+            read_request_head(b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n", &mut Vec::new()).is_err()
+        );
     }
 
     #[test]
@@ -428,7 +456,14 @@ mod tests {
         assert!(lists_token(b"keep-alive, Close", "close"));
         assert!(!lists_token(b"closed", "close"));
         assert_eq!(content_length(b"42"), Some(42));
-        for bad in [&b""[..], b"+4", b"4 2", b"-1", b"12345678901234567890", b"0x1"] {
+        for bad in [
+            &b""[..],
+            b"+4",
+            b"4 2",
+            b"-1",
+            b"12345678901234567890",
+            b"0x1",
+        ] {
             assert_eq!(content_length(bad), None);
         }
     }
