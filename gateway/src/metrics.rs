@@ -86,6 +86,8 @@ pub const AUTH_DECISIONS_TOTAL: &str = "torhaus_auth_decisions_total";
 /// 1 while this replica leads (writes status, runs ACME); 1 in standalone mode.
 pub const LEADER: &str = "torhaus_leader";
 pub const ACCESS_LOG_DROPPED_TOTAL: &str = "torhaus_access_log_dropped_total";
+/// Client connections torhaus's HTTP/1.1 engine handed to pingora's proxy, by reason.
+pub const HTTP1_HANDOVERS_TOTAL: &str = "torhaus_http1_handovers_total";
 
 /// Latency buckets in seconds: sub-millisecond proxying up to slow uploads.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -136,6 +138,7 @@ pub struct Metrics {
     auth_decisions: IntCounterVec,
     leader: IntGauge,
     access_log_dropped: IntCounter,
+    http1_handovers: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -280,6 +283,13 @@ impl Metrics {
                 DNS_RECORDS_CONFLICTS,
                 "Desired DNS records left alone because a record torhaus does not own is in the way.",
                 &["publisher"],
+            )?,
+            http1_handovers: counter(
+                HTTP1_HANDOVERS_TOTAL,
+                "Client connections torhaus's HTTP/1.1 engine handed to pingora's proxy, by \
+                 reason (http2, http1.0, body, upgrade, expect, connect, unusual_head, \
+                 identity, mirror, retry, h2c_backend).",
+                &["reason"],
             )?,
             auth_decisions: counter(
                 AUTH_DECISIONS_TOTAL,
@@ -441,6 +451,11 @@ impl Metrics {
     /// The counter of one policy and outcome, for callers that count often.
     pub fn auth_decision_counter(&self, policy: &str, outcome: &str) -> IntCounter {
         self.auth_decisions.with_label_values(&[policy, outcome])
+    }
+
+    /// The HTTP/1.1 engine handed a connection to pingora's proxy.
+    pub(crate) fn http1_handover(&self, reason: &str) {
+        self.http1_handovers.with_label_values(&[reason]).inc();
     }
 
     pub(crate) fn access_log_dropped(&self) -> IntCounter {

@@ -90,6 +90,29 @@ fn is_hop_by_hop(name: &[u8]) -> bool {
         .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
 }
 
+/// The fields a response head must lose on its way on: the hop-by-hop ones, and those its
+/// `Connection` fields name (RFC 9110 §7.6.1).
+struct HopByHop<'a> {
+    named: Vec<&'a [u8]>,
+}
+
+impl<'a> HopByHop<'a> {
+    fn of(received: &'a [u8], fields: &[FieldSpan]) -> Self {
+        let named = fields
+            .iter()
+            .filter(|f| received[f.name.clone()].eq_ignore_ascii_case(b"connection"))
+            .flat_map(|f| received[f.value.clone()].split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|option| !option.is_empty())
+            .collect();
+        Self { named }
+    }
+
+    fn drops(&self, name: &[u8]) -> bool {
+        is_hop_by_hop(name) || self.named.iter().any(|n| n.eq_ignore_ascii_case(name))
+    }
+}
+
 /// One listener port's HTTP/1 engine, with pingora's proxy for what it does not serve.
 pub struct Http1Engine {
     port: PortProxy,
@@ -131,8 +154,9 @@ impl Http1Engine {
 enum Next {
     KeepAlive,
     Close,
-    /// pingora's proxy takes the connection over, starting with the request in the buffer.
-    HandOver,
+    /// pingora's proxy takes the connection over, starting with the request in the buffer; the
+    /// reason is counted in `torhaus_http1_handovers_total`.
+    HandOver(&'static str),
 }
 
 /// What the connection knows about its client.
@@ -177,7 +201,12 @@ fn rewound(stream: Stream, read: &[u8]) -> Option<Stream> {
 
 impl Http1Engine {
     async fn serve(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) {
-        if !self.options.own_http1 || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+        if !self.options.own_http1 {
+            ServerApp::process_new(&self.pingora, stream, shutdown).await;
+            return;
+        }
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            self.port.shared.observer.metrics().http1_handover("http2");
             ServerApp::process_new(&self.pingora, stream, shutdown).await;
             return;
         }
@@ -205,6 +234,7 @@ impl Http1Engine {
                     let seen = buf.len().min(H2_PREFACE.len());
                     if buf[..seen] == H2_PREFACE[..seen] {
                         if seen == H2_PREFACE.len() {
+                            self.port.shared.observer.metrics().http1_handover("http2");
                             match rewound(stream, &buf) {
                                 Some(stream) => {
                                     ServerApp::process_new(&self.pingora, stream, shutdown).await;
@@ -243,7 +273,7 @@ impl Http1Engine {
                     self.serve_request(&mut stream, &mut buf, &head, &fields, &client)
                         .await
                 }
-                None => Next::HandOver,
+                None => Next::HandOver("unusual_head"),
             };
             match next {
                 Next::KeepAlive => {}
@@ -251,7 +281,8 @@ impl Http1Engine {
                     let _ = stream.shutdown().await;
                     return;
                 }
-                Next::HandOver => {
+                Next::HandOver(reason) => {
+                    self.port.shared.observer.metrics().http1_handover(reason);
                     self.hand_over(stream, buf, shutdown).await;
                     return;
                 }
@@ -289,19 +320,20 @@ impl Http1Engine {
         fields: &[FieldSpan],
         client: &Client,
     ) -> Next {
-        let Some(shape) = RequestShape::of(&buf[..head.len], head, fields) else {
-            return Next::HandOver;
+        let shape = match RequestShape::of(&buf[..head.len], head, fields) {
+            Ok(shape) => shape,
+            Err(reason) => return Next::HandOver(reason),
         };
         let raw = buf.split_to(head.len).freeze();
-        let hand_back = |buf: &mut BytesMut| {
+        let hand_back = |buf: &mut BytesMut, reason| {
             let mut restored = BytesMut::with_capacity(raw.len() + buf.len());
             restored.extend_from_slice(&raw);
             restored.extend_from_slice(buf);
             *buf = restored;
-            Next::HandOver
+            Next::HandOver(reason)
         };
         let Ok(mut request) = request_header(&raw, head, fields) else {
-            return hand_back(buf);
+            return hand_back(buf, "unusual_head");
         };
         let shared = &self.port.shared;
         let mut ctx = RequestCtx {
@@ -320,10 +352,10 @@ impl Http1Engine {
             write_answer(stream, &Answer::status(status), shape.close).await
         } else {
             let Some(rule) = ctx.rule.clone() else {
-                return hand_back(buf);
+                return hand_back(buf, "unusual_head");
             };
-            if !serves_rule(&rule, &ctx) {
-                return hand_back(buf);
+            if let Err(reason) = serves_rule(&rule, &ctx) {
+                return hand_back(buf, reason);
             }
             let sent_host = SentHost::of(&request);
             strip_identity_headers(&mut request, &ctx);
@@ -552,37 +584,39 @@ impl Outcome {
     }
 }
 
-/// What the engine needs to know of a request head before serving it; `None` when pingora's
-/// proxy must serve it.
+/// What the engine needs to know of a request head before serving it; `Err` names why pingora's
+/// proxy must serve it instead.
 struct RequestShape {
     /// The client asked to close the connection after this request.
     close: bool,
-    /// The head has hop-by-hop fields to drop before forwarding.
-    hop_by_hop: bool,
 }
 
 impl RequestShape {
-    fn of(raw: &[u8], head: &RequestHead, fields: &[FieldSpan]) -> Option<RequestShape> {
-        if head.minor_version != 1 || &raw[head.method.clone()] == b"CONNECT" {
-            return None;
+    fn of(
+        raw: &[u8],
+        head: &RequestHead,
+        fields: &[FieldSpan],
+    ) -> Result<RequestShape, &'static str> {
+        if head.minor_version != 1 {
+            return Err("http1.0");
+        }
+        if &raw[head.method.clone()] == b"CONNECT" {
+            return Err("connect");
         }
         let mut hosts = 0;
-        let mut shape = RequestShape {
-            close: false,
-            hop_by_hop: false,
-        };
+        let mut shape = RequestShape { close: false };
         for field in fields {
             let name = &raw[field.name.clone()];
             let value = &raw[field.value.clone()];
             let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
             if is("host") {
                 hosts += 1;
-            } else if is("content-length")
-                || is("transfer-encoding")
-                || is("upgrade")
-                || is("expect")
-            {
-                return None;
+            } else if is("content-length") || is("transfer-encoding") {
+                return Err("body");
+            } else if is("upgrade") {
+                return Err("upgrade");
+            } else if is("expect") {
+                return Err("expect");
             } else if is("connection") {
                 // Any other option names fields to drop, or asks for an upgrade: pingora's.
                 let known = value.split(|&b| b == b',').all(|option| {
@@ -592,15 +626,16 @@ impl RequestShape {
                         || option.eq_ignore_ascii_case(b"keep-alive")
                 });
                 if !known {
-                    return None;
+                    return Err("unusual_head");
                 }
                 shape.close |= lists_token(value, "close");
-                shape.hop_by_hop = true;
-            } else if is_hop_by_hop(name) {
-                shape.hop_by_hop = true;
             }
         }
-        (hosts == 1).then_some(shape)
+        if hosts == 1 {
+            Ok(shape)
+        } else {
+            Err("unusual_head")
+        }
     }
 }
 
@@ -757,9 +792,10 @@ fn edited_response_head(
     head.push(b' ');
     head.extend_from_slice(&received[response.reason.clone()]);
     head.extend_from_slice(b"\r\n");
+    let hop_by_hop = HopByHop::of(received, fields);
     for field in fields {
         let name = &received[field.name.clone()];
-        if is_hop_by_hop(name) {
+        if hop_by_hop.drops(name) {
             continue;
         }
         head.extend_from_slice(name);
@@ -774,17 +810,26 @@ fn edited_response_head(
     head
 }
 
-/// Whether the engine serves requests of this rule (else pingora's proxy does).
-fn serves_rule(rule: &Rule, ctx: &RequestCtx) -> bool {
+/// Whether the engine serves requests of this rule; `Err` names why pingora's proxy does.
+fn serves_rule(rule: &Rule, ctx: &RequestCtx) -> Result<(), &'static str> {
     let mirrors = |filters: &[Filter]| filters.iter().any(|f| matches!(f, Filter::Mirror(_)));
-    ctx.auth.is_none()
-        && rule.retry.is_none()
-        && !mirrors(&rule.filters)
-        && rule.backends.iter().all(|backend| {
-            !mirrors(&backend.filters)
-                && !matches!(&backend.target, BackendTarget::Service(service)
-                    if service.protocol == UpstreamProtocol::H2c)
-        })
+    if ctx.auth.is_some() {
+        return Err("identity");
+    }
+    if rule.retry.is_some() {
+        return Err("retry");
+    }
+    if mirrors(&rule.filters) || rule.backends.iter().any(|b| mirrors(&b.filters)) {
+        return Err("mirror");
+    }
+    let h2c = rule.backends.iter().any(|backend| {
+        matches!(&backend.target, BackendTarget::Service(service)
+            if service.protocol == UpstreamProtocol::H2c)
+    });
+    if h2c {
+        return Err("h2c_backend");
+    }
+    Ok(())
 }
 
 /// Whether the rule or its chosen backend changes response heads.
@@ -818,9 +863,10 @@ fn rebuilt_head(
     {
         rebuilt.set_reason_phrase(Some(reason))?;
     }
+    let hop_by_hop = HopByHop::of(received, fields);
     for field in fields {
         let name = &received[field.name.clone()];
-        if is_hop_by_hop(name) {
+        if hop_by_hop.drops(name) {
             continue;
         }
         let value = HeaderValue::from_bytes(&received[field.value.clone()]).map_err(|_| {

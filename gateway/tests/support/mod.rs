@@ -596,7 +596,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                 {
                     loop {
                         let line = read_line(&mut self.stream, &mut self.buffer).await?;
-                        let size = usize::from_str_radix(line.trim(), 16)?;
+                        let size = line.split(';').next().unwrap_or_default();
+                        let size = usize::from_str_radix(size.trim(), 16)?;
                         if size == 0 {
                             while !read_line(&mut self.stream, &mut self.buffer)
                                 .await?
