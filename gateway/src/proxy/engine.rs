@@ -37,7 +37,6 @@
 //! delimited by the upstream closing are passed on and the client connection closed after them.
 //! An upstream connection goes back to the pool only after a complete, well-framed response.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -224,6 +223,11 @@ impl Http1Engine {
         let mut buf = BytesMut::with_capacity(4096);
         let mut fields = Vec::with_capacity(32);
         let mut idle_watch = shutdown.clone();
+        // One timer per connection, re-armed only when it fires: arming one per read would cost
+        // a timer-wheel insertion and removal on every request.
+        let mut last_read = Instant::now();
+        let idle_timer = tokio::time::sleep(CLIENT_IDLE_TIMEOUT);
+        tokio::pin!(idle_timer);
         let mut first = true;
         loop {
             if *shutdown.borrow() && buf.is_empty() {
@@ -258,13 +262,19 @@ impl Http1Engine {
                     }
                 }
                 let idle = buf.is_empty();
-                let read = tokio::select! {
-                    read = tokio::time::timeout(CLIENT_IDLE_TIMEOUT, stream.read_buf(&mut buf)) => read,
+                tokio::select! {
+                    read = stream.read_buf(&mut buf) => match read {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => last_read = Instant::now(),
+                    },
+                    () = &mut idle_timer => {
+                        let quiet_until = last_read + CLIENT_IDLE_TIMEOUT;
+                        if Instant::now() >= quiet_until {
+                            return;
+                        }
+                        idle_timer.as_mut().reset(quiet_until.into());
+                    }
                     _ = idle_watch.changed(), if idle => return,
-                };
-                match read {
-                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
-                    Ok(Ok(_)) => {}
                 }
             };
             first = false;
@@ -487,13 +497,10 @@ impl Http1Engine {
                     && lists_token(&received[f.value.clone()], "close")
             });
         let close = client_close || framing == Framing::UntilClose;
-        let mut out = Vec::new();
-        let head_out: &[u8] = if rule_changes_responses(&rule, ctx) {
+        // The head to send, when it differs from the upstream's; `None` passes it on as sent.
+        let edited = if rule_changes_responses(&rule, ctx) {
             match rebuilt_head(request, &received, &response, &fields, ctx, close) {
-                Ok(rebuilt) => {
-                    out = rebuilt;
-                    &out
-                }
+                Ok(rebuilt) => Some(rebuilt),
                 Err(error) => {
                     let status = error_status(&error);
                     return write_answer(downstream, &Answer::status(status), true).await;
@@ -505,10 +512,9 @@ impl Http1Engine {
                 .iter()
                 .any(|f| is_hop_by_hop(&received[f.name.clone()]))
         {
-            out = edited_response_head(&received, &response, &fields, close);
-            &out
+            Some(edited_response_head(&received, &response, &fields, close))
         } else {
-            &received[..response.len]
+            None
         };
         let mut relay = Relay {
             framing,
@@ -517,16 +523,22 @@ impl Http1Engine {
             complete: framing == Framing::None || framing == Framing::Length(0),
             extra: false,
         };
-        let first_body = relay.take(&received[response.len..]);
+        let first_body_len = relay.take(&received[response.len..]).len();
         let status = response.status;
-        let mut first_write = Vec::with_capacity(head_out.len() + first_body.len());
-        first_write.extend_from_slice(head_out);
-        first_write.extend_from_slice(first_body);
-        drop(out);
         if relay.extra_error() {
             return Outcome::closed(status);
         }
-        if downstream.write_all(&first_write).await.is_err() {
+        // One write for the head and the body bytes that came with it.
+        let with_edited_head;
+        let first_write: &[u8] = match edited {
+            Some(mut head) => {
+                head.extend_from_slice(&received[response.len..response.len + first_body_len]);
+                with_edited_head = head;
+                &with_edited_head
+            }
+            None => &received[..response.len + first_body_len],
+        };
+        if downstream.write_all(first_write).await.is_err() {
             return Outcome::closed(status);
         }
         while !relay.complete {
@@ -788,7 +800,13 @@ fn edited_response_head(
 ) -> Vec<u8> {
     let mut head = Vec::with_capacity(response.len + 32);
     head.extend_from_slice(b"HTTP/1.1 ");
-    head.extend_from_slice(response.status.to_string().as_bytes());
+    // httparse reads exactly three digits.
+    let status = response.status;
+    head.extend_from_slice(&[
+        b'0' + (status / 100 % 10) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+    ]);
     head.push(b' ');
     head.extend_from_slice(&received[response.reason.clone()]);
     head.extend_from_slice(b"\r\n");
@@ -1085,17 +1103,36 @@ impl Relay {
 }
 
 /// Idle upstream connections of one worker, by endpoint: the most recently used first, none
-/// older than the idle timeout.
+/// older than the idle timeout. Endpoints are kept in a list, as a worker talks to few of them
+/// and hashing costs more than scanning; every [`POOL_SWEEP_EVERY`] returns, connections past
+/// the idle timeout are closed (those of endpoints no longer used included) and endpoints
+/// without idle connections forgotten.
 #[derive(Debug, Default)]
 struct UpstreamPool {
-    idle: Mutex<HashMap<SocketAddr, Vec<(TcpStream, Instant)>>>,
+    inner: Mutex<PoolInner>,
 }
+
+#[derive(Debug, Default)]
+struct PoolInner {
+    endpoints: Vec<IdleConnections>,
+    returns: usize,
+}
+
+#[derive(Debug)]
+struct IdleConnections {
+    addr: SocketAddr,
+    /// Oldest first, with when each became idle.
+    idle: Vec<(TcpStream, Instant)>,
+}
+
+/// How many connection returns pass between two sweeps of the pool.
+const POOL_SWEEP_EVERY: usize = 1024;
 
 impl UpstreamPool {
     fn take(&self, addr: SocketAddr) -> Option<TcpStream> {
-        let mut idle = self.idle.lock();
-        let list = idle.get_mut(&addr)?;
-        while let Some((stream, since)) = list.pop() {
+        let mut inner = self.inner.lock();
+        let endpoint = inner.endpoints.iter_mut().find(|e| e.addr == addr)?;
+        while let Some((stream, since)) = endpoint.idle.pop() {
             if since.elapsed() < UPSTREAM_IDLE_TIMEOUT {
                 return Some(stream);
             }
@@ -1104,11 +1141,31 @@ impl UpstreamPool {
     }
 
     fn put(&self, addr: SocketAddr, stream: TcpStream) {
-        let mut idle = self.idle.lock();
-        let list = idle.entry(addr).or_default();
-        if list.len() >= MAX_IDLE_PER_ENDPOINT {
-            list.remove(0);
+        let now = Instant::now();
+        let mut inner = self.inner.lock();
+        inner.returns += 1;
+        if inner.returns.is_multiple_of(POOL_SWEEP_EVERY) {
+            for endpoint in &mut inner.endpoints {
+                endpoint.idle.retain(|(_, since)| {
+                    now.saturating_duration_since(*since) < UPSTREAM_IDLE_TIMEOUT
+                });
+            }
+            inner.endpoints.retain(|e| !e.idle.is_empty());
         }
-        list.push((stream, Instant::now()));
+        let index = match inner.endpoints.iter().position(|e| e.addr == addr) {
+            Some(index) => index,
+            None => {
+                inner.endpoints.push(IdleConnections {
+                    addr,
+                    idle: Vec::new(),
+                });
+                inner.endpoints.len() - 1
+            }
+        };
+        let idle = &mut inner.endpoints[index].idle;
+        if idle.len() >= MAX_IDLE_PER_ENDPOINT {
+            idle.remove(0);
+        }
+        idle.push((stream, now));
     }
 }
