@@ -508,9 +508,14 @@ impl Http1Engine {
             }
         } else if close
             || response.minor_version != 1
-            || fields
-                .iter()
-                .any(|f| is_hop_by_hop(&received[f.name.clone()]))
+            || fields.iter().any(|f| {
+                let name = &received[f.name.clone()];
+                // `Connection: keep-alive` alone is true of the client connection too (it stays
+                // open), so the head can pass as sent; nginx says the same to its clients.
+                is_hop_by_hop(name)
+                    && !(name.eq_ignore_ascii_case(b"connection")
+                        && received[f.value.clone()].eq_ignore_ascii_case(b"keep-alive"))
+            })
         {
             Some(edited_response_head(&received, &response, &fields, close))
         } else {
