@@ -425,3 +425,19 @@ async fn with_the_engine_off_pingora_serves_everything() -> Result<()> {
     gateway.dataplane.shutdown();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_space_in_the_request_target_is_refused_not_re_escaped() -> Result<()> {
+    let (app, gateway) = app_behind_gateway(|_| {}).await;
+    let mut client = Client::connect(gateway.addr(80)).await;
+    client
+        .send(b"GET /a b HTTP/1.1\r\nhost: a.example\r\n\r\n")
+        .await?;
+    let response = client.response(false).await?;
+    assert_eq!(response.status, 400);
+    assert_eq!(response.header("connection"), Some("close"));
+    assert!(client.closed().await);
+    assert_eq!(app.hits(), 0, "nothing was forwarded");
+    gateway.dataplane.shutdown();
+    Ok(())
+}

@@ -255,7 +255,15 @@ impl Http1Engine {
                     match wire::read_request_head(&buf, &mut fields) {
                         Ok(Some(head)) => break Some(head),
                         Ok(None) => {}
-                        Err(_) => break None,
+                        // pingora's parser would re-escape some of these (a raw space in the
+                        // target) and forward them: refused here, as RFC 9112 asks.
+                        Err(wire::HeadError::Malformed) => {
+                            tracing::debug!("malformed request head refused");
+                            let _ = write_answer(&mut stream, &Answer::status(400), true).await;
+                            let _ = stream.shutdown().await;
+                            return;
+                        }
+                        Err(wire::HeadError::TooManyFields) => break None,
                     }
                     if buf.len() > self.port.shared.max_request_header_bytes {
                         break None;

@@ -445,6 +445,28 @@ mod tests {
     }
 
     #[test]
+    fn request_heads_that_pingora_would_re_escape_are_malformed() {
+        for head in [
+            &b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            b"GET  /x HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /x HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
+            b"GET /x HTTP/1.1\r\nHo st: x\r\n\r\n",
+        ] {
+            assert_eq!(
+                read_request_head(head, &mut Vec::new()).map(|h| h.is_some()),
+                Err(HeadError::Malformed),
+                "{}",
+                String::from_utf8_lossy(head)
+            );
+        }
+        // Empty lines before the request line are allowed (RFC 9112 §2.2).
+        let head = read_request_head(b"\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n", &mut Vec::new())
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(head.minor_version, 1);
+    }
+
+    #[test]
     fn response_heads_are_read_with_their_reason() {
         let buf = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
         let mut fields = Vec::new();
