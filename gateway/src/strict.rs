@@ -10,10 +10,12 @@
 //! re-escape (`GET  /x` reframed to `%20/x`), and header blocks above the configured limit (431).
 //!
 //! Known limits: header blocks between the configured limit and pingora's 1 MiB cap are read
-//! in full before the 431 (pingora offers no earlier hook); on cleartext ports (h2c enabled)
-//! pingora waits for 24 bytes, the length of the HTTP/2 preface, before parsing, so a complete
-//! request shorter than that (only possible without Host, e.g. `GET / HTTP/1.0`) is answered
-//! only once more bytes arrive or the client closes. Pipelined requests are answered in order
+//! in full before the 431 (pingora offers no earlier hook). With `--http1-engine pingora` only:
+//! on cleartext ports (h2c enabled) pingora waits for 24 bytes, the length of the HTTP/2
+//! preface, before parsing, so a complete request shorter than that (only possible without
+//! Host, e.g. `GET / HTTP/1.0`) is answered only once more bytes arrive or the client closes;
+//! torhaus's own engine ([`crate::proxy::Http1Engine`]) looks for the preface in whatever has
+//! arrived and hands such requests over at once. Pipelined requests are answered in order
 //! (pingora's pipelining support, enabled per request in `early_request_filter`).
 
 use http::{HeaderMap, Version, header};
