@@ -442,6 +442,7 @@ pub fn exercise_raw_request(raw: &[u8]) {
         return;
     };
     let outcome = runtime.block_on(fuzzing::read_and_check(raw.to_vec(), MAX_HEADER_BYTES));
+    check_engine_agrees(raw, &outcome);
     let RawRequestOutcome::Accepted(request) = outcome else {
         return;
     };
@@ -507,6 +508,54 @@ pub fn exercise_raw_request(raw: &[u8]) {
             "forwarded with Transfer-Encoding {:?} (chunked must be the last coding): {shown:?}",
             String::from_utf8_lossy(&joined)
         );
+    }
+}
+
+/// torhaus's own HTTP/1 engine may hand a request to pingora's proxy or refuse more than pingora
+/// does, but it must never serve what pingora and the strict checks refuse, nor a request with a
+/// body or without exactly one Host; what it serves has the Host pingora reads. Its chunked-body
+/// follower (used on responses) must find the payload pingora's decoder finds whenever both
+/// complete.
+fn check_engine_agrees(raw: &[u8], pingora: &RawRequestOutcome) {
+    let shown = String::from_utf8_lossy(raw);
+    if let fuzzing::EngineOutcome::Served(served) = fuzzing::engine_reads(raw, MAX_HEADER_BYTES) {
+        let fields = raw_fields(&served.head);
+        let count = |name: &str| {
+            fields
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+                .count()
+        };
+        assert_eq!(count("content-length"), 0, "engine serves a body: {shown:?}");
+        assert_eq!(count("transfer-encoding"), 0, "engine serves a body: {shown:?}");
+        assert_eq!(count("host"), 1, "engine serves without one Host: {shown:?}");
+        let RawRequestOutcome::Accepted(accepted) = pingora else {
+            panic!("the engine serves what pingora refuses ({pingora:?}): {shown:?}");
+        };
+        assert_eq!(accepted.version, http::Version::HTTP_11, "{shown:?}");
+        assert_eq!(
+            accepted.headers.get(http::header::HOST),
+            served.headers.get(http::header::HOST),
+            "the engine and pingora read different hosts: {shown:?}"
+        );
+    }
+    if let RawRequestOutcome::Accepted(accepted) = pingora
+        && raw.starts_with(&accepted.header_block)
+        && accepted
+            .headers
+            .get(http::header::TRANSFER_ENCODING)
+            .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"chunked"))
+        && let Ok(Some((_, payload))) =
+            fuzzing::engine_follows_chunked(&raw[accepted.header_block.len()..])
+    {
+        match &accepted.body {
+            Ok(body) => assert_eq!(
+                payload,
+                body.len() as u64,
+                "the engine and pingora find different chunked payloads: {shown:?}"
+            ),
+            Err(_) => panic!("the engine completes a chunked body pingora refuses: {shown:?}"),
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! Entry points for the fuzzers (feature `fuzzing`): raw bytes through pingora's HTTP/1 request
-//! parser and the strict checks, exactly as a connection's first request goes through them.
+//! parser and the strict checks, exactly as a connection's first request goes through them, and
+//! through torhaus's own HTTP/1 engine's head reading and admission.
 
 use std::io::Cursor;
 
@@ -62,4 +63,65 @@ pub async fn read_and_check(raw: Vec<u8>, max_header_bytes: usize) -> RawRequest
         headers,
         body,
     })
+}
+
+/// What torhaus's HTTP/1 engine makes of the first request head of `raw`.
+#[derive(Debug)]
+pub enum EngineOutcome {
+    /// The head is not complete yet.
+    Incomplete,
+    /// Refused with 400 as malformed before anything else.
+    Malformed,
+    /// Handed to pingora's proxy, for this reason.
+    HandedOver(&'static str),
+    /// Read and refused by the strict checks.
+    Rejected(Rejection),
+    /// Served by the engine itself.
+    Served(ServedRequest),
+}
+
+#[derive(Debug)]
+pub struct ServedRequest {
+    /// The head as read (request line included).
+    pub head: Bytes,
+    pub method: http::Method,
+    pub target: Vec<u8>,
+    pub headers: http::HeaderMap,
+}
+
+/// Reads the first request head of `raw` as the engine does, and decides as it does (routing
+/// aside) whether the engine serves it.
+pub fn engine_reads(raw: &[u8], max_header_bytes: usize) -> EngineOutcome {
+    use crate::proxy::{engine, wire};
+    let mut fields = Vec::new();
+    let head = match wire::read_request_head(raw, &mut fields) {
+        Ok(None) => return EngineOutcome::Incomplete,
+        Err(wire::HeadError::Malformed) => return EngineOutcome::Malformed,
+        Err(wire::HeadError::TooManyFields) => return EngineOutcome::HandedOver("unusual_head"),
+        Ok(Some(head)) => head,
+    };
+    let bytes = Bytes::copy_from_slice(&raw[..head.len]);
+    match engine::admit(&bytes, &head, &fields, max_header_bytes) {
+        Err(reason) => EngineOutcome::HandedOver(reason),
+        Ok(admitted) => match admitted.rejection {
+            Some(rejection) => EngineOutcome::Rejected(rejection),
+            None => EngineOutcome::Served(ServedRequest {
+                head: bytes,
+                method: admitted.request.method.clone(),
+                target: admitted.request.raw_path().to_vec(),
+                headers: admitted.request.headers.clone(),
+            }),
+        },
+    }
+}
+
+/// Follows a chunked body at the start of `raw` as the engine does when relaying one: the bytes
+/// that belong to it and its payload length once it is complete, `None` while incomplete, or
+/// the framing error.
+pub fn engine_follows_chunked(raw: &[u8]) -> Result<Option<(usize, u64)>, String> {
+    let mut tracker = crate::proxy::wire::ChunkedTracker::default();
+    let used = tracker.advance(raw).map_err(|e| e.to_string())?;
+    Ok(tracker
+        .is_done()
+        .then(|| (used, tracker.payload_bytes())))
 }

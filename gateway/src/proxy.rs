@@ -20,8 +20,8 @@
 //! On HTTP/1.1, [`Http1Engine`] serves plain proxied requests with this same code and hands the
 //! rest to pingora's proxy (see its module).
 
-mod engine;
-mod wire;
+pub(crate) mod engine;
+pub(crate) mod wire;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

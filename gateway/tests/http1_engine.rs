@@ -437,6 +437,16 @@ async fn a_raw_space_in_the_request_target_is_refused_not_re_escaped() -> Result
     assert_eq!(response.status, 400);
     assert_eq!(response.header("connection"), Some("close"));
     assert!(client.closed().await);
+    for (what, request) in [
+        ("userinfo in Host", &b"GET / HTTP/1.1\r\nhost: user@a.example\r\n\r\n"[..]),
+        (
+            "Host differing from the target's authority",
+            b"GET http://a.example/ HTTP/1.1\r\nhost: b.example\r\n\r\n",
+        ),
+    ] {
+        let response = raw(gateway.addr(80), request).await.context(what)?;
+        assert_eq!(response.status, 400, "{what}");
+    }
     assert_eq!(app.hits(), 0, "nothing was forwarded");
     gateway.dataplane.shutdown();
     Ok(())

@@ -65,7 +65,7 @@ use super::{
 };
 use crate::access_log::Protocol;
 use crate::filters::ForwardedHeaders;
-use crate::strict::check_h1_request;
+use crate::strict::{Rejection, check_h1_request};
 
 /// How long a client connection may stay idle between requests (pingora's value).
 const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -338,10 +338,11 @@ impl Http1Engine {
         fields: &[FieldSpan],
         client: &Client,
     ) -> Next {
-        let shape = match RequestShape::of(&buf[..head.len], head, fields) {
-            Ok(shape) => shape,
-            Err(reason) => return Next::HandOver(reason),
-        };
+        // Checked before the head leaves the buffer: requests with bodies, the commonest
+        // handover, then need no copy to be handed back.
+        if let Err(reason) = RequestShape::of(&buf[..head.len], head, fields) {
+            return Next::HandOver(reason);
+        }
         let raw = buf.split_to(head.len).freeze();
         let hand_back = |buf: &mut BytesMut, reason| {
             let mut restored = BytesMut::with_capacity(raw.len() + buf.len());
@@ -350,10 +351,12 @@ impl Http1Engine {
             *buf = restored;
             Next::HandOver(reason)
         };
-        let Ok(mut request) = request_header(&raw, head, fields) else {
-            return hand_back(buf, "unusual_head");
-        };
         let shared = &self.port.shared;
+        let (mut request, shape, rejection) =
+            match admit(&raw, head, fields, shared.max_request_header_bytes) {
+                Ok(admitted) => (admitted.request, admitted.shape, admitted.rejection),
+                Err(reason) => return hand_back(buf, reason),
+            };
         let mut ctx = RequestCtx {
             _active: Some(shared.in_flight.enter()),
             ..RequestCtx::default()
@@ -361,9 +364,7 @@ impl Http1Engine {
         shared
             .observer
             .note_arrival(client.addr, &request, Protocol::Http1, &mut ctx.obs);
-        let outcome = if let Err(rejection) =
-            check_h1_request(&request, &raw, shared.max_request_header_bytes)
-        {
+        let outcome = if let Some(rejection) = rejection {
             tracing::debug!(reason = rejection.reason(), "request rejected");
             write_answer(stream, &Answer::status(rejection.status()), true).await
         } else if let Err(status) = self.port.route(&request, client.sni.as_deref(), &mut ctx) {
@@ -628,6 +629,15 @@ impl RequestShape {
         if &raw[head.method.clone()] == b"CONNECT" {
             return Err("connect");
         }
+        // httparse takes a bare LF as a line end, where pingora's reader does not see the end
+        // of the head (the fuzzers found it): such heads keep pingora's behaviour.
+        let bare_lf = raw[..head.len]
+            .iter()
+            .enumerate()
+            .any(|(i, &b)| b == b'\n' && (i == 0 || raw[i - 1] != b'\r'));
+        if bare_lf {
+            return Err("unusual_head");
+        }
         let mut hosts = 0;
         let mut shape = RequestShape { close: false };
         for field in fields {
@@ -662,6 +672,41 @@ impl RequestShape {
             Err("unusual_head")
         }
     }
+}
+
+/// A request head the engine serves (or refuses itself): the request as pingora's types hold
+/// it, its shape, and the strict checks' verdict.
+pub(crate) struct Admitted {
+    pub request: RequestHeader,
+    shape: RequestShape,
+    /// Why the strict checks refuse it (400 or 431), if they do.
+    pub rejection: Option<Rejection>,
+}
+
+/// Whether the engine serves the request whose head is `raw`; `Err` names why pingora's proxy
+/// must. The one decision the engine and the fuzzers (`crate::fuzzing`) share.
+pub(crate) fn admit(
+    raw: &Bytes,
+    head: &RequestHead,
+    fields: &[FieldSpan],
+    max_header_bytes: usize,
+) -> Result<Admitted, &'static str> {
+    let shape = RequestShape::of(raw, head, fields)?;
+    let request = request_header(raw, head, fields).map_err(|_| "unusual_head")?;
+    // pingora's own reader refuses these (userinfo in Host, a Host that differs from an
+    // absolute-form target's authority): the engine reads as strictly (the fuzzers found it).
+    let rejection = check_h1_request(&request, raw, max_header_bytes)
+        .err()
+        .or_else(|| {
+            pingora::protocols::http::authority::validate_request_authority(&request)
+                .err()
+                .map(|_| Rejection::BadRequest("ambiguous authority"))
+        });
+    Ok(Admitted {
+        request,
+        shape,
+        rejection,
+    })
 }
 
 /// The request as pingora's types hold it (for routing and filters), its values shared with
