@@ -526,9 +526,21 @@ fn check_engine_agrees(raw: &[u8], pingora: &RawRequestOutcome) {
                 .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
                 .count()
         };
-        assert_eq!(count("content-length"), 0, "engine serves a body: {shown:?}");
-        assert_eq!(count("transfer-encoding"), 0, "engine serves a body: {shown:?}");
-        assert_eq!(count("host"), 1, "engine serves without one Host: {shown:?}");
+        assert_eq!(
+            count("content-length"),
+            0,
+            "engine serves a body: {shown:?}"
+        );
+        assert_eq!(
+            count("transfer-encoding"),
+            0,
+            "engine serves a body: {shown:?}"
+        );
+        assert_eq!(
+            count("host"),
+            1,
+            "engine serves without one Host: {shown:?}"
+        );
         let RawRequestOutcome::Accepted(accepted) = pingora else {
             panic!("the engine serves what pingora refuses ({pingora:?}): {shown:?}");
         };

@@ -121,7 +121,5 @@ pub fn engine_reads(raw: &[u8], max_header_bytes: usize) -> EngineOutcome {
 pub fn engine_follows_chunked(raw: &[u8]) -> Result<Option<(usize, u64)>, String> {
     let mut tracker = crate::proxy::wire::ChunkedTracker::default();
     let used = tracker.advance(raw).map_err(|e| e.to_string())?;
-    Ok(tracker
-        .is_done()
-        .then(|| (used, tracker.payload_bytes())))
+    Ok(tracker.is_done().then(|| (used, tracker.payload_bytes())))
 }

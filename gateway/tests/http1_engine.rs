@@ -438,7 +438,10 @@ async fn a_raw_space_in_the_request_target_is_refused_not_re_escaped() -> Result
     assert_eq!(response.header("connection"), Some("close"));
     assert!(client.closed().await);
     for (what, request) in [
-        ("userinfo in Host", &b"GET / HTTP/1.1\r\nhost: user@a.example\r\n\r\n"[..]),
+        (
+            "userinfo in Host",
+            &b"GET / HTTP/1.1\r\nhost: user@a.example\r\n\r\n"[..],
+        ),
         (
             "Host differing from the target's authority",
             b"GET http://a.example/ HTTP/1.1\r\nhost: b.example\r\n\r\n",

@@ -151,13 +151,23 @@ pub struct ChunkedError(&'static str);
 /// A line of the chunked framing (a size line, a trailer field) may not be longer than this.
 const MAX_FRAMING_LINE: usize = 4096;
 
+/// Where a chunk-size line is: `chunk-size [ BWS ";" chunk-ext ] CRLF` (RFC 9112 §7.1.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SizeLine {
+    Digits,
+    /// Whitespace after the digits: only `;` may follow.
+    Space,
+    /// After `;`: the extensions, up to CR.
+    Extensions,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ChunkState {
-    /// Reading a chunk-size line: the size so far and whether digits have ended (extensions).
+    /// Reading a chunk-size line: the size so far, and where in the line.
     Size {
         size: u64,
         digits: usize,
-        in_ext: bool,
+        at: SizeLine,
     },
     /// The size line's LF after its CR.
     SizeLf {
@@ -196,7 +206,7 @@ impl Default for ChunkedTracker {
             state: ChunkState::Size {
                 size: 0,
                 digits: 0,
-                in_ext: false,
+                at: SizeLine::Digits,
             },
             line: 0,
             payload: 0,
@@ -250,28 +260,30 @@ impl ChunkedTracker {
             return Err(ChunkedError("framing line too long"));
         }
         Ok(match self.state {
-            ChunkState::Size {
-                size,
-                digits,
-                in_ext,
-            } => match byte {
-                b'\r' if digits > 0 => ChunkState::SizeLf { size },
-                _ if in_ext => {
-                    if byte == b'\n' || byte == 0 {
-                        return Err(ChunkedError("bare LF or NUL in a chunk extension"));
-                    }
+            ChunkState::Size { size, digits, at } => match (at, byte) {
+                (_, b'\r') if digits > 0 && at != SizeLine::Space => ChunkState::SizeLf { size },
+                (SizeLine::Extensions, b'\n' | 0 | b'\r') => {
+                    return Err(ChunkedError("bare CR, LF or NUL in a chunk extension"));
+                }
+                (SizeLine::Extensions, _) => ChunkState::Size { size, digits, at },
+                (SizeLine::Digits | SizeLine::Space, b';') if digits > 0 => ChunkState::Size {
+                    size,
+                    digits,
+                    at: SizeLine::Extensions,
+                },
+                (SizeLine::Digits | SizeLine::Space, b' ' | b'\t') if digits > 0 => {
                     ChunkState::Size {
                         size,
                         digits,
-                        in_ext,
+                        at: SizeLine::Space,
                     }
                 }
-                b';' | b' ' | b'\t' if digits > 0 => ChunkState::Size {
-                    size,
-                    digits,
-                    in_ext: true,
-                },
-                _ => {
+                (SizeLine::Space, _) => {
+                    return Err(ChunkedError(
+                        "only a chunk extension may follow a chunk size",
+                    ));
+                }
+                (SizeLine::Digits, _) => {
                     let digit = (byte as char)
                         .to_digit(16)
                         .ok_or(ChunkedError("invalid chunk size"))?;
@@ -281,7 +293,7 @@ impl ChunkedTracker {
                     ChunkState::Size {
                         size: size * 16 + u64::from(digit),
                         digits: digits + 1,
-                        in_ext,
+                        at,
                     }
                 }
             },
@@ -310,7 +322,7 @@ impl ChunkedTracker {
                 ChunkState::Size {
                     size: 0,
                     digits: 0,
-                    in_ext: false,
+                    at: SizeLine::Digits,
                 }
             }
             ChunkState::TrailerStart => match byte {
@@ -358,7 +370,7 @@ mod tests {
     #[test]
     fn chunked_body_ends_exactly_after_the_last_chunk_and_trailers() {
         let body =
-            b"5\r\nhello\r\n6;name=value\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\nGET / HTTP/1.1";
+            b"5\r\nhello\r\n6 ;name=value\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\nGET / HTTP/1.1";
         let (used, tracker) = track_whole(body).expect("valid");
         assert!(tracker.is_done());
         assert_eq!(&body[used..], b"GET / HTTP/1.1");
@@ -390,6 +402,9 @@ mod tests {
             b"0\r\n\n",
             b"11111111111111111\r\n",
             b"5;ext\nhello",
+            b"0\t\tte\r\n\r\n",
+            b"5 \r\nhello\r\n",
+            b"5 x;a\r\nhello\r\n",
         ] {
             assert!(
                 track_whole(body).is_err(),
