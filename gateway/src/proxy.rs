@@ -120,6 +120,16 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
+    /// The filters of `rule` (the matched rule) and of the backend chosen for this request.
+    fn filters_in_force<'a>(&self, rule: &'a Rule) -> impl Iterator<Item = &'a Filter> {
+        let backend_filters = self
+            .backend_index
+            .and_then(|i| rule.backends.get(i))
+            .map(|b| &b.filters[..])
+            .unwrap_or(&[]);
+        rule.filters.iter().chain(backend_filters)
+    }
+
     /// The request as metrics and the access log see it once it has ended.
     fn finished(&self) -> Finished<'_> {
         Finished {
@@ -295,12 +305,7 @@ fn apply_response_filters(
     let Some(rule) = &ctx.rule else {
         return Ok(());
     };
-    let backend_filters = ctx
-        .backend_index
-        .and_then(|i| rule.backends.get(i))
-        .map(|b| &b.filters[..])
-        .unwrap_or(&[]);
-    for filter in rule.filters.iter().chain(backend_filters) {
+    for filter in ctx.filters_in_force(rule) {
         match filter {
             Filter::ResponseHeaders(modifier) => {
                 filters::apply_response_headers(modifier, response)?;

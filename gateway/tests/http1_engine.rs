@@ -126,12 +126,7 @@ impl ScriptedUpstream {
     }
 
     fn last_head(&self) -> String {
-        self.heads
-            .lock()
-            .expect("heads lock")
-            .last()
-            .cloned()
-            .unwrap_or_default()
+        last_recorded(&self.heads)
     }
 }
 

@@ -747,12 +747,7 @@ struct SentRequest<'a> {
 /// are written from the request as filtered, the others as sent.
 fn edited_names(rule: &Rule, ctx: &RequestCtx) -> Vec<http::HeaderName> {
     let mut names = Vec::new();
-    let backend_filters = ctx
-        .backend_index
-        .and_then(|i| rule.backends.get(i))
-        .map(|b| &b.filters[..])
-        .unwrap_or(&[]);
-    for filter in rule.filters.iter().chain(backend_filters) {
+    for filter in ctx.filters_in_force(rule) {
         match filter {
             Filter::RequestHeaders(modifier) => {
                 names.extend(modifier.set.iter().map(|(name, _)| name.clone()));
@@ -823,26 +818,14 @@ fn upstream_head(
         }
     }
     if let Some(forwarded) = forwarded {
-        put(
-            &mut head,
-            X_FORWARDED_FOR.as_bytes(),
-            forwarded.x_forwarded_for.as_bytes(),
-        );
-        put(
-            &mut head,
-            X_FORWARDED_PROTO.as_bytes(),
-            forwarded.x_forwarded_proto.as_bytes(),
-        );
-        put(
-            &mut head,
-            X_FORWARDED_HOST.as_bytes(),
-            forwarded.x_forwarded_host.as_bytes(),
-        );
-        put(
-            &mut head,
-            FORWARDED.as_bytes(),
-            forwarded.forwarded.as_bytes(),
-        );
+        for (name, value) in [
+            (X_FORWARDED_FOR, &forwarded.x_forwarded_for),
+            (X_FORWARDED_PROTO, &forwarded.x_forwarded_proto),
+            (X_FORWARDED_HOST, &forwarded.x_forwarded_host),
+            (FORWARDED, &forwarded.forwarded),
+        ] {
+            put(&mut head, name.as_bytes(), value.as_bytes());
+        }
     }
     head.extend_from_slice(b"\r\n");
     head
@@ -910,17 +893,10 @@ fn serves_rule(rule: &Rule, ctx: &RequestCtx) -> Result<(), &'static str> {
 
 /// Whether the rule or its chosen backend changes response heads.
 fn rule_changes_responses(rule: &Rule, ctx: &RequestCtx) -> bool {
-    let changes = |filters: &[Filter]| {
-        filters
-            .iter()
-            .any(|f| matches!(f, Filter::ResponseHeaders(_) | Filter::Cors(_)))
-    };
     !ctx.auth_response_headers.is_empty()
-        || changes(&rule.filters)
         || ctx
-            .backend_index
-            .and_then(|i| rule.backends.get(i))
-            .is_some_and(|b| changes(&b.filters))
+            .filters_in_force(rule)
+            .any(|f| matches!(f, Filter::ResponseHeaders(_) | Filter::Cors(_)))
 }
 
 /// The response head rebuilt: hop-by-hop fields dropped, the rule's response filters applied,

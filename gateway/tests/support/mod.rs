@@ -272,6 +272,16 @@ pub async fn app_behind_gateway(
 // ---------------------------------------------------------------------------------------------
 // Backends
 
+/// The last request head a test upstream recorded (empty before any).
+pub fn last_recorded(heads: &Mutex<Vec<String>>) -> String {
+    heads
+        .lock()
+        .expect("heads lock")
+        .last()
+        .cloned()
+        .unwrap_or_default()
+}
+
 /// A tiny HTTP/1.1 server. Paths select behaviour:
 /// `/status/<code>`, `/sleep/<ms>`, `/drip/<n>/<ms>` (a byte every ms), `/bytes/<n>` (streams n bytes), `/upload` (counts the body),
 /// `/ws` (101 then echo), anything else: 200 with `backend=<name>` and the request head.
@@ -311,12 +321,7 @@ impl TestBackend {
     }
 
     pub fn last_head(&self) -> String {
-        self.heads
-            .lock()
-            .expect("heads lock")
-            .last()
-            .cloned()
-            .unwrap_or_default()
+        last_recorded(&self.heads)
     }
 
     async fn serve(&self, mut stream: TcpStream) -> Result<()> {
