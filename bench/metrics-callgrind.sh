@@ -52,7 +52,7 @@ instructions() { # variant requests
 # totals, these do not move with how often the runtime happened to park between requests. Only
 # each function's main entry (the one naming the binary) counts: the entries callgrind adds for
 # code inlined from other files are already inside it.
-OWN_FUNCTIONS='metrics::Observer::finish|metrics::render_request_fields|access_log::write_lines'
+OWN_FUNCTIONS='metrics::Observer::finish|metrics::Observer::note_end|metrics::Observer::note_arrival|metrics::render_request_fields|access_log::write_lines'
 own_instructions() { # callgrind.out
   callgrind_annotate --inclusive=yes --auto=no --threshold=100 "$1" 2>/dev/null |
     awk -v pat="$OWN_FUNCTIONS" '$0 ~ pat && /\[\// && $0 !~ /=>|>  / {gsub(",", "", $1); sum += $1} END {print sum + 0}'
@@ -65,6 +65,7 @@ for v in ${VARIANTS:-off metrics full}; do
   own[$v]=$(( ($(own_instructions "$RUN/$v-$((2 * N))/callgrind.out") - $(own_instructions "$RUN/$v-$N/callgrind.out")) / N ))
   printf '  %-8s %8d   of which metrics and access log functions %6d\n' "$v" "${per[$v]}" "${own[$v]}"
 done
+[ -n "${per[off]:-}" ] || exit 0 # ratios need the `off` variant
 for v in ${VARIANTS:-off metrics full}; do
   [ "$v" = off ] && continue
   awk -v a="${per[$v]}" -v b="${per[off]}" -v o="${own[$v]}" -v v="$v" 'BEGIN {
