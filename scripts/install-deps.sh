@@ -18,7 +18,7 @@ case "$purpose" in
     # The ACME tests: Pebble (Let's Encrypt's test CA) validating DNS-01 at knotd; kdig to debug.
     packages+=(pebble knot-dnsutils)
     ;;
-  bench) packages+=(nginx-light haproxy wrk nghttp2-client) ;;
+  bench) packages+=(nginx-light haproxy wrk nghttp2-client tcpdump) ;;
   *) echo "usage: $0 build|test|bench" >&2; exit 2 ;;
 esac
 missing=()

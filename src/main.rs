@@ -41,8 +41,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// The log filter unless `TORHAUS_LOG` sets one. rustls warns about what a client sent (an IP
+/// address as SNI, as wrk and some scanners send); at info level any client could make torhaus
+/// write a line per connection, so only its errors are shown.
+const DEFAULT_LOG_FILTER: &str = "info,rustls=error";
+
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("TORHAUS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("TORHAUS_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -549,3 +549,36 @@ async fn the_status_page_shows_the_quickstart_in_headless_chromium() -> anyhow::
     println!("status page screenshot: {}", screenshot.display());
     Ok(())
 }
+
+/// A client that sends an IP address as SNI (wrk does, and so do scanners) must not make
+/// torhaus log a line per connection: rustls warns about it, and the default filter keeps only
+/// rustls's errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_sending_an_ip_address_as_sni_leaves_no_log_line() -> anyhow::Result<()> {
+    let quickstart = Quickstart::start(&[]).await?;
+    let https = quickstart.torhaus.addr(443)?;
+    let openssl = tool("openssl")?;
+    for _ in 0..3 {
+        // rustls drops the IP-address SNI, so the quickstart's on-demand issuer has no name to
+        // issue for and the handshake fails; the ClientHello was read all the same.
+        Command::new(&openssl)
+            .args(["s_client", "-connect", &https.to_string()])
+            .args(["-servername", "127.0.0.1", "-tls1_3"])
+            .stdin(Stdio::null())
+            .output()
+            .context("running openssl s_client")?;
+    }
+    quickstart
+        .wait_for_sample(
+            "torhaus_tls_handshakes_total",
+            &["outcome=\"no_certificate\""],
+            3.0,
+        )
+        .await?;
+    let log = quickstart.torhaus.log_tail();
+    ensure!(
+        !log.contains("rustls"),
+        "rustls logged the client's IP-address SNI:\n{log}"
+    );
+    Ok(())
+}
