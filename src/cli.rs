@@ -131,10 +131,11 @@ pub struct RunArgs {
     /// by a few long, busy connections.
     #[arg(long)]
     pub work_stealing: bool,
-    /// Which engine serves HTTP/1.1: torhaus's own (plain proxied requests; everything else is
-    /// handed to pingora's proxy) or pingora's proxy for everything. HTTP/2 is always pingora's.
-    #[arg(long, value_enum, default_value_t = Http1EngineArg::Torhaus)]
-    pub http1_engine: Http1EngineArg,
+    /// Which engine serves requests: torhaus's own (plain proxied HTTP/1.1 requests and
+    /// HTTP/2 streams; everything else is handed to pingora's proxy) or pingora's proxy for
+    /// everything.
+    #[arg(long, alias = "http1-engine", value_enum, default_value_t = EngineArg::Torhaus)]
+    pub engine: EngineArg,
     /// Address the listeners bind to.
     #[arg(long, default_value = "0.0.0.0")]
     pub bind: IpAddr,
@@ -333,18 +334,18 @@ mod tests {
     }
 }
 
-/// `--http1-engine`.
+/// `--engine`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Http1EngineArg {
+pub enum EngineArg {
     Torhaus,
     Pingora,
 }
 
-impl From<Http1EngineArg> for torhaus_gateway::Http1EngineChoice {
-    fn from(arg: Http1EngineArg) -> Self {
+impl From<EngineArg> for torhaus_gateway::EngineChoice {
+    fn from(arg: EngineArg) -> Self {
         match arg {
-            Http1EngineArg::Torhaus => torhaus_gateway::Http1EngineChoice::Torhaus,
-            Http1EngineArg::Pingora => torhaus_gateway::Http1EngineChoice::Pingora,
+            EngineArg::Torhaus => torhaus_gateway::EngineChoice::Torhaus,
+            EngineArg::Pingora => torhaus_gateway::EngineChoice::Pingora,
         }
     }
 }

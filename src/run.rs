@@ -82,7 +82,7 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         max_request_header_bytes: args.max_request_header_bytes,
         request_metrics: !args.observability.no_request_metrics,
         access_log: args.observability.access_log.clone(),
-        http1_engine: args.http1_engine.into(),
+        engine: args.engine.into(),
     };
     let options = DataPlaneOptions {
         ejection: EjectionPolicy {

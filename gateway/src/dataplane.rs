@@ -43,7 +43,7 @@ use crate::auth::AuthRegistry;
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, Observer, StateView};
 use crate::mirror::Mirrors;
-use crate::proxy::{EngineOptions, Http1Engine, PortProxy, ProxyShared};
+use crate::proxy::{Engine, EngineOptions, PortProxy, ProxyShared};
 use crate::snapshot::Snapshot;
 use crate::tls::{OnDemandCache, PortCertResolver, SniRecorder};
 use crate::upstream::EjectionPolicy;
@@ -85,15 +85,15 @@ pub struct GatewaySettings {
     pub request_metrics: bool,
     /// Where to write one JSON line per request; `None` disables access logs.
     pub access_log: Option<AccessLogTarget>,
-    /// Which engine serves HTTP/1.1 connections.
-    pub http1_engine: Http1EngineChoice,
+    /// Which engine serves requests.
+    pub engine: EngineChoice,
 }
 
-/// Which engine serves HTTP/1.1 connections (HTTP/2 is always pingora's).
+/// Which engine serves requests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Http1EngineChoice {
-    /// torhaus's own, for plain proxied requests, handing the rest to pingora's proxy
-    /// (`gateway::proxy::Http1Engine`).
+pub enum EngineChoice {
+    /// torhaus's own, for plain proxied HTTP/1.1 requests and HTTP/2 streams, handing the rest
+    /// to pingora's proxy (`gateway::proxy::Engine`).
     #[default]
     Torhaus,
     /// pingora's proxy for everything.
@@ -112,7 +112,7 @@ impl Default for GatewaySettings {
             max_request_header_bytes: 32 * 1024,
             request_metrics: true,
             access_log: None,
-            http1_engine: Http1EngineChoice::default(),
+            engine: EngineChoice::default(),
         }
     }
 }
@@ -486,7 +486,7 @@ impl DataPlane {
             server_options.h2c = true;
             pingora.server_options = Some(server_options);
         }
-        let engine = Http1Engine::new(
+        let engine = Engine::new(
             PortProxy {
                 declared_port,
                 protocol,
@@ -495,7 +495,7 @@ impl DataPlane {
             pingora,
             EngineOptions {
                 h2c: protocol == PortProtocol::Http,
-                own_http1: self.inner.settings.http1_engine == Http1EngineChoice::Torhaus,
+                own_engine: self.inner.settings.engine == EngineChoice::Torhaus,
             },
         );
         let mut service = Service::new(format!("torhaus port {declared_port}"), engine);

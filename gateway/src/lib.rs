@@ -21,7 +21,7 @@ pub mod strict;
 pub mod tls;
 pub mod upstream;
 
-pub use dataplane::{DataPlane, DataPlaneOptions, GatewaySettings, Http1EngineChoice};
+pub use dataplane::{DataPlane, DataPlaneOptions, EngineChoice, GatewaySettings};
 pub use error::GatewayError;
 pub use metrics::Metrics;
 pub use upstream::EjectionPolicy;

@@ -87,7 +87,7 @@ pub const AUTH_DECISIONS_TOTAL: &str = "torhaus_auth_decisions_total";
 pub const LEADER: &str = "torhaus_leader";
 pub const ACCESS_LOG_DROPPED_TOTAL: &str = "torhaus_access_log_dropped_total";
 /// Client connections torhaus's HTTP/1.1 engine handed to pingora's proxy, by reason.
-pub const HTTP1_HANDOVERS_TOTAL: &str = "torhaus_http1_handovers_total";
+pub const ENGINE_HANDOVERS_TOTAL: &str = "torhaus_engine_handovers_total";
 
 /// Latency buckets in seconds: sub-millisecond proxying up to slow uploads.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -138,7 +138,7 @@ pub struct Metrics {
     auth_decisions: IntCounterVec,
     leader: IntGauge,
     access_log_dropped: IntCounter,
-    http1_handovers: IntCounterVec,
+    engine_handovers: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -284,12 +284,12 @@ impl Metrics {
                 "Desired DNS records left alone because a record torhaus does not own is in the way.",
                 &["publisher"],
             )?,
-            http1_handovers: counter(
-                HTTP1_HANDOVERS_TOTAL,
-                "Client connections torhaus's HTTP/1.1 engine handed to pingora's proxy, by \
-                 reason (http2, http1.0, body, upgrade, expect, connect, unusual_head, \
-                 identity, mirror, retry, h2c_backend).",
-                &["reason"],
+            engine_handovers: counter(
+                ENGINE_HANDOVERS_TOTAL,
+                "What torhaus's engine handed to pingora's proxy, by protocol: HTTP/1.1 client \
+                 connections, HTTP/2 streams; and by reason (http1.0, body, upgrade, expect, \
+                 connect, unusual_head, identity, mirror, retry, h2c_backend).",
+                &["protocol", "reason"],
             )?,
             auth_decisions: counter(
                 AUTH_DECISIONS_TOTAL,
@@ -454,8 +454,10 @@ impl Metrics {
     }
 
     /// The HTTP/1.1 engine handed a connection to pingora's proxy.
-    pub(crate) fn http1_handover(&self, reason: &str) {
-        self.http1_handovers.with_label_values(&[reason]).inc();
+    pub(crate) fn engine_handover(&self, protocol: &str, reason: &str) {
+        self.engine_handovers
+            .with_label_values(&[protocol, reason])
+            .inc();
     }
 
     pub(crate) fn access_log_dropped(&self) -> IntCounter {

@@ -17,7 +17,7 @@
 //! Retries follow `Rule.retry` (listed codes and connection failures), with `backoff` between
 //! attempts, and only while pingora still holds the whole request body for replay.
 //!
-//! On HTTP/1.1, [`Http1Engine`] serves plain proxied requests with this same code and hands the
+//! On HTTP/1.1, [`Engine`] serves plain proxied requests with this same code and hands the
 //! rest to pingora's proxy (see its module).
 
 pub(crate) mod engine;
@@ -51,7 +51,7 @@ use crate::strict::check_request;
 use crate::tls::ClientSni;
 use crate::upstream::{EjectionPolicy, EndpointSet, InFlight};
 
-pub use engine::{EngineOptions, Http1Engine};
+pub use engine::{Engine, EngineOptions};
 
 /// Connect timeout when the rule sets none: long enough for any sane network, short enough that
 /// a black-holed endpoint is ejected quickly.

@@ -14,7 +14,7 @@
 //! on cleartext ports (h2c enabled) pingora waits for 24 bytes, the length of the HTTP/2
 //! preface, before parsing, so a complete request shorter than that (only possible without
 //! Host, e.g. `GET / HTTP/1.0`) is answered only once more bytes arrive or the client closes;
-//! torhaus's own engine ([`crate::proxy::Http1Engine`]) looks for the preface in whatever has
+//! torhaus's own engine ([`crate::proxy::Engine`]) looks for the preface in whatever has
 //! arrived and hands such requests over at once. Pipelined requests are answered in order
 //! (pingora's pipelining support, enabled per request in `early_request_filter`).
 
@@ -55,16 +55,22 @@ pub fn check_request(session: &ServerSession, max_header_bytes: usize) -> Result
     if let Some(h1) = session.as_http1() {
         check_h1_request(request, &h1.get_headers_raw_bytes(), max_header_bytes)?;
     } else {
-        let size: usize = headers
-            .iter()
-            .map(|(name, value)| name.as_str().len() + value.len() + 32)
-            .sum();
-        if size > max_header_bytes {
-            return Err(Rejection::HeadersTooLarge);
-        }
-        check_content_length(headers)?;
+        check_h2_request(headers, max_header_bytes)?;
     }
     Ok(())
+}
+
+/// The HTTP/2 checks of [`check_request`]: the header block's size as HPACK counts it
+/// (RFC 9113 §6.5.2: name, value and 32 bytes per field) and a single `Content-Length`.
+pub fn check_h2_request(headers: &HeaderMap, max_header_bytes: usize) -> Result<(), Rejection> {
+    let size: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum();
+    if size > max_header_bytes {
+        return Err(Rejection::HeadersTooLarge);
+    }
+    check_content_length(headers)
 }
 
 /// The HTTP/1 checks of [`check_request`], over the request and its raw header block as read

@@ -67,6 +67,8 @@ use crate::access_log::Protocol;
 use crate::filters::ForwardedHeaders;
 use crate::strict::{Rejection, check_h1_request};
 
+mod h2;
+
 /// How long a client connection may stay idle between requests (pingora's value).
 const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle upstream connections kept per endpoint, per worker thread.
@@ -113,32 +115,32 @@ impl<'a> HopByHop<'a> {
 }
 
 /// One listener port's HTTP/1 engine, with pingora's proxy for what it does not serve.
-pub struct Http1Engine {
+pub struct Engine {
     port: PortProxy,
     pingora: Arc<HttpProxy<PortProxy>>,
     options: EngineOptions,
     pool: UpstreamPool,
 }
 
-/// How an [`Http1Engine`] serves its port.
+/// How an [`Engine`] serves its port.
 #[derive(Debug, Clone, Copy)]
 pub struct EngineOptions {
     /// Whether cleartext connections may open with the HTTP/2 preface.
     pub h2c: bool,
-    /// Whether the engine serves HTTP/1.1 itself; without it pingora's proxy serves everything.
-    pub own_http1: bool,
+    /// Whether the engine serves requests itself; without it pingora's proxy serves everything.
+    pub own_engine: bool,
 }
 
-impl std::fmt::Debug for Http1Engine {
+impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Http1Engine")
+        f.debug_struct("Engine")
             .field("port", &self.port)
             .field("options", &self.options)
             .finish_non_exhaustive()
     }
 }
 
-impl Http1Engine {
+impl Engine {
     pub fn new(port: PortProxy, pingora: HttpProxy<PortProxy>, options: EngineOptions) -> Self {
         Self {
             port,
@@ -154,7 +156,7 @@ enum Next {
     KeepAlive,
     Close,
     /// pingora's proxy takes the connection over, starting with the request in the buffer; the
-    /// reason is counted in `torhaus_http1_handovers_total`.
+    /// reason is counted in `torhaus_engine_handovers_total`.
     HandOver(&'static str),
 }
 
@@ -165,7 +167,7 @@ struct Client {
 }
 
 #[async_trait]
-impl ServerApp for Http1Engine {
+impl ServerApp for Engine {
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,
@@ -198,14 +200,9 @@ fn rewound(stream: Stream, read: &[u8]) -> Option<Stream> {
     Some(tcp)
 }
 
-impl Http1Engine {
+impl Engine {
     async fn serve(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) {
-        if !self.options.own_http1 {
-            ServerApp::process_new(&self.pingora, stream, shutdown).await;
-            return;
-        }
-        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            self.port.shared.observer.metrics().http1_handover("http2");
+        if !self.options.own_engine {
             ServerApp::process_new(&self.pingora, stream, shutdown).await;
             return;
         }
@@ -220,6 +217,10 @@ impl Http1Engine {
                     .and_then(|sni| sni.0.clone())
             }),
         };
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            self.serve_h2(stream, client, shutdown).await;
+            return;
+        }
         let mut buf = BytesMut::with_capacity(4096);
         let mut fields = Vec::with_capacity(32);
         let mut idle_watch = shutdown.clone();
@@ -238,12 +239,9 @@ impl Http1Engine {
                     let seen = buf.len().min(H2_PREFACE.len());
                     if buf[..seen] == H2_PREFACE[..seen] {
                         if seen == H2_PREFACE.len() {
-                            self.port.shared.observer.metrics().http1_handover("http2");
                             match rewound(stream, &buf) {
-                                Some(stream) => {
-                                    ServerApp::process_new(&self.pingora, stream, shutdown).await;
-                                }
-                                None => tracing::debug!("cannot hand an h2c connection over"),
+                                Some(stream) => self.serve_h2(stream, client, shutdown).await,
+                                None => tracing::debug!("cannot rewind an h2c connection"),
                             }
                             return;
                         }
@@ -300,7 +298,11 @@ impl Http1Engine {
                     return;
                 }
                 Next::HandOver(reason) => {
-                    self.port.shared.observer.metrics().http1_handover(reason);
+                    self.port
+                        .shared
+                        .observer
+                        .metrics()
+                        .engine_handover("http1", reason);
                     self.hand_over(stream, buf, shutdown).await;
                     return;
                 }
@@ -406,23 +408,24 @@ impl Http1Engine {
         }
     }
 
-    /// Sends the request to an endpoint of the chosen backend and relays the response.
-    async fn forward(
+    /// Sends `head` to an endpoint of the chosen backend (a pooled connection, else a new one)
+    /// and reads the response head; informational responses go to `interim` (HTTP/1 clients)
+    /// or are dropped.
+    async fn send_upstream(
         &self,
-        downstream: &mut Stream,
         request: &RequestHeader,
-        sent: SentRequest<'_>,
+        head: &[u8],
         ctx: &mut RequestCtx,
-        client_close: bool,
-    ) -> Outcome {
+        mut interim: Option<&mut Stream>,
+    ) -> Result<Answered, NoAnswer> {
         let (Some(endpoints), Some(rule)) = (ctx.endpoints.clone(), ctx.rule.clone()) else {
-            return write_answer(downstream, &Answer::status(500), true).await;
+            return Err(NoAnswer::Status(500));
         };
         let remaining = match ctx.deadline {
             Some(deadline) => {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    return write_answer(downstream, &Answer::status(504), client_close).await;
+                    return Err(NoAnswer::Status(504));
                 }
                 Some(left)
             }
@@ -434,7 +437,7 @@ impl Http1Engine {
             (a, b) => a.or(b),
         };
         let Some(claim) = endpoints.pick_excluding(None) else {
-            return write_answer(downstream, &Answer::status(503), client_close).await;
+            return Err(NoAnswer::Status(503));
         };
         let addr = claim.endpoint().addr;
         let endpoint = Arc::clone(claim.endpoint());
@@ -446,19 +449,12 @@ impl Http1Engine {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let head = upstream_head(
-            request,
-            &sent,
-            &edited_names(&rule, ctx),
-            ctx.forwarded.take(),
-        );
-
         let connect_timeout =
             budget.map_or(DEFAULT_CONNECT_TIMEOUT, |b| b.min(DEFAULT_CONNECT_TIMEOUT));
         let idempotent = request.method.is_idempotent();
         let mut pooled = self.pool.take(addr);
         let mut fields = Vec::with_capacity(32);
-        let (mut upstream, mut received, response) = loop {
+        loop {
             let reused = pooled.is_some();
             let mut upstream = match pooled.take() {
                 Some(upstream) => upstream,
@@ -474,37 +470,84 @@ impl Http1Engine {
                         }
                         let status = if failed.is_err() { 504 } else { 502 };
                         tracing::debug!(endpoint = %addr, status, "cannot connect to the upstream");
-                        return write_answer(downstream, &Answer::status(status), client_close)
-                            .await;
+                        return Err(NoAnswer::Status(status));
                     }
                 },
             };
-            match exchange(&mut upstream, &head, deadline, downstream, &mut fields).await {
-                Ok((received, response)) => break (upstream, received, response),
-                Err(Exchange::NothingReceived) if reused && idempotent => continue,
-                Err(Exchange::TimedOut) => {
-                    return write_answer(downstream, &Answer::status(504), client_close).await;
+            match exchange(
+                &mut upstream,
+                head,
+                deadline,
+                interim.as_deref_mut(),
+                &mut fields,
+            )
+            .await
+            {
+                Ok((received, response)) => {
+                    ctx.obs.upstream_answered();
+                    endpoint.record_success();
+                    return Ok(Answered {
+                        upstream,
+                        addr,
+                        received,
+                        response,
+                        fields,
+                        deadline,
+                    });
                 }
-                Err(Exchange::ClientGone) => return Outcome::closed(0),
+                Err(Exchange::NothingReceived) if reused && idempotent => {}
+                Err(Exchange::TimedOut) => return Err(NoAnswer::Status(504)),
+                Err(Exchange::ClientGone) => return Err(NoAnswer::ClientGone),
                 Err(_) => {
                     tracing::debug!(endpoint = %addr, "upstream failed before its response head");
-                    return write_answer(downstream, &Answer::status(502), client_close).await;
+                    return Err(NoAnswer::Status(502));
                 }
             }
+        }
+    }
+
+    /// Sends the request to an endpoint of the chosen backend and relays the response.
+    async fn forward(
+        &self,
+        downstream: &mut Stream,
+        request: &RequestHeader,
+        sent: SentRequest<'_>,
+        ctx: &mut RequestCtx,
+        client_close: bool,
+    ) -> Outcome {
+        let Some(rule) = ctx.rule.clone() else {
+            return write_answer(downstream, &Answer::status(500), true).await;
         };
-        ctx.obs.upstream_answered();
-        endpoint.record_success();
+        let head = upstream_head(
+            request,
+            &SentFields::Raw(sent),
+            &edited_names(&rule, ctx),
+            ctx.forwarded.take(),
+        );
+        let answered = match self
+            .send_upstream(request, &head, ctx, Some(&mut *downstream))
+            .await
+        {
+            Ok(answered) => answered,
+            Err(NoAnswer::Status(status)) => {
+                return write_answer(downstream, &Answer::status(status), client_close).await;
+            }
+            Err(NoAnswer::ClientGone) => return Outcome::closed(0),
+        };
+        let Answered {
+            mut upstream,
+            addr,
+            mut received,
+            response,
+            fields,
+            deadline,
+        } = answered;
 
         let Some(framing) = Framing::of(&request.method, &received, &response, &fields) else {
             tracing::debug!(endpoint = %addr, "upstream response with unusable framing");
             return write_answer(downstream, &Answer::status(502), client_close).await;
         };
-        let upstream_keeps = response.minor_version == 1
-            && framing != Framing::UntilClose
-            && !fields.iter().any(|f| {
-                received[f.name.clone()].eq_ignore_ascii_case(b"connection")
-                    && lists_token(&received[f.value.clone()], "close")
-            });
+        let upstream_keeps = upstream_keeps(&received, &response, &fields, framing);
         let close = client_close || framing == Framing::UntilClose;
         // The head to send, when it differs from the upstream's; `None` passes it on as sent.
         let edited = if rule_changes_responses(&rule, ctx) {
@@ -743,6 +786,15 @@ struct SentRequest<'a> {
     fields: &'a [FieldSpan],
 }
 
+/// Where the fields of the upstream request come from.
+enum SentFields<'a> {
+    /// HTTP/1: the client's head as sent (names' case kept), but for the edited fields.
+    Raw(SentRequest<'a>),
+    /// HTTP/2: the request as filtered. Its field names are lowercase on the wire anyway; the
+    /// authority becomes `Host`, and split `cookie` fields are joined (RFC 9113 §8.2.3).
+    Filtered,
+}
+
 /// Names of request fields that filters or the identity layer may have changed: their values
 /// are written from the request as filtered, the others as sent.
 fn edited_names(rule: &Rule, ctx: &RequestCtx) -> Vec<http::HeaderName> {
@@ -776,17 +828,19 @@ fn is_forwarding(name: &[u8]) -> bool {
     .any(|known| name.eq_ignore_ascii_case(known.as_bytes()))
 }
 
-/// The head sent upstream: the request line as filtered, the client's fields as sent (their
-/// names' case kept) except hop-by-hop ones, forwarding ones and `edited` ones, then the edited
-/// fields as filtered, then the forwarding headers.
+/// The head sent upstream: the request line as filtered; for HTTP/1 the client's fields as sent
+/// (their names' case kept) except hop-by-hop ones, forwarding ones and `edited` ones, then the
+/// edited fields as filtered; for HTTP/2 the filtered fields; then the forwarding headers.
 fn upstream_head(
     request: &RequestHeader,
-    sent: &SentRequest<'_>,
+    sent: &SentFields<'_>,
     edited: &[http::HeaderName],
     forwarded: Option<ForwardedHeaders>,
 ) -> Vec<u8> {
-    let raw = sent.raw;
-    let mut head = Vec::with_capacity(raw.len() + 256);
+    let mut head = Vec::with_capacity(match sent {
+        SentFields::Raw(sent) => sent.raw.len() + 256,
+        SentFields::Filtered => 512,
+    });
     head.extend_from_slice(request.method.as_str().as_bytes());
     head.push(b' ');
     head.extend_from_slice(request.raw_path());
@@ -797,24 +851,61 @@ fn upstream_head(
         head.extend_from_slice(value);
         head.extend_from_slice(b"\r\n");
     };
-    for field in sent.fields {
-        let name = &raw[field.name.clone()];
-        if is_hop_by_hop(name)
-            || is_forwarding(name)
-            || edited
-                .iter()
-                .any(|e| name.eq_ignore_ascii_case(e.as_str().as_bytes()))
-        {
-            continue;
+    match sent {
+        SentFields::Raw(sent) => {
+            let raw = sent.raw;
+            for field in sent.fields {
+                let name = &raw[field.name.clone()];
+                if is_hop_by_hop(name)
+                    || is_forwarding(name)
+                    || edited
+                        .iter()
+                        .any(|e| name.eq_ignore_ascii_case(e.as_str().as_bytes()))
+                {
+                    continue;
+                }
+                put(&mut head, name, &raw[field.value.clone()]);
+            }
+            for (i, name) in edited.iter().enumerate() {
+                if edited[..i].contains(name) || is_hop_by_hop(name.as_str().as_bytes()) {
+                    continue;
+                }
+                for value in request.headers.get_all(name) {
+                    put(&mut head, name.as_str().as_bytes(), value.as_bytes());
+                }
+            }
         }
-        put(&mut head, name, &raw[field.value.clone()]);
-    }
-    for (i, name) in edited.iter().enumerate() {
-        if edited[..i].contains(name) || is_hop_by_hop(name.as_str().as_bytes()) {
-            continue;
-        }
-        for value in request.headers.get_all(name) {
-            put(&mut head, name.as_str().as_bytes(), value.as_bytes());
+        SentFields::Filtered => {
+            // A filter's Host (URLRewrite, a header modifier) wins over the authority.
+            let host = match request.headers.get(header::HOST) {
+                Some(host) => host.as_bytes(),
+                None => request
+                    .uri
+                    .authority()
+                    .map_or(&b""[..], |a| a.as_str().as_bytes()),
+            };
+            put(&mut head, b"host", host);
+            let mut cookies = request.headers.get_all(header::COOKIE).iter();
+            if let Some(first) = cookies.next() {
+                head.extend_from_slice(b"cookie: ");
+                head.extend_from_slice(first.as_bytes());
+                for more in cookies {
+                    head.extend_from_slice(b"; ");
+                    head.extend_from_slice(more.as_bytes());
+                }
+                head.extend_from_slice(b"\r\n");
+            }
+            for (name, value) in &request.headers {
+                let bytes = name.as_str().as_bytes();
+                if *name == header::HOST
+                    || *name == header::COOKIE
+                    || is_hop_by_hop(bytes)
+                    || is_forwarding(bytes)
+                {
+                    continue;
+                }
+                put(&mut head, bytes, value.as_bytes());
+            }
         }
     }
     if let Some(forwarded) = forwarded {
@@ -982,6 +1073,26 @@ async fn write_answer(stream: &mut Stream, answer: &Answer, close: bool) -> Outc
     }
 }
 
+/// A final response head from an endpoint, with the connection it came on.
+struct Answered {
+    upstream: TcpStream,
+    addr: SocketAddr,
+    /// The head and whatever of the body came with it.
+    received: BytesMut,
+    response: ResponseHead,
+    fields: Vec<FieldSpan>,
+    /// When the response must be complete (the route's timeouts).
+    deadline: Option<Instant>,
+}
+
+/// Why no final response head came from the upstream.
+enum NoAnswer {
+    /// The gateway answers with this status.
+    Status(u16),
+    /// The client went away meanwhile.
+    ClientGone,
+}
+
 /// How an exchange with the upstream failed before a final response head.
 enum Exchange {
     /// The connection ended before any byte of a response (a closed pooled connection).
@@ -993,12 +1104,12 @@ enum Exchange {
 }
 
 /// Writes the request head and reads the response head; informational responses (1xx but 101)
-/// are passed on to the client as they come.
+/// are passed on to an HTTP/1 client as they come, and dropped for others.
 async fn exchange(
     upstream: &mut TcpStream,
     head: &[u8],
     deadline: Option<Instant>,
-    downstream: &mut Stream,
+    mut interim: Option<&mut Stream>,
     fields: &mut Vec<FieldSpan>,
 ) -> Result<(BytesMut, ResponseHead), Exchange> {
     match within(deadline, upstream.write_all(head)).await {
@@ -1014,7 +1125,9 @@ async fn exchange(
                 if (100..200).contains(&response.status) && response.status != 101 =>
             {
                 let informational = received.split_to(response.len);
-                if downstream.write_all(&informational).await.is_err() {
+                if let Some(client) = interim.as_deref_mut()
+                    && client.write_all(&informational).await.is_err()
+                {
                     return Err(Exchange::ClientGone);
                 }
                 continue;
@@ -1033,6 +1146,21 @@ async fn exchange(
             Some(Ok(_)) => any = true,
         }
     }
+}
+
+/// Whether the upstream connection can serve another request once this response is complete.
+fn upstream_keeps(
+    received: &[u8],
+    response: &ResponseHead,
+    fields: &[FieldSpan],
+    framing: Framing,
+) -> bool {
+    response.minor_version == 1
+        && framing != Framing::UntilClose
+        && !fields.iter().any(|f| {
+            received[f.name.clone()].eq_ignore_ascii_case(b"connection")
+                && lists_token(&received[f.value.clone()], "close")
+        })
 }
 
 /// How a response body is delimited.
@@ -1125,6 +1253,28 @@ impl Relay {
             Framing::UntilClose => {
                 self.body_bytes += input.len() as u64;
                 input
+            }
+        }
+    }
+
+    /// The body data in `input`, its framing removed, appended to `data` (for HTTP/2 clients,
+    /// which get the data in frames of their own).
+    fn take_data(&mut self, input: &[u8], data: &mut BytesMut) {
+        if self.framing != Framing::Chunked || self.complete {
+            let part = self.take(input);
+            data.extend_from_slice(part);
+            return;
+        }
+        match self.chunked.decode(input, data) {
+            Ok(used) => {
+                self.body_bytes = self.chunked.payload_bytes();
+                self.complete = self.chunked.is_done();
+                self.extra |= used < input.len();
+            }
+            Err(error) => {
+                tracing::debug!(%error, "upstream broke its chunked framing");
+                self.extra = true;
+                self.complete = false;
             }
         }
     }

@@ -1,8 +1,10 @@
 //! HTTP/1.1 message framing for torhaus's own HTTP/1 engine ([`super::engine`]): finding and
 //! reading request and response heads in a connection's buffer (by offsets, so that header names
 //! and values are later shared from the buffer, not copied), and following a chunked body byte by
-//! byte so it can be relayed as it arrives, as sent, while knowing exactly where it ends.
+//! byte so it can be relayed as it arrives, as sent, while knowing exactly where it ends (or, for
+//! HTTP/2 clients, decoded into its data).
 
+use bytes::BytesMut;
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
@@ -228,12 +230,26 @@ impl ChunkedTracker {
     /// Follows `input`; returns how many of its bytes belong to the body (all of them unless the
     /// body ends within it).
     pub fn advance(&mut self, input: &[u8]) -> Result<usize, ChunkedError> {
+        self.follow(input, |_| {})
+    }
+
+    /// [`ChunkedTracker::advance`], appending the chunks' data (the framing removed) to `data`.
+    pub fn decode(&mut self, input: &[u8], data: &mut BytesMut) -> Result<usize, ChunkedError> {
+        self.follow(input, |chunk| data.extend_from_slice(chunk))
+    }
+
+    fn follow(
+        &mut self,
+        input: &[u8],
+        mut on_data: impl FnMut(&[u8]),
+    ) -> Result<usize, ChunkedError> {
         let mut at = 0;
         while at < input.len() {
             if let ChunkState::Data { left } = self.state {
                 let take = usize::try_from(left)
                     .unwrap_or(usize::MAX)
                     .min(input.len() - at);
+                on_data(&input[at..at + take]);
                 at += take;
                 self.payload += take as u64;
                 let left = left - take as u64;
@@ -365,6 +381,27 @@ mod tests {
         let mut tracker = ChunkedTracker::default();
         let used = tracker.advance(body)?;
         Ok((used, tracker))
+    }
+
+    #[test]
+    fn decoding_yields_the_chunks_data_however_the_body_is_split() {
+        let body = b"5\r\nhello\r\n6 ;name=value\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\nNEXT";
+        let end = body.len() - 4;
+        for split in 0..=body.len() {
+            let mut tracker = ChunkedTracker::default();
+            let mut data = BytesMut::new();
+            let first = tracker.decode(&body[..split], &mut data).unwrap();
+            // A finished body is not followed further: what comes after is the next message.
+            let used = if tracker.is_done() {
+                first
+            } else {
+                first + tracker.decode(&body[split..], &mut data).unwrap()
+            };
+            assert_eq!(&data[..], b"hello world", "split at {split}");
+            assert!(tracker.is_done(), "split at {split}");
+            assert_eq!(used, end, "split at {split}");
+            assert_eq!(tracker.payload_bytes(), 11);
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use anyhow::{Context, Result, ensure};
 use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use torhaus_gateway::{DataPlaneOptions, Http1EngineChoice};
+use torhaus_gateway::{DataPlaneOptions, EngineChoice};
 use torhaus_model::*;
 
 /// An upstream answering each path with a fixed raw response, to exercise framings the test
@@ -131,10 +131,10 @@ impl ScriptedUpstream {
 }
 
 /// A gateway on declared port 80 sending everything to `upstream`.
-fn gateway_to(upstream: SocketAddr, engine: Http1EngineChoice) -> Gateway {
+fn gateway_to(upstream: SocketAddr, engine: EngineChoice) -> Gateway {
     let app = backend("app", vec![upstream], UpstreamProtocol::Http1);
     let gateway = Gateway::start_with(&[80], DataPlaneOptions::default(), |settings| {
-        settings.http1_engine = engine;
+        settings.engine = engine;
     });
     gateway.apply(simple(
         80,
@@ -143,9 +143,15 @@ fn gateway_to(upstream: SocketAddr, engine: Http1EngineChoice) -> Gateway {
     gateway
 }
 
-/// `torhaus_http1_handovers_total` by reason, 0 when absent.
+/// `torhaus_engine_handovers_total` of HTTP/1.1 connections by reason, 0 when absent.
 fn handovers(gateway: &Gateway, reason: &str) -> u64 {
-    let wanted = format!("torhaus_http1_handovers_total{{reason=\"{reason}\"}} ");
+    handovers_of(gateway, "http1", reason)
+}
+
+/// `torhaus_engine_handovers_total` by protocol and reason, 0 when absent.
+fn handovers_of(gateway: &Gateway, protocol: &str, reason: &str) -> u64 {
+    let wanted =
+        format!("torhaus_engine_handovers_total{{protocol=\"{protocol}\",reason=\"{reason}\"}} ");
     gateway
         .dataplane
         .metrics()
@@ -161,7 +167,7 @@ fn total_handovers(gateway: &Gateway) -> u64 {
         .metrics()
         .encode()
         .lines()
-        .filter(|line| line.starts_with("torhaus_http1_handovers_total{"))
+        .filter(|line| line.starts_with("torhaus_engine_handovers_total{"))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
 }
@@ -169,7 +175,7 @@ fn total_handovers(gateway: &Gateway) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_requests_stay_on_the_engine_over_one_pooled_upstream_connection() -> Result<()> {
     let upstream = ScriptedUpstream::spawn().await;
-    let gateway = gateway_to(upstream.addr, Http1EngineChoice::Torhaus);
+    let gateway = gateway_to(upstream.addr, EngineChoice::Torhaus);
     let mut client = Client::connect(gateway.addr(80)).await;
     for i in 0..20 {
         client
@@ -271,7 +277,7 @@ async fn a_short_http10_request_is_answered_without_waiting_for_more_bytes() -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn response_framings_are_relayed_exactly() -> Result<()> {
     let upstream = ScriptedUpstream::spawn().await;
-    let gateway = gateway_to(upstream.addr, Http1EngineChoice::Torhaus);
+    let gateway = gateway_to(upstream.addr, EngineChoice::Torhaus);
     let mut client = Client::connect(gateway.addr(80)).await;
 
     let chunked = client.get("a", "/chunked").await?;
@@ -325,7 +331,7 @@ async fn response_framings_are_relayed_exactly() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_fields_of_the_upstream_are_dropped() -> Result<()> {
     let upstream = ScriptedUpstream::spawn().await;
-    let gateway = gateway_to(upstream.addr, Http1EngineChoice::Torhaus);
+    let gateway = gateway_to(upstream.addr, EngineChoice::Torhaus);
     let response = get(gateway.addr(80), "a", "/hop").await?;
     assert_eq!(response.status, 200);
     assert_eq!(response.header("x-kept"), Some("public"));
@@ -339,7 +345,7 @@ async fn hop_by_hop_fields_of_the_upstream_are_dropped() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstreams_that_break_their_framing_get_502_or_a_cut_connection() -> Result<()> {
     let upstream = ScriptedUpstream::spawn().await;
-    let gateway = gateway_to(upstream.addr, Http1EngineChoice::Torhaus);
+    let gateway = gateway_to(upstream.addr, EngineChoice::Torhaus);
     let addr = gateway.addr(80);
     for path in ["/te-gzip", "/two-lengths"] {
         let response = get(addr, "a", path).await.context(path)?;
@@ -363,7 +369,7 @@ async fn upstreams_that_break_their_framing_get_502_or_a_cut_connection() -> Res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_connections_closed_by_the_upstream_are_not_reused() -> Result<()> {
     let upstream = ScriptedUpstream::spawn().await;
-    let gateway = gateway_to(upstream.addr, Http1EngineChoice::Torhaus);
+    let gateway = gateway_to(upstream.addr, EngineChoice::Torhaus);
     let mut client = Client::connect(gateway.addr(80)).await;
     // Announced: never pooled.
     assert_eq!(client.get("a", "/close").await?.status, 200);
@@ -382,7 +388,7 @@ async fn upstream_connections_closed_by_the_upstream_are_not_reused() -> Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_are_answered_in_order() -> Result<()> {
     let upstream = ScriptedUpstream::spawn().await;
-    let gateway = gateway_to(upstream.addr, Http1EngineChoice::Torhaus);
+    let gateway = gateway_to(upstream.addr, EngineChoice::Torhaus);
     let mut client = Client::connect(gateway.addr(80)).await;
     client
         .send(
@@ -405,7 +411,7 @@ async fn pipelined_requests_are_answered_in_order() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_engine_off_pingora_serves_everything() -> Result<()> {
     let upstream = ScriptedUpstream::spawn().await;
-    let gateway = gateway_to(upstream.addr, Http1EngineChoice::Pingora);
+    let gateway = gateway_to(upstream.addr, EngineChoice::Pingora);
     let mut client = Client::connect(gateway.addr(80)).await;
     assert_eq!(
         client.get("a", "/one").await?.text().lines().next(),
@@ -446,6 +452,250 @@ async fn a_raw_space_in_the_request_target_is_refused_not_re_escaped() -> Result
         assert_eq!(response.status, 400, "{what}");
     }
     assert_eq!(app.hits(), 0, "nothing was forwarded");
+    gateway.dataplane.shutdown();
+    Ok(())
+}
+
+/// An HTTP/2 client connection with prior knowledge (h2c) to a cleartext port.
+struct H2Client {
+    requests: h2::client::SendRequest<bytes::Bytes>,
+}
+
+/// An HTTP/2 response, or how its stream ended early.
+#[derive(Debug)]
+struct H2Response {
+    status: u16,
+    headers: http::HeaderMap,
+    body: Result<Vec<u8>, h2::Error>,
+}
+
+impl H2Response {
+    fn text(&self) -> String {
+        self.body
+            .as_ref()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_default()
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+impl H2Client {
+    async fn connect(addr: SocketAddr) -> Result<H2Client> {
+        let tcp = TcpStream::connect(addr).await?;
+        let (requests, connection) = h2::client::handshake(tcp).await?;
+        tokio::spawn(connection);
+        Ok(H2Client { requests })
+    }
+
+    async fn send(
+        &mut self,
+        request: http::Request<()>,
+        body: Option<&[u8]>,
+    ) -> Result<H2Response> {
+        let mut requests = self.requests.clone().ready().await?;
+        let (response, mut stream) = requests.send_request(request, body.is_none())?;
+        if let Some(body) = body {
+            stream.send_data(bytes::Bytes::copy_from_slice(body), true)?;
+        }
+        let response = response.await?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let mut incoming = response.into_body();
+        let mut body = Vec::new();
+        let body = loop {
+            match incoming.data().await {
+                Some(Ok(chunk)) => {
+                    let _ = incoming.flow_control().release_capacity(chunk.len());
+                    body.extend_from_slice(&chunk);
+                }
+                Some(Err(error)) => break Err(error),
+                None => break Ok(body),
+            }
+        };
+        Ok(H2Response {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    async fn get(&mut self, uri: &str) -> Result<H2Response> {
+        self.send(http::Request::get(uri).body(())?, None).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_are_served_by_the_engine_over_pooled_http1_upstream_connections()
+-> Result<()> {
+    let upstream = ScriptedUpstream::spawn().await;
+    let gateway = gateway_to(upstream.addr, EngineChoice::Torhaus);
+    let mut client = H2Client::connect(gateway.addr(80)).await?;
+    // Concurrent streams on the one client connection.
+    let mut streams = Vec::new();
+    for i in 0..8 {
+        let mut client = H2Client {
+            requests: client.requests.clone(),
+        };
+        streams.push(tokio::spawn(async move {
+            client.get(&format!("http://app.example/echo/{i}")).await
+        }));
+    }
+    for (i, stream) in streams.into_iter().enumerate() {
+        let response = stream.await??;
+        assert_eq!(response.status, 200, "stream {i}: {response:?}");
+        assert!(
+            response
+                .text()
+                .starts_with(&format!("GET /echo/{i} HTTP/1.1\r\n")),
+            "stream {i} reached the upstream as: {}",
+            response.text()
+        );
+    }
+    let request = http::Request::get("http://app.example:8080/fields?q=1")
+        .header("x-custom", "v")
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .header("x-forwarded-for", "6.6.6.6")
+        .body(())?;
+    let response = client.send(request, None).await?;
+    assert_eq!(response.status, 200);
+    let head = upstream.last_head();
+    assert!(head.starts_with("GET /fields?q=1 HTTP/1.1\r\n"), "{head}");
+    assert!(head.contains("\r\nhost: app.example:8080\r\n"), "{head}");
+    assert!(
+        head.contains("\r\ncookie: a=1; b=2\r\n"),
+        "split cookies joined: {head}"
+    );
+    assert!(head.contains("\r\nx-custom: v\r\n"), "{head}");
+    assert!(!head.contains("6.6.6.6"), "{head}");
+    assert!(
+        head.contains("\r\nX-Forwarded-For: 127.0.0.1\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains("\r\nX-Forwarded-Host: app.example:8080\r\n"),
+        "{head}"
+    );
+    assert!(
+        upstream.connections() <= 8,
+        "upstream connections are pooled: {}",
+        upstream.connections()
+    );
+    let pooled = upstream.connections();
+    for _ in 0..5 {
+        assert_eq!(client.get("http://app.example/again").await?.status, 200);
+    }
+    assert_eq!(
+        upstream.connections(),
+        pooled,
+        "sequential streams reuse them"
+    );
+    assert_eq!(total_handovers(&gateway), 0, "nothing went to pingora");
+    gateway.dataplane.shutdown();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_responses_are_relayed_as_data_frames_whatever_their_upstream_framing() -> Result<()>
+{
+    let upstream = ScriptedUpstream::spawn().await;
+    let gateway = gateway_to(upstream.addr, EngineChoice::Torhaus);
+    let mut client = H2Client::connect(gateway.addr(80)).await?;
+
+    let chunked = client.get("http://a/chunked").await?;
+    assert_eq!(
+        (chunked.status, chunked.text().as_str()),
+        (200, "hello world")
+    );
+    assert_eq!(chunked.header("x-case-kept"), Some("yes"));
+    assert_eq!(chunked.header("transfer-encoding"), None);
+
+    let until_close = client.get("http://a/until-close").await?;
+    assert_eq!(until_close.text(), "streamed until close");
+
+    let hints = client.get("http://a/early-hints").await?;
+    assert_eq!((hints.status, hints.text().as_str()), (200, "ok"));
+
+    let empty = client.get("http://a/no-content").await?;
+    assert_eq!((empty.status, empty.header("x-a")), (204, Some("b")));
+
+    let hop = client.get("http://a/hop").await?;
+    assert_eq!(hop.header("x-kept"), Some("public"));
+    for dropped in ["connection", "keep-alive", "x-hop"] {
+        assert_eq!(hop.header(dropped), None, "{dropped}: {hop:?}");
+    }
+
+    for path in ["/te-gzip", "/two-lengths"] {
+        let response = client.get(&format!("http://a{path}")).await?;
+        assert_eq!(response.status, 502, "{path}");
+    }
+    // Broken before the head went out: 502; after it: the stream is reset. Never a clean end.
+    let cut = client.get("http://a/broken-chunks").await?;
+    assert!(
+        cut.status == 502 || cut.body.is_err(),
+        "a broken body must not end cleanly: {cut:?}"
+    );
+    // Its siblings are unaffected.
+    assert_eq!(client.get("http://a/after").await?.status, 200);
+    assert_eq!(total_handovers(&gateway), 0);
+    gateway.dataplane.shutdown();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_with_a_body_go_to_pingora_and_the_connection_stays_with_the_engine()
+-> Result<()> {
+    let (app, gateway) = app_behind_gateway(|_| {}).await;
+    let mut client = H2Client::connect(gateway.addr(80)).await?;
+    let upload = http::Request::post("http://a.example/upload").body(())?;
+    let response = client.send(upload, Some(b"hello")).await?;
+    assert_eq!((response.status, response.text().as_str()), (200, "5"));
+    assert_eq!(handovers_of(&gateway, "http2", "body"), 1);
+    let after = client.get("http://a.example/after").await?;
+    assert_eq!(after.status, 200);
+    assert!(app.last_head().starts_with("GET /after HTTP/1.1"));
+    assert_eq!(
+        total_handovers(&gateway),
+        1,
+        "only the stream with a body went to pingora"
+    );
+    gateway.dataplane.shutdown();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_engine_off_pingora_serves_http2_too() -> Result<()> {
+    let upstream = ScriptedUpstream::spawn().await;
+    let gateway = gateway_to(upstream.addr, EngineChoice::Pingora);
+    let mut client = H2Client::connect(gateway.addr(80)).await?;
+    let response = client.get("http://a/chunked").await?;
+    assert_eq!(response.text(), "hello world");
+    assert_eq!(total_handovers(&gateway), 0);
+    gateway.dataplane.shutdown();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_requests_without_a_route_are_answered_by_the_engine() -> Result<()> {
+    let upstream = ScriptedUpstream::spawn().await;
+    let app = backend("app", vec![upstream.addr], UpstreamProtocol::Http1);
+    let gateway = Gateway::start(&[80]);
+    gateway.apply(simple(
+        80,
+        vec![rule(vec![prefix("/only")], vec![], vec![to(&app, 1)])],
+    ));
+    let mut client = H2Client::connect(gateway.addr(80)).await?;
+    assert_eq!(client.get("http://a/only/x").await?.status, 200);
+    let missing = client.get("http://a/other").await?;
+    assert_eq!(
+        (missing.status, missing.header("content-length")),
+        (404, Some("0"))
+    );
+    assert_eq!(upstream.connections(), 1);
+    assert_eq!(total_handovers(&gateway), 0);
     gateway.dataplane.shutdown();
     Ok(())
 }

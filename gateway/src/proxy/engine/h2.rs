@@ -1,0 +1,367 @@
+//! The engine's HTTP/2 side: the request loop of an HTTP/2 client connection on pingora-core's
+//! h2 server, each stream served like the HTTP/1 engine's requests and relayed to an HTTP/1.1
+//! upstream from the engine's pool. A stream the engine does not serve (a request body,
+//! CONNECT, identity, mirrors, retries, h2c backends) goes to pingora's proxy, stream by stream;
+//! the connection stays here.
+//!
+//! pingora's proxy spends most of an HTTP/2 request in its per-request state machine and its
+//! upstream connector, as it does for HTTP/1 (see the parent module); the h2 framing itself is
+//! the `h2` crate's either way.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, header};
+use pingora::apps::HttpServerApp;
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::http::v2::server::{self as h2_server, H2Accept, HttpSession};
+use pingora::protocols::{Digest, Stream};
+use pingora::server::ShutdownWatch;
+use tokio::io::AsyncReadExt;
+
+use super::wire::{FieldSpan, ResponseHead};
+use super::{
+    Answered, Client, Engine, Framing, HopByHop, NoAnswer, Outcome, RELAY_CHUNK, Relay, SentFields,
+    serves_rule, upstream_head, upstream_keeps, within,
+};
+use crate::access_log::Protocol;
+use crate::proxy::wire::ChunkedTracker;
+use crate::proxy::{
+    Answer, RequestCtx, SentHost, apply_response_filters, error_status, strip_identity_headers,
+};
+use crate::strict::check_h2_request;
+
+/// Malformed streams one connection may open before it is closed (pingora's own budget).
+const MAX_MALFORMED_STREAMS: usize = 32;
+
+impl Engine {
+    /// Serves an HTTP/2 connection (ALPN h2, or the h2c preface) until it closes.
+    pub(super) async fn serve_h2(
+        self: &Arc<Self>,
+        stream: Stream,
+        client: Client,
+        shutdown: &ShutdownWatch,
+    ) {
+        let digest = Arc::new(Digest {
+            ssl_digest: stream.get_ssl_digest(),
+            timing_digest: stream.get_timing_digest(),
+            proxy_digest: stream.get_proxy_digest(),
+            socket_digest: stream.get_socket_digest(),
+        });
+        let mut connection = match h2_server::handshake(stream, self.pingora.h2_options()).await {
+            Ok(connection) => connection,
+            Err(error) => {
+                tracing::debug!(%error, "HTTP/2 handshake failed");
+                return;
+            }
+        };
+        let client = Arc::new(client);
+        let mut shutdown_signal = shutdown.clone();
+        let mut closing = false;
+        let mut malformed = 0;
+        loop {
+            // Once closing, the connection is still driven: streams the client opened before
+            // the GOAWAY are served, and the final GOAWAY is flushed.
+            let accepted = if closing {
+                HttpSession::from_h2_conn(&mut connection, Arc::clone(&digest)).await
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = shutdown_signal.changed() => {
+                        connection.graceful_shutdown();
+                        closing = true;
+                        continue;
+                    }
+                    accepted = HttpSession::from_h2_conn(&mut connection, Arc::clone(&digest)) => {
+                        accepted
+                    }
+                }
+            };
+            match accepted {
+                Ok(Some(H2Accept::Session(session))) => {
+                    let engine = Arc::clone(self);
+                    let client = Arc::clone(&client);
+                    let shutdown = shutdown.clone();
+                    tokio::spawn(async move {
+                        engine.serve_h2_stream(session, &client, &shutdown).await;
+                    });
+                }
+                // pingora answered or reset the stream (a forbidden byte in :path, conflicting
+                // lengths, an ambiguous authority); its siblings go on, up to a budget.
+                Ok(Some(H2Accept::Rejected)) => {
+                    malformed += 1;
+                    if malformed >= MAX_MALFORMED_STREAMS {
+                        tracing::debug!(
+                            "HTTP/2 connection closed after {malformed} malformed streams"
+                        );
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                // Clients often just close the TCP connection.
+                Err(error) => {
+                    tracing::debug!(%error, "HTTP/2 connection ended");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Serves one stream, or hands it to pingora's proxy.
+    async fn serve_h2_stream(
+        self: Arc<Self>,
+        mut session: HttpSession,
+        client: &Client,
+        shutdown: &ShutdownWatch,
+    ) {
+        if let Err(reason) = stream_shape(&session) {
+            self.hand_over_h2(session, reason, shutdown).await;
+            return;
+        }
+        let shared = &self.port.shared;
+        let mut ctx = RequestCtx {
+            _active: Some(shared.in_flight.enter()),
+            ..RequestCtx::default()
+        };
+        shared.observer.note_arrival(
+            client.addr,
+            session.req_header(),
+            Protocol::Http2,
+            &mut ctx.obs,
+        );
+        let outcome = if let Err(rejection) = check_h2_request(
+            &session.req_header().headers,
+            shared.max_request_header_bytes,
+        ) {
+            tracing::debug!(reason = rejection.reason(), "request rejected");
+            answer(&mut session, &Answer::status(rejection.status()))
+        } else if let Err(status) =
+            self.port
+                .route(session.req_header(), client.sni.as_deref(), &mut ctx)
+        {
+            answer(&mut session, &Answer::status(status))
+        } else {
+            let Some(rule) = ctx.rule.clone() else {
+                drop(ctx);
+                self.hand_over_h2(session, "unusual_head", shutdown).await;
+                return;
+            };
+            if let Err(reason) = serves_rule(&rule, &ctx) {
+                drop(ctx);
+                self.hand_over_h2(session, reason, shutdown).await;
+                return;
+            }
+            let sent_host = SentHost::of(session.req_header());
+            strip_identity_headers(session.req_header_mut(), &ctx);
+            match self
+                .port
+                .prepare_upstream(session.req_header_mut(), false, &mut ctx, sent_host)
+            {
+                Err(error) => answer(&mut session, &Answer::status(error_status(&error))),
+                Ok(Err(own)) => answer(&mut session, &own),
+                Ok(Ok(())) => self.forward_h2(&mut session, &mut ctx).await,
+            }
+        };
+        shared.observer.note_end(
+            outcome.status,
+            (0, outcome.body_bytes),
+            Vec::new,
+            &ctx.finished(),
+        );
+    }
+
+    /// pingora's proxy serves the stream.
+    async fn hand_over_h2(
+        &self,
+        session: HttpSession,
+        reason: &'static str,
+        shutdown: &ShutdownWatch,
+    ) {
+        self.port
+            .shared
+            .observer
+            .metrics()
+            .engine_handover("http2", reason);
+        self.pingora
+            .process_new_http(ServerSession::new_http2(session), shutdown)
+            .await;
+    }
+
+    /// Sends the request to an endpoint of the chosen backend and relays the response into the
+    /// stream: the head as HTTP/2 fields, the body as data frames.
+    async fn forward_h2(&self, session: &mut HttpSession, ctx: &mut RequestCtx) -> Outcome {
+        let head = upstream_head(
+            session.req_header(),
+            &SentFields::Filtered,
+            &[],
+            ctx.forwarded.take(),
+        );
+        let answered = match self
+            .send_upstream(session.req_header(), &head, ctx, None)
+            .await
+        {
+            Ok(answered) => answered,
+            Err(NoAnswer::Status(status)) => return answer(session, &Answer::status(status)),
+            Err(NoAnswer::ClientGone) => return Outcome::closed(0),
+        };
+        let Answered {
+            mut upstream,
+            addr,
+            mut received,
+            response,
+            fields,
+            deadline,
+        } = answered;
+        let method = &session.req_header().method;
+        let Some(framing) = Framing::of(method, &received, &response, &fields) else {
+            tracing::debug!(endpoint = %addr, "upstream response with unusable framing");
+            return answer(session, &Answer::status(502));
+        };
+        let keeps = upstream_keeps(&received, &response, &fields, framing);
+        let head = response_head(&received, &response, &fields).and_then(|mut head| {
+            apply_response_filters(session.req_header(), &mut head, ctx)?;
+            Ok(head)
+        });
+        let head = match head {
+            Ok(head) => head,
+            Err(error) => return answer(session, &Answer::status(error_status(&error))),
+        };
+        let status = response.status;
+        let mut relay = Relay {
+            framing,
+            chunked: ChunkedTracker::default(),
+            body_bytes: 0,
+            complete: framing == Framing::None || framing == Framing::Length(0),
+            extra: false,
+        };
+        let mut data = BytesMut::new();
+        relay.take_data(&received[response.len..], &mut data);
+        if relay.extra_error() {
+            return answer(session, &Answer::status(502));
+        }
+        let ended = relay.complete && data.is_empty();
+        if session
+            .write_response_header(Box::new(head), ended)
+            .is_err()
+        {
+            return Outcome::closed(status);
+        }
+        if !ended
+            && (!data.is_empty() || relay.complete)
+            && session
+                .write_body(data.split().freeze(), relay.complete)
+                .await
+                .is_err()
+        {
+            return Outcome::closed_after(status, relay.body_bytes);
+        }
+        while !relay.complete {
+            received.clear();
+            received.reserve(RELAY_CHUNK);
+            match within(deadline, upstream.read_buf(&mut received)).await {
+                Some(Ok(0)) if relay.framing == Framing::UntilClose => {
+                    relay.complete = true;
+                    if session.write_body(Bytes::new(), true).await.is_err() {
+                        return Outcome::closed_after(status, relay.body_bytes);
+                    }
+                }
+                Some(Ok(n)) if n > 0 => {
+                    relay.take_data(&received, &mut data);
+                    if relay.extra_error() {
+                        session.shutdown();
+                        return Outcome::closed_after(status, relay.body_bytes);
+                    }
+                    let wrote = if data.is_empty() && !relay.complete {
+                        true
+                    } else {
+                        session
+                            .write_body(data.split().freeze(), relay.complete)
+                            .await
+                            .is_ok()
+                    };
+                    if !wrote {
+                        return Outcome::closed_after(status, relay.body_bytes);
+                    }
+                }
+                // Cut: the upstream failed or the deadline passed after the head was sent; the
+                // stream is reset, its siblings go on.
+                _ => {
+                    session.shutdown();
+                    return Outcome::closed_after(status, relay.body_bytes);
+                }
+            }
+        }
+        if keeps && !relay.extra {
+            self.pool.put(addr, upstream);
+        }
+        Outcome {
+            status,
+            body_bytes: relay.body_bytes,
+            close: false,
+        }
+    }
+}
+
+/// Whether the engine serves this stream's request; `Err` names why pingora's proxy must.
+fn stream_shape(session: &HttpSession) -> Result<(), &'static str> {
+    let request = session.req_header();
+    if request.method == http::Method::CONNECT {
+        return Err("connect");
+    }
+    if !session.is_body_done() || request.headers.contains_key(header::CONTENT_LENGTH) {
+        return Err("body");
+    }
+    Ok(())
+}
+
+/// The upstream's response head as HTTP/2 fields: hop-by-hop fields, those `Connection` names
+/// and `Transfer-Encoding` dropped (RFC 9113 §8.2.2).
+fn response_head(
+    received: &[u8],
+    response: &ResponseHead,
+    fields: &[FieldSpan],
+) -> pingora::Result<ResponseHeader> {
+    let mut head = ResponseHeader::build_no_case(response.status, Some(fields.len()))?;
+    let hop_by_hop = HopByHop::of(received, fields);
+    for field in fields {
+        let name = &received[field.name.clone()];
+        if hop_by_hop.drops(name) || name.eq_ignore_ascii_case(b"transfer-encoding") {
+            continue;
+        }
+        let value = HeaderValue::from_bytes(&received[field.value.clone()]).map_err(|_| {
+            pingora::Error::explain(
+                pingora::ErrorType::InvalidHTTPHeader,
+                "invalid header value",
+            )
+        })?;
+        let name = http::HeaderName::from_bytes(name).map_err(|_| {
+            pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, "invalid header name")
+        })?;
+        head.append_header(name, value)?;
+    }
+    Ok(head)
+}
+
+/// Answers the stream with a response of the gateway's own (no body).
+fn answer(session: &mut HttpSession, own: &Answer) -> Outcome {
+    let built = ResponseHeader::build_no_case(own.status, Some(own.headers.len() + 1)).and_then(
+        |mut response| {
+            response.insert_header(header::CONTENT_LENGTH, HeaderValue::from_static("0"))?;
+            for (name, value) in &own.headers {
+                response.append_header(name.clone(), value.clone())?;
+            }
+            Ok(response)
+        },
+    );
+    let written =
+        built.and_then(|response| session.write_response_header(Box::new(response), true));
+    match written {
+        Ok(()) => Outcome {
+            status: own.status,
+            body_bytes: 0,
+            close: false,
+        },
+        Err(_) => Outcome::closed(0),
+    }
+}
