@@ -115,11 +115,33 @@ pub fn engine_reads(raw: &[u8], max_header_bytes: usize) -> EngineOutcome {
     }
 }
 
-/// Follows a chunked body at the start of `raw` as the engine does when relaying one: the bytes
-/// that belong to it and its payload length once it is complete, `None` while incomplete, or
-/// the framing error.
-pub fn engine_follows_chunked(raw: &[u8]) -> Result<Option<(usize, u64)>, String> {
+/// A chunked body as the engine followed it.
+#[derive(Debug)]
+pub struct FollowedChunked {
+    /// The bytes of `raw` that belong to the body, framing included (relayed to HTTP/1.1).
+    pub used: usize,
+    /// Its payload length as counted while following it.
+    pub payload_bytes: u64,
+    /// Its data, decoded as for HTTP/2 clients.
+    pub data: Vec<u8>,
+}
+
+/// Follows a chunked body at the start of `raw` as the engine does when relaying one, both as
+/// sent and decoded: `None` while incomplete, or the framing error. Both ways must agree.
+pub fn engine_follows_chunked(raw: &[u8]) -> Result<Option<FollowedChunked>, String> {
     let mut tracker = crate::proxy::wire::ChunkedTracker::default();
     let used = tracker.advance(raw).map_err(|e| e.to_string())?;
-    Ok(tracker.is_done().then(|| (used, tracker.payload_bytes())))
+    let mut decoder = crate::proxy::wire::ChunkedTracker::default();
+    let mut data = bytes::BytesMut::new();
+    let decoded = decoder.decode(raw, &mut data).map_err(|e| e.to_string())?;
+    if decoded != used || decoder.is_done() != tracker.is_done() {
+        return Err(format!(
+            "following ({used} bytes) and decoding ({decoded} bytes) disagree"
+        ));
+    }
+    Ok(tracker.is_done().then(|| FollowedChunked {
+        used,
+        payload_bytes: tracker.payload_bytes(),
+        data: data.to_vec(),
+    }))
 }

@@ -17,8 +17,8 @@
 //! Retries follow `Rule.retry` (listed codes and connection failures), with `backoff` between
 //! attempts, and only while pingora still holds the whole request body for replay.
 //!
-//! On HTTP/1.1, [`Engine`] serves plain proxied requests with this same code and hands the
-//! rest to pingora's proxy (see its module).
+//! [`Engine`] serves plain proxied HTTP/1.1 requests and HTTP/2 streams with this same code and
+//! hands the rest to pingora's proxy (see its module).
 
 pub(crate) mod engine;
 pub(crate) mod wire;

@@ -1,5 +1,6 @@
-//! torhaus's own HTTP/1.1 engine: the keep-alive loop of a listener port's connections, serving
-//! plain proxied requests itself and handing everything else to pingora's proxy.
+//! torhaus's own engine: the keep-alive loop of a listener port's HTTP/1.1 connections, and the
+//! stream loop of its HTTP/2 ones ([`h2`]), serving plain proxied requests itself and handing
+//! everything else to pingora's proxy.
 //!
 //! pingora's proxy layer costs about 80,000 instructions per keep-alive request here (a boxed
 //! per-request state machine, two header maps per message, a task spawned per pooled upstream
@@ -12,9 +13,10 @@
 //! It serves an HTTP/1.1 request without a body (no `Content-Length`, no `Transfer-Encoding`),
 //! without `Upgrade` or `Expect`, not CONNECT, with one Host, on a rule without identity policy,
 //! mirrors or retry policy whose backends speak HTTP/1. Everything else goes to pingora's proxy,
-//! which then keeps the connection (HTTP/2 by ALPN or h2c preface, HTTP/1.0, request bodies,
-//! WebSocket, identity, mirrors, retries, h2c backends, heads it cannot read, and requests for
-//! pingora to refuse with 400 or 431). Answers the gateway gives itself (404, 421, redirects,
+//! which then keeps the connection (HTTP/1.0, request bodies, WebSocket, identity, mirrors,
+//! retries, h2c backends, heads it cannot read, and requests for pingora to refuse with 400 or
+//! 431). HTTP/2 connections (ALPN h2, the h2c preface) go to [`h2`], which hands pingora single
+//! streams by the same rules. Answers the gateway gives itself (404, 421, redirects,
 //! CORS preflights, weighted 500s, 503 without endpoints) are written here, with the same status
 //! and headers as on pingora's path.
 //!
