@@ -67,6 +67,11 @@ fn scripted_response(path: &str, head: &str) -> (Vec<u8>, bool) {
             "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
             true,
         ),
+        "/chunked-and-length" => fixed(
+            "HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\r\n\
+             2\r\nok\r\n0\r\n\r\n",
+            false,
+        ),
         "/broken-chunks" => fixed(
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX\r\n",
             true,
@@ -284,6 +289,18 @@ async fn response_framings_are_relayed_exactly() -> Result<()> {
     assert_eq!(chunked.text(), "hello world");
     assert_eq!(chunked.header("x-case-kept"), Some("yes"));
     assert_eq!(chunked.header("transfer-encoding"), Some("chunked"));
+
+    // Chunked framing wins over a length sent beside it, which is not passed on.
+    let both = client.get("a", "/chunked-and-length").await?;
+    assert_eq!(
+        (both.text().as_str(), both.header("content-length")),
+        ("ok", None)
+    );
+    assert_eq!(
+        client.get("a", "/one").await?.status,
+        200,
+        "the connection goes on"
+    );
 
     client
         .send(b"GET /early-hints HTTP/1.1\r\nhost: a\r\n\r\n")
@@ -612,6 +629,12 @@ async fn http2_responses_are_relayed_as_data_frames_whatever_their_upstream_fram
     );
     assert_eq!(chunked.header("x-case-kept"), Some("yes"));
     assert_eq!(chunked.header("transfer-encoding"), None);
+
+    let both = client.get("http://a/chunked-and-length").await?;
+    assert_eq!(
+        (both.text().as_str(), both.header("content-length")),
+        ("ok", None)
+    );
 
     let until_close = client.get("http://a/until-close").await?;
     assert_eq!(until_close.text(), "streamed until close");

@@ -93,14 +93,16 @@ fn is_hop_by_hop(name: &[u8]) -> bool {
         .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
 }
 
-/// The fields a response head must lose on its way on: the hop-by-hop ones, and those its
-/// `Connection` fields name (RFC 9110 §7.6.1).
+/// The fields a response head must lose on its way on: the hop-by-hop ones, those its
+/// `Connection` fields name (RFC 9110 §7.6.1), and a `Content-Length` beside chunked framing
+/// (RFC 9112 §6.3: the chunked framing wins, and the length must not be passed on).
 struct HopByHop<'a> {
     named: Vec<&'a [u8]>,
+    stray_length: bool,
 }
 
 impl<'a> HopByHop<'a> {
-    fn of(received: &'a [u8], fields: &[FieldSpan]) -> Self {
+    fn of(received: &'a [u8], fields: &[FieldSpan], framing: Framing) -> Self {
         let named = fields
             .iter()
             .filter(|f| received[f.name.clone()].eq_ignore_ascii_case(b"connection"))
@@ -108,11 +110,16 @@ impl<'a> HopByHop<'a> {
             .map(<[u8]>::trim_ascii)
             .filter(|option| !option.is_empty())
             .collect();
-        Self { named }
+        Self {
+            named,
+            stray_length: framing == Framing::Chunked,
+        }
     }
 
     fn drops(&self, name: &[u8]) -> bool {
-        is_hop_by_hop(name) || self.named.iter().any(|n| n.eq_ignore_ascii_case(name))
+        is_hop_by_hop(name)
+            || self.named.iter().any(|n| n.eq_ignore_ascii_case(name))
+            || self.stray_length && name.eq_ignore_ascii_case(b"content-length")
     }
 }
 
@@ -553,7 +560,7 @@ impl Engine {
         let close = client_close || framing == Framing::UntilClose;
         // The head to send, when it differs from the upstream's; `None` passes it on as sent.
         let edited = if rule_changes_responses(&rule, ctx) {
-            match rebuilt_head(request, &received, &response, &fields, ctx, close) {
+            match rebuilt_head(request, &received, &response, &fields, framing, ctx, close) {
                 Ok(rebuilt) => Some(rebuilt),
                 Err(error) => {
                     let status = error_status(&error);
@@ -569,9 +576,12 @@ impl Engine {
                 is_hop_by_hop(name)
                     && !(name.eq_ignore_ascii_case(b"connection")
                         && received[f.value.clone()].eq_ignore_ascii_case(b"keep-alive"))
+                    || framing == Framing::Chunked && name.eq_ignore_ascii_case(b"content-length")
             })
         {
-            Some(edited_response_head(&received, &response, &fields, close))
+            Some(edited_response_head(
+                &received, &response, &fields, framing, close,
+            ))
         } else {
             None
         };
@@ -930,6 +940,7 @@ fn edited_response_head(
     received: &[u8],
     response: &ResponseHead,
     fields: &[FieldSpan],
+    framing: Framing,
     close: bool,
 ) -> Vec<u8> {
     let mut head = Vec::with_capacity(response.len + 32);
@@ -944,7 +955,7 @@ fn edited_response_head(
     head.push(b' ');
     head.extend_from_slice(&received[response.reason.clone()]);
     head.extend_from_slice(b"\r\n");
-    let hop_by_hop = HopByHop::of(received, fields);
+    let hop_by_hop = HopByHop::of(received, fields, framing);
     for field in fields {
         let name = &received[field.name.clone()];
         if hop_by_hop.drops(name) {
@@ -999,6 +1010,7 @@ fn rebuilt_head(
     received: &BytesMut,
     response: &ResponseHead,
     fields: &[FieldSpan],
+    framing: Framing,
     ctx: &RequestCtx,
     close: bool,
 ) -> pingora::Result<Vec<u8>> {
@@ -1008,7 +1020,7 @@ fn rebuilt_head(
     {
         rebuilt.set_reason_phrase(Some(reason))?;
     }
-    let hop_by_hop = HopByHop::of(received, fields);
+    let hop_by_hop = HopByHop::of(received, fields, framing);
     for field in fields {
         let name = &received[field.name.clone()];
         if hop_by_hop.drops(name) {

@@ -219,7 +219,7 @@ impl Engine {
             return answer(session, &Answer::status(502));
         };
         let keeps = upstream_keeps(&received, &response, &fields, framing);
-        let head = response_head(&received, &response, &fields).and_then(|mut head| {
+        let head = response_head(&received, &response, &fields, framing).and_then(|mut head| {
             apply_response_filters(session.req_header(), &mut head, ctx)?;
             Ok(head)
         });
@@ -315,15 +315,16 @@ fn stream_shape(session: &HttpSession) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// The upstream's response head as HTTP/2 fields: hop-by-hop fields, those `Connection` names
-/// and `Transfer-Encoding` dropped (RFC 9113 §8.2.2).
+/// The upstream's response head as HTTP/2 fields: hop-by-hop fields, those `Connection` names,
+/// a length beside chunked framing and `Transfer-Encoding` dropped (RFC 9113 §8.2.2).
 fn response_head(
     received: &[u8],
     response: &ResponseHead,
     fields: &[FieldSpan],
+    framing: Framing,
 ) -> pingora::Result<ResponseHeader> {
     let mut head = ResponseHeader::build_no_case(response.status, Some(fields.len()))?;
-    let hop_by_hop = HopByHop::of(received, fields);
+    let hop_by_hop = HopByHop::of(received, fields, framing);
     for field in fields {
         let name = &received[field.name.clone()];
         if hop_by_hop.drops(name) || name.eq_ignore_ascii_case(b"transfer-encoding") {
