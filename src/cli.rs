@@ -146,6 +146,10 @@ pub struct RunArgs {
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     pub grace_period: Duration,
+    /// How long an idle client connection stays open: between HTTP/1.1 requests, or with no
+    /// HTTP/2 stream open (the engine's connections; pingora keeps its own 60 s on HTTP/1.1).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    pub client_idle_timeout: Duration,
     /// Largest request header block accepted; larger ones get 431.
     #[arg(long, default_value_t = 32 * 1024)]
     pub max_request_header_bytes: usize,

@@ -83,6 +83,9 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         request_metrics: !args.observability.no_request_metrics,
         access_log: args.observability.access_log.clone(),
         engine: args.engine.into(),
+        client_idle_timeout: args
+            .client_idle_timeout
+            .max(std::time::Duration::from_millis(1)),
     };
     let options = DataPlaneOptions {
         ejection: EjectionPolicy {

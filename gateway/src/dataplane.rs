@@ -87,6 +87,9 @@ pub struct GatewaySettings {
     pub access_log: Option<AccessLogTarget>,
     /// Which engine serves requests.
     pub engine: EngineChoice,
+    /// How long the engine keeps an idle client connection open: between HTTP/1.1 requests,
+    /// or with no HTTP/2 stream open.
+    pub client_idle_timeout: Duration,
 }
 
 /// Which engine serves requests.
@@ -113,6 +116,7 @@ impl Default for GatewaySettings {
             request_metrics: true,
             access_log: None,
             engine: EngineChoice::default(),
+            client_idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -496,6 +500,7 @@ impl DataPlane {
             EngineOptions {
                 h2c: protocol == PortProtocol::Http,
                 own_engine: self.inner.settings.engine == EngineChoice::Torhaus,
+                idle_timeout: self.inner.settings.client_idle_timeout,
             },
         );
         let mut service = Service::new(format!("torhaus port {declared_port}"), engine);

@@ -117,6 +117,9 @@ impl ScriptedUpstream {
                 .expect("heads lock")
                 .push(head.text.clone());
             let path = head.target.split('?').next().unwrap_or_default();
+            if path == "/slow" {
+                tokio::time::sleep(std::time::Duration::from_millis(900)).await;
+            }
             let (reply, close) = scripted_response(path, &head.text);
             stream.write_all(&reply).await?;
             if close {
@@ -719,6 +722,57 @@ async fn http2_requests_without_a_route_are_answered_by_the_engine() -> Result<(
     );
     assert_eq!(upstream.connections(), 1);
     assert_eq!(total_handovers(&gateway), 0);
+    gateway.dataplane.shutdown();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_client_connections_are_closed_after_the_idle_timeout() -> Result<()> {
+    let upstream = ScriptedUpstream::spawn().await;
+    let app = backend("app", vec![upstream.addr], UpstreamProtocol::Http1);
+    let idle = std::time::Duration::from_millis(300);
+    let gateway = Gateway::start_with(&[80], DataPlaneOptions::default(), |settings| {
+        settings.client_idle_timeout = idle;
+    });
+    gateway.apply(simple(
+        80,
+        vec![rule(vec![prefix("/")], vec![], vec![to(&app, 1)])],
+    ));
+    let addr = gateway.addr(80);
+
+    let mut http1 = Client::connect(addr).await;
+    assert_eq!(http1.get("a", "/one").await?.status, 200);
+    let mut h2 = H2Client::connect(addr).await?;
+    assert_eq!(h2.get("http://a/one").await?.status, 200);
+    let opened = std::time::Instant::now();
+    // A slow stream keeps its HTTP/2 connection open past the idle timeout.
+    let mut busy = H2Client::connect(addr).await?;
+    let slow = tokio::spawn(async move { busy.get("http://a/slow").await.map(|r| (r, busy)) });
+
+    assert!(
+        http1.closed().await,
+        "the idle HTTP/1.1 connection is closed"
+    );
+    eventually("the idle HTTP/2 connection is closed", || {
+        let mut requests = h2.requests.clone();
+        async move {
+            std::future::poll_fn(|cx| requests.poll_ready(cx))
+                .await
+                .is_err()
+        }
+    })
+    .await?;
+    assert!(
+        opened.elapsed() >= idle,
+        "closed no earlier than the timeout"
+    );
+    let (response, mut busy) = slow.await??;
+    assert_eq!(response.status, 200, "the slow stream completed");
+    assert_eq!(
+        busy.get("http://a/after").await?.status,
+        200,
+        "its connection was kept while the stream was open"
+    );
     gateway.dataplane.shutdown();
     Ok(())
 }

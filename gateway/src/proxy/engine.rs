@@ -71,8 +71,6 @@ use crate::strict::{Rejection, check_h1_request};
 
 mod h2;
 
-/// How long a client connection may stay idle between requests (pingora's value).
-const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle upstream connections kept per endpoint, per worker thread.
 const MAX_IDLE_PER_ENDPOINT: usize = 128;
 /// How much is read from an upstream at a time while relaying a body.
@@ -138,6 +136,9 @@ pub struct EngineOptions {
     pub h2c: bool,
     /// Whether the engine serves requests itself; without it pingora's proxy serves everything.
     pub own_engine: bool,
+    /// How long a client connection may stay idle: between HTTP/1.1 requests, or with no
+    /// HTTP/2 stream open.
+    pub idle_timeout: Duration,
 }
 
 impl std::fmt::Debug for Engine {
@@ -236,7 +237,8 @@ impl Engine {
         // One timer per connection, re-armed only when it fires: arming one per read would cost
         // a timer-wheel insertion and removal on every request.
         let mut last_read = Instant::now();
-        let idle_timer = tokio::time::sleep(CLIENT_IDLE_TIMEOUT);
+        let idle_timeout = self.options.idle_timeout;
+        let idle_timer = tokio::time::sleep(idle_timeout);
         tokio::pin!(idle_timer);
         let mut first = true;
         loop {
@@ -283,7 +285,7 @@ impl Engine {
                         Ok(_) => last_read = Instant::now(),
                     },
                     () = &mut idle_timer => {
-                        let quiet_until = last_read + CLIENT_IDLE_TIMEOUT;
+                        let quiet_until = last_read + idle_timeout;
                         if Instant::now() >= quiet_until {
                             return;
                         }
@@ -328,7 +330,7 @@ impl Engine {
         session.set_keepalive(if *shutdown.borrow() {
             None
         } else {
-            Some(CLIENT_IDLE_TIMEOUT.as_secs())
+            Some(self.options.idle_timeout.as_secs().max(1))
         });
         let mut reused = self.pingora.process_new_http(session, shutdown).await;
         while let Some((stream, settings)) = reused.map(|r| r.consume()) {

@@ -9,6 +9,8 @@
 //! the `h2` crate's either way.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, header};
@@ -35,6 +37,39 @@ use crate::strict::check_h2_request;
 /// Malformed streams one connection may open before it is closed (pingora's own budget).
 const MAX_MALFORMED_STREAMS: usize = 32;
 
+/// The streams of one connection being served, and when the last one ended: the connection is
+/// idle while none is open.
+#[derive(Debug, Default)]
+struct OpenStreams {
+    count: AtomicUsize,
+    /// When the last stream ended, in milliseconds since the connection began.
+    last_end_ms: AtomicU64,
+}
+
+/// One stream being served; counted in [`OpenStreams`] until dropped.
+struct StreamGuard {
+    streams: Arc<OpenStreams>,
+    began: Instant,
+}
+
+impl StreamGuard {
+    fn new(streams: &Arc<OpenStreams>, began: Instant) -> Self {
+        streams.count.fetch_add(1, Ordering::Relaxed);
+        Self {
+            streams: Arc::clone(streams),
+            began,
+        }
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let now = u64::try_from(self.began.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.streams.last_end_ms.store(now, Ordering::Relaxed);
+        self.streams.count.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Engine {
     /// Serves an HTTP/2 connection (ALPN h2, or the h2c preface) until it closes.
     pub(super) async fn serve_h2(
@@ -60,6 +95,13 @@ impl Engine {
         let mut shutdown_signal = shutdown.clone();
         let mut closing = false;
         let mut malformed = 0;
+        // One timer per connection, re-armed only when it fires (as on HTTP/1.1).
+        let began = Instant::now();
+        let streams = Arc::new(OpenStreams::default());
+        let idle_timeout = self.options.idle_timeout;
+        let mut last_accept = began;
+        let idle_timer = tokio::time::sleep(idle_timeout);
+        tokio::pin!(idle_timer);
         loop {
             // Once closing, the connection is still driven: streams the client opened before
             // the GOAWAY are served, and the final GOAWAY is flushed.
@@ -76,15 +118,31 @@ impl Engine {
                     accepted = HttpSession::from_h2_conn(&mut connection, Arc::clone(&digest)) => {
                         accepted
                     }
+                    () = &mut idle_timer => {
+                        match quiet_until(&streams, began, last_accept, idle_timeout) {
+                            Some(until) if Instant::now() < until => {
+                                idle_timer.as_mut().reset(until.into());
+                            }
+                            Some(_) => {
+                                tracing::debug!("idle HTTP/2 connection closed");
+                                return;
+                            }
+                            None => idle_timer.as_mut().reset((Instant::now() + idle_timeout).into()),
+                        }
+                        continue;
+                    }
                 }
             };
             match accepted {
                 Ok(Some(H2Accept::Session(session))) => {
+                    last_accept = Instant::now();
+                    let guard = StreamGuard::new(&streams, began);
                     let engine = Arc::clone(self);
                     let client = Arc::clone(&client);
                     let shutdown = shutdown.clone();
                     tokio::spawn(async move {
                         engine.serve_h2_stream(session, &client, &shutdown).await;
+                        drop(guard);
                     });
                 }
                 // pingora answered or reset the stream (a forbidden byte in :path, conflicting
@@ -301,6 +359,21 @@ impl Engine {
             close: false,
         }
     }
+}
+
+/// When the connection has been idle long enough to close, if no stream is open; `None` while
+/// one is.
+fn quiet_until(
+    streams: &OpenStreams,
+    began: Instant,
+    last_accept: Instant,
+    idle_timeout: Duration,
+) -> Option<Instant> {
+    if streams.count.load(Ordering::Relaxed) > 0 {
+        return None;
+    }
+    let last_end = began + Duration::from_millis(streams.last_end_ms.load(Ordering::Relaxed));
+    Some(last_end.max(last_accept) + idle_timeout)
 }
 
 /// Whether the engine serves this stream's request; `Err` names why pingora's proxy must.
