@@ -639,6 +639,14 @@ async fn http2_responses_are_relayed_as_data_frames_whatever_their_upstream_fram
         ("ok", None)
     );
 
+    // HEAD: the length of the body a GET would get, and no body.
+    let head = client
+        .send(http::Request::head("http://a/sized").body(())?, None)
+        .await?;
+    assert_eq!(head.status, 200);
+    assert!(head.header("content-length").is_some(), "{head:?}");
+    assert_eq!(head.body.as_ref().map(Vec::len).ok(), Some(0), "{head:?}");
+
     let until_close = client.get("http://a/until-close").await?;
     assert_eq!(until_close.text(), "streamed until close");
 
