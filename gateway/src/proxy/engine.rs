@@ -97,6 +97,8 @@ fn is_hop_by_hop(name: &[u8]) -> bool {
 struct HopByHop<'a> {
     named: Vec<&'a [u8]>,
     stray_length: bool,
+    /// HTTP/2 has no `Transfer-Encoding` (RFC 9113 §8.2.2).
+    transfer_encoding: bool,
 }
 
 impl<'a> HopByHop<'a> {
@@ -111,13 +113,21 @@ impl<'a> HopByHop<'a> {
         Self {
             named,
             stray_length: framing == Framing::Chunked,
+            transfer_encoding: false,
         }
+    }
+
+    /// The same, for an HTTP/2 client: `Transfer-Encoding` dropped too.
+    fn for_h2(mut self) -> Self {
+        self.transfer_encoding = true;
+        self
     }
 
     fn drops(&self, name: &[u8]) -> bool {
         is_hop_by_hop(name)
             || self.named.iter().any(|n| n.eq_ignore_ascii_case(name))
             || self.stray_length && name.eq_ignore_ascii_case(b"content-length")
+            || self.transfer_encoding && name.eq_ignore_ascii_case(b"transfer-encoding")
     }
 }
 
@@ -497,6 +507,12 @@ impl Engine {
                 Ok((received, response)) => {
                     ctx.obs.upstream_answered();
                     endpoint.record_success();
+                    let Some(framing) = Framing::of(&request.method, &received, &response, &fields)
+                    else {
+                        tracing::debug!(endpoint = %addr, "upstream response with unusable framing");
+                        return Err(NoAnswer::Status(502));
+                    };
+                    let keeps = upstream_keeps(&received, &response, &fields, framing);
                     return Ok(Answered {
                         upstream,
                         addr,
@@ -504,6 +520,8 @@ impl Engine {
                         response,
                         fields,
                         deadline,
+                        framing,
+                        keeps,
                     });
                 }
                 Err(Exchange::NothingReceived) if reused && idempotent => {}
@@ -552,13 +570,9 @@ impl Engine {
             response,
             fields,
             deadline,
+            framing,
+            keeps,
         } = answered;
-
-        let Some(framing) = Framing::of(&request.method, &received, &response, &fields) else {
-            tracing::debug!(endpoint = %addr, "upstream response with unusable framing");
-            return write_answer(downstream, &Answer::status(502), client_close).await;
-        };
-        let upstream_keeps = upstream_keeps(&received, &response, &fields, framing);
         let close = client_close || framing == Framing::UntilClose;
         // The head to send, when it differs from the upstream's; `None` passes it on as sent.
         let edited = if rule_changes_responses(&rule, ctx) {
@@ -587,13 +601,7 @@ impl Engine {
         } else {
             None
         };
-        let mut relay = Relay {
-            framing,
-            chunked: ChunkedTracker::default(),
-            body_bytes: 0,
-            complete: framing == Framing::None || framing == Framing::Length(0),
-            extra: false,
-        };
+        let mut relay = Relay::new(framing);
         let first_body_len = relay.take(&received[response.len..]).len();
         let status = response.status;
         if relay.extra_error() {
@@ -633,7 +641,21 @@ impl Engine {
         if downstream.flush().await.is_err() {
             return Outcome::closed_after(status, relay.body_bytes);
         }
-        if upstream_keeps && !relay.extra {
+        self.relayed(upstream, addr, keeps, &relay, status, close)
+    }
+
+    /// The outcome of a response relayed whole; its upstream connection goes back to the pool
+    /// when it can serve another request.
+    fn relayed(
+        &self,
+        upstream: TcpStream,
+        addr: SocketAddr,
+        keeps: bool,
+        relay: &Relay,
+        status: u16,
+        close: bool,
+    ) -> Outcome {
+        if keeps && !relay.extra {
             self.pool.put(addr, upstream);
         }
         Outcome {
@@ -1009,6 +1031,30 @@ fn rule_changes_responses(rule: &Rule, ctx: &RequestCtx) -> bool {
             .any(|f| matches!(f, Filter::ResponseHeaders(_) | Filter::Cors(_)))
 }
 
+/// Appends the upstream's response fields to `head`, but those `dropped` names; the names keep
+/// their case where `head` has a case map.
+fn append_kept_fields(
+    head: &mut ResponseHeader,
+    received: &[u8],
+    fields: &[FieldSpan],
+    dropped: HopByHop<'_>,
+) -> pingora::Result<()> {
+    for field in fields {
+        let name = &received[field.name.clone()];
+        if dropped.drops(name) {
+            continue;
+        }
+        let value = HeaderValue::from_bytes(&received[field.value.clone()]).map_err(|_| {
+            pingora::Error::explain(
+                pingora::ErrorType::InvalidHTTPHeader,
+                "invalid header value",
+            )
+        })?;
+        head.append_header(Bytes::copy_from_slice(name), value)?;
+    }
+    Ok(())
+}
+
 /// The response head rebuilt: hop-by-hop fields dropped, the rule's response filters applied,
 /// `Connection: close` when the client connection ends after it.
 fn rebuilt_head(
@@ -1026,20 +1072,12 @@ fn rebuilt_head(
     {
         rebuilt.set_reason_phrase(Some(reason))?;
     }
-    let hop_by_hop = HopByHop::of(received, fields, framing);
-    for field in fields {
-        let name = &received[field.name.clone()];
-        if hop_by_hop.drops(name) {
-            continue;
-        }
-        let value = HeaderValue::from_bytes(&received[field.value.clone()]).map_err(|_| {
-            pingora::Error::explain(
-                pingora::ErrorType::InvalidHTTPHeader,
-                "invalid header value",
-            )
-        })?;
-        rebuilt.append_header(Bytes::copy_from_slice(name), value)?;
-    }
+    append_kept_fields(
+        &mut rebuilt,
+        received,
+        fields,
+        HopByHop::of(received, fields, framing),
+    )?;
     apply_response_filters(request, &mut rebuilt, ctx)?;
     if close {
         rebuilt.insert_header(header::CONNECTION, HeaderValue::from_static("close"))?;
@@ -1103,6 +1141,9 @@ struct Answered {
     fields: Vec<FieldSpan>,
     /// When the response must be complete (the route's timeouts).
     deadline: Option<Instant>,
+    framing: Framing,
+    /// Whether the connection can serve another request once this response is complete.
+    keeps: bool,
 }
 
 /// Why no final response head came from the upstream.
@@ -1240,6 +1281,16 @@ struct Relay {
 }
 
 impl Relay {
+    fn new(framing: Framing) -> Self {
+        Self {
+            framing,
+            chunked: ChunkedTracker::default(),
+            body_bytes: 0,
+            complete: framing == Framing::None || framing == Framing::Length(0),
+            extra: false,
+        }
+    }
+
     /// The part of `input` that belongs to the body.
     fn take<'a>(&mut self, input: &'a [u8]) -> &'a [u8] {
         if self.complete {

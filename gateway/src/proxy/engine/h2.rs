@@ -25,10 +25,9 @@ use tokio::io::AsyncReadExt;
 use super::wire::{FieldSpan, ResponseHead};
 use super::{
     Answered, Client, Engine, Framing, HopByHop, NoAnswer, Outcome, RELAY_CHUNK, Relay, SentFields,
-    serves_rule, upstream_head, upstream_keeps, within,
+    append_kept_fields, serves_rule, upstream_head, within,
 };
 use crate::access_log::Protocol;
-use crate::proxy::wire::ChunkedTracker;
 use crate::proxy::{
     Answer, RequestCtx, SentHost, apply_response_filters, error_status, strip_identity_headers,
 };
@@ -255,7 +254,7 @@ impl Engine {
             &[],
             ctx.forwarded.take(),
         );
-        let answered = match self
+        let mut answered: Answered = match self
             .send_upstream(session.req_header(), &head, ctx, None)
             .await
         {
@@ -263,36 +262,20 @@ impl Engine {
             Err(NoAnswer::Status(status)) => return answer(session, &Answer::status(status)),
             Err(NoAnswer::ClientGone) => return Outcome::closed(0),
         };
-        let Answered {
-            mut upstream,
-            addr,
-            mut received,
-            response,
-            fields,
-            deadline,
-        } = answered;
-        let method = &session.req_header().method;
-        let Some(framing) = Framing::of(method, &received, &response, &fields) else {
-            tracing::debug!(endpoint = %addr, "upstream response with unusable framing");
-            return answer(session, &Answer::status(502));
-        };
-        let keeps = upstream_keeps(&received, &response, &fields, framing);
-        let head = response_head(&received, &response, &fields, framing).and_then(|mut head| {
-            apply_response_filters(session.req_header(), &mut head, ctx)?;
-            Ok(head)
-        });
+        let framing = answered.framing;
+        let response = &answered.response;
+        let received = &mut answered.received;
+        let head =
+            response_head(received, response, &answered.fields, framing).and_then(|mut head| {
+                apply_response_filters(session.req_header(), &mut head, ctx)?;
+                Ok(head)
+            });
         let head = match head {
             Ok(head) => head,
             Err(error) => return answer(session, &Answer::status(error_status(&error))),
         };
         let status = response.status;
-        let mut relay = Relay {
-            framing,
-            chunked: ChunkedTracker::default(),
-            body_bytes: 0,
-            complete: framing == Framing::None || framing == Framing::Length(0),
-            extra: false,
-        };
+        let mut relay = Relay::new(framing);
         let mut data = BytesMut::new();
         relay.take_data(&received[response.len..], &mut data);
         if relay.extra_error() {
@@ -317,7 +300,7 @@ impl Engine {
         while !relay.complete {
             received.clear();
             received.reserve(RELAY_CHUNK);
-            match within(deadline, upstream.read_buf(&mut received)).await {
+            match within(answered.deadline, answered.upstream.read_buf(received)).await {
                 Some(Ok(0)) if relay.framing == Framing::UntilClose => {
                     relay.complete = true;
                     if session.write_body(Bytes::new(), true).await.is_err() {
@@ -325,7 +308,7 @@ impl Engine {
                     }
                 }
                 Some(Ok(n)) if n > 0 => {
-                    relay.take_data(&received, &mut data);
+                    relay.take_data(received, &mut data);
                     if relay.extra_error() {
                         session.shutdown();
                         return Outcome::closed_after(status, relay.body_bytes);
@@ -350,14 +333,14 @@ impl Engine {
                 }
             }
         }
-        if keeps && !relay.extra {
-            self.pool.put(addr, upstream);
-        }
-        Outcome {
+        self.relayed(
+            answered.upstream,
+            answered.addr,
+            answered.keeps,
+            &relay,
             status,
-            body_bytes: relay.body_bytes,
-            close: false,
-        }
+            false,
+        )
     }
 }
 
@@ -397,23 +380,8 @@ fn response_head(
     framing: Framing,
 ) -> pingora::Result<ResponseHeader> {
     let mut head = ResponseHeader::build_no_case(response.status, Some(fields.len()))?;
-    let hop_by_hop = HopByHop::of(received, fields, framing);
-    for field in fields {
-        let name = &received[field.name.clone()];
-        if hop_by_hop.drops(name) || name.eq_ignore_ascii_case(b"transfer-encoding") {
-            continue;
-        }
-        let value = HeaderValue::from_bytes(&received[field.value.clone()]).map_err(|_| {
-            pingora::Error::explain(
-                pingora::ErrorType::InvalidHTTPHeader,
-                "invalid header value",
-            )
-        })?;
-        let name = http::HeaderName::from_bytes(name).map_err(|_| {
-            pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, "invalid header name")
-        })?;
-        head.append_header(name, value)?;
-    }
+    let dropped = HopByHop::of(received, fields, framing).for_h2();
+    append_kept_fields(&mut head, received, fields, dropped)?;
     Ok(head)
 }
 
