@@ -10,7 +10,7 @@
 //! re-escape (`GET  /x` reframed to `%20/x`), and header blocks above the configured limit (431).
 //!
 //! Known limits: header blocks between the configured limit and pingora's 1 MiB cap are read
-//! in full before the 431 (pingora offers no earlier hook). With `--http1-engine pingora` only:
+//! in full before the 431 (pingora offers no earlier hook). With `--engine pingora` only:
 //! on cleartext ports (h2c enabled) pingora waits for 24 bytes, the length of the HTTP/2
 //! preface, before parsing, so a complete request shorter than that (only possible without
 //! Host, e.g. `GET / HTTP/1.0`) is answered only once more bytes arrive or the client closes;
