@@ -120,6 +120,12 @@ impl ScriptedUpstream {
             if path == "/slow" {
                 tokio::time::sleep(std::time::Duration::from_millis(900)).await;
             }
+            if path == "/hang" {
+                // Never answers: waits for the gateway to close the connection.
+                let mut rest = [0u8; 1];
+                let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut rest).await;
+                return Ok(());
+            }
             let (reply, close) = scripted_response(path, &head.text);
             stream.write_all(&reply).await?;
             if close {
@@ -781,6 +787,33 @@ async fn idle_client_connections_are_closed_after_the_idle_timeout() -> Result<(
         200,
         "its connection was kept while the stream was open"
     );
+    gateway.dataplane.shutdown();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_stream_reset_while_the_upstream_thinks_ends_the_exchange() -> Result<()> {
+    let upstream = ScriptedUpstream::spawn().await;
+    let gateway = gateway_to(upstream.addr, EngineChoice::Torhaus);
+    let client = H2Client::connect(gateway.addr(80)).await?;
+    let mut requests = client.requests.clone().ready().await?;
+    let (response, _body) =
+        requests.send_request(http::Request::get("http://a/hang").body(())?, true)?;
+    eventually("the request is in flight", || async {
+        gateway.dataplane.requests_in_flight() == 1
+    })
+    .await?;
+    // Dropping the response future resets the stream (RST_STREAM CANCEL).
+    drop(response);
+    drop(_body);
+    eventually(
+        "the request ended without its upstream answering",
+        || async { gateway.dataplane.requests_in_flight() == 0 },
+    )
+    .await?;
+    // The connection and its other streams go on.
+    let mut client = client;
+    assert_eq!(client.get("http://a/after").await?.status, 200);
     gateway.dataplane.shutdown();
     Ok(())
 }

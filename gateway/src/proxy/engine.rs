@@ -434,7 +434,7 @@ impl Engine {
     /// or are dropped.
     async fn send_upstream(
         &self,
-        request: &RequestHeader,
+        method: &Method,
         head: &[u8],
         ctx: &mut RequestCtx,
         mut interim: Option<&mut Stream>,
@@ -472,7 +472,7 @@ impl Engine {
         };
         let connect_timeout =
             budget.map_or(DEFAULT_CONNECT_TIMEOUT, |b| b.min(DEFAULT_CONNECT_TIMEOUT));
-        let idempotent = request.method.is_idempotent();
+        let idempotent = method.is_idempotent();
         let mut pooled = self.pool.take(addr);
         let mut fields = Vec::with_capacity(32);
         loop {
@@ -507,8 +507,7 @@ impl Engine {
                 Ok((received, response)) => {
                     ctx.obs.upstream_answered();
                     endpoint.record_success();
-                    let Some(framing) = Framing::of(&request.method, &received, &response, &fields)
-                    else {
+                    let Some(framing) = Framing::of(method, &received, &response, &fields) else {
                         tracing::debug!(endpoint = %addr, "upstream response with unusable framing");
                         return Err(NoAnswer::Status(502));
                     };
@@ -554,7 +553,7 @@ impl Engine {
             ctx.forwarded.take(),
         );
         let answered = match self
-            .send_upstream(request, &head, ctx, Some(&mut *downstream))
+            .send_upstream(&request.method, &head, ctx, Some(&mut *downstream))
             .await
         {
             Ok(answered) => answered,

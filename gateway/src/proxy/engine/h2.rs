@@ -254,10 +254,14 @@ impl Engine {
             &[],
             ctx.forwarded.take(),
         );
-        let mut answered: Answered = match self
-            .send_upstream(session.req_header(), &head, ctx, None)
-            .await
-        {
+        let method = session.req_header().method.clone();
+        // A client that resets the stream while the upstream thinks (a long poll) ends the
+        // exchange: the upstream connection is closed rather than kept busy for nobody.
+        let sent = tokio::select! {
+            sent = self.send_upstream(&method, &head, ctx, None) => sent,
+            _ = session.idle() => Err(NoAnswer::ClientGone),
+        };
+        let mut answered: Answered = match sent {
             Ok(answered) => answered,
             Err(NoAnswer::Status(status)) => return answer(session, &Answer::status(status)),
             Err(NoAnswer::ClientGone) => return Outcome::closed(0),
