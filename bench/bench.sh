@@ -21,6 +21,11 @@
 #              columns conn50/conn99 give the whole connection as the wire sees it: the client's
 #              SYN to the server's last response byte (handshake, any wait in the accept backlog,
 #              and the request).
+#         hr = new TLS connections at a fixed rate, open loop: h2load --h1 opens HR_RATE connections
+#              per second (full handshakes, no resumption), one request each. With the load
+#              generator below saturation, p50/p99 (request, after the handshake) and conn50/conn99
+#              (the whole connection on the wire) measure the server at the same offered load for
+#              every proxy, which hs's closed loop cannot (see bench/README.md).
 # Order: ROUNDS rounds; per mode, targets go forward in odd rounds, backwards in even
 #   rounds (A B .. B A .. A B), so drift cancels; tables use medians over rounds.
 # Prereqs: apt-get install nginx-light haproxy caddy wrk nghttp2-client curl;
@@ -35,7 +40,7 @@
 #   FOREIGN_MAX=15 (retry a cell once if other tenants used more than this % of the 2 cores) TIME_BUDGET=150 (no retries after)
 #   CONNS=64 THREADS=2 H2_CLIENTS=16 H2_STREAMS=4 HS_CONNS=64 WORKERS=1 BODY_BYTES=100
 #   MODES="h1 h2 hs" PROXIES="nginx haproxy caddy envoy traefik" (subject appended if set)
-#   WIRE=1 (0: no tcpdump capture in hs cells)
+#   WIRE=1 (0: no tcpdump capture in hs and hr cells)  HR_RATE=1500 DUR_HR=$DUR_HS (mode hr, not in the default MODES)
 #   EXTRA_ROUTES=0 (N extra host-based routes app-1..N.bench.example in nginx and HAProxy)
 #   ENVOY_BIN TRAEFIK_BIN CADDY_BIN SUBJECT_NAME RUN_DIR BASE_PORT=18000 KEEP_RUN=1
 # Layouts (2 cores): split = loadgen cpu0 | proxy+upstream cpu1
@@ -48,6 +53,7 @@ LAYOUT=${LAYOUT:-split}
 DUR_H1=${DUR_H1:-2}; DUR_H2=${DUR_H2:-2}; DUR_HS=${DUR_HS:-2}; WARM=${WARM:-1}
 ROUNDS=${ROUNDS:-3}; FOREIGN_MAX=${FOREIGN_MAX:-15}; TIME_BUDGET=${TIME_BUDGET:-150}; CONNS=${CONNS:-64}; THREADS=${THREADS:-2}
 H2_CLIENTS=${H2_CLIENTS:-16}; H2_STREAMS=${H2_STREAMS:-4}; HS_CONNS=${HS_CONNS:-64}
+HR_RATE=${HR_RATE:-1500}; DUR_HR=${DUR_HR:-$DUR_HS}
 WORKERS=${WORKERS:-1}; BODY_BYTES=${BODY_BYTES:-100}; NICE=${NICE:--10}; CERT_TYPE=${CERT_TYPE:-ec}
 MODES=${MODES:-"h1 h2 hs"}
 PROXIES=${PROXIES:-"nginx haproxy caddy envoy traefik"}
@@ -354,11 +360,12 @@ def unit_ms(v):
     return float(v)
 def parse(kind, out, log):
     t = open(out).read().splitlines()
-    rps = p50 = p99 = float("nan"); err = 0
+    rps = p50 = p99 = count = float("nan"); err = 0
     if kind == "wrk":
         for l in t:
             w = l.split()
             if l.startswith("Requests/sec:"): rps = float(w[1])
+            elif len(w) > 2 and w[1:3] == ["requests", "in"]: count = float(w[0])
             elif len(w) == 2 and w[0] == "50%": p50 = unit_ms(w[1])
             elif len(w) == 2 and w[0] == "99%": p99 = unit_ms(w[1])
             elif l.strip().startswith("Socket errors:"):
@@ -368,36 +375,44 @@ def parse(kind, out, log):
         for l in t:
             w = l.replace(",", "").split()
             if l.startswith("finished in"): rps = float(w[3])
-            elif l.startswith("requests:"): err += int(w[9]) + int(w[11]) + int(w[13])
+            elif l.startswith("requests:"): err += int(w[9]) + int(w[11]) + int(w[13]); count = float(w[5])
         try:
             d = sorted(int(l.split("\t")[2]) for l in open(log) if l.count("\t") >= 2)
             if d: p50, p99 = d[len(d)//2]/1e3, d[min(len(d)-1, int(len(d)*0.99))]/1e3
         except FileNotFoundError: pass
-    print(f"{rps:.1f} {p50:.3f} {p99:.3f} {err}")
+    print(f"{rps:.1f} {p50:.3f} {p99:.3f} {err} {count:.0f}")
 def wire(txt, port):
     # tcpdump -tt -nn lines; a connection starts with the client's SYN (client ports get reused)
-    # and ends with the last server segment that carried data.
+    # and ends with the last server segment that carried data. Per connection:
+    #   conn = SYN to the server's last data (the whole connection, client pauses included);
+    #   turn = ClientHello (the client's first data) to the server's first flight;
+    #   srv  = turn + the response turnaround (the client's last data before the server's last
+    #          data, i.e. the request, to that last data): the server's own time, without the
+    #          client's pauses between its flights.
     import re
     pat = re.compile(r'^(\d+\.\d+) IP 127\.0\.0\.1\.(\d+) > 127\.0\.0\.1\.(\d+): Flags \[([^\]]*)\].*length (\d+)')
-    # Also: the server's handshake turnaround, from the client's first data (ClientHello) to
-    # the server's first data (its handshake flight).
-    start, last, hello, flight, done, turn = {}, {}, {}, {}, [], []
+    start, last, hello, flight, asked, answer_to, done, turn, srv = {}, {}, {}, {}, {}, {}, [], [], []
     def close(c):
         if c in start and c in last: done.append(last[c] - start[c])
-        if c in hello and c in flight: turn.append(flight[c] - hello[c])
-        for d in (start, last, hello, flight): d.pop(c, None)
+        if c in hello and c in flight:
+            turn.append(flight[c] - hello[c])
+            if c in answer_to: srv.append(flight[c] - hello[c] + last[c] - answer_to[c])
+        for d in (start, last, hello, flight, asked, answer_to): d.pop(c, None)
     for l in open(txt):
         m = pat.match(l)
         if not m: continue
         t, a, b, flags, n = float(m[1]), m[2], m[3], m[4], int(m[5])
         if b == port and flags == "S": close(a); start[a] = t
-        elif b == port and n > 0 and a in start: hello.setdefault(a, t)
-        elif a == port and n > 0 and b in start: last[b] = t; flight.setdefault(b, t)
+        elif b == port and n > 0 and a in start: hello.setdefault(a, t); asked[a] = t
+        elif a == port and n > 0 and b in start:
+            last[b] = t; flight.setdefault(b, t)
+            if b in asked and b in flight and flight[b] != t: answer_to[b] = asked[b]
     for c in list(start): close(c)
-    d, h = sorted(done), sorted(turn)
-    if not d: print("nan nan 0 nan"); return
-    pct = lambda v, q: v[min(len(v)-1, int(len(v)*q))] * 1e3
-    print(f"{pct(d, .5):.3f} {pct(d, .99):.3f} {len(d)} {pct(h, .5) if h else float('nan'):.3f}")
+    d, h, v = sorted(done), sorted(turn), sorted(srv)
+    nan = float("nan")
+    if not d: print("nan nan 0 nan nan nan"); return
+    pct = lambda v, q: v[min(len(v)-1, int(len(v)*q))] * 1e3 if v else nan
+    print(f"{pct(d, .5):.3f} {pct(d, .99):.3f} {len(d)} {pct(h, .5):.3f} {pct(v, .5):.3f} {pct(v, .99):.3f}")
 def table(path, subj, rss0, rsspk):
     allrows = list(csv.DictReader(open(path)))
     best = {}   # per (round, mode, target) keep the attempt with the least foreign CPU
@@ -407,7 +422,8 @@ def table(path, subj, rss0, rsspk):
     rows = list(best.values())
     rss0 = dict(x.split("=") for x in rss0.split()); rsspk = dict(x.split("=") for x in rsspk.split())
     titles = {"h1": "HTTP/1.1 keep-alive, plain (wrk)", "h2": "HTTP/2 over TLS 1.3 (h2load)",
-              "hs": "new TLS 1.3 connection per request (wrk, Connection: close); req/s = conn/s"}
+              "hs": "new TLS 1.3 connection per request (wrk, Connection: close); req/s = conn/s",
+              "hr": "new TLS 1.3 connections at a fixed rate, open loop (h2load --h1, one request each)"}
     med = st.median
     for mode in dict.fromkeys(r["mode"] for r in rows):
         R = [r for r in rows if r["mode"] == mode]
@@ -418,9 +434,10 @@ def table(path, subj, rss0, rsspk):
                     if base in by and k in by[base] and float(by[base][k][key]) > 0]
         print(f"\n== {mode}: {titles.get(mode, mode)} ==")
         wired = any(r.get("conn_p50", "nan") != "nan" for r in R)
+        wmed = lambda k: med(float(r[k]) for r in by[t].values())
         print(f"{'proxy':<9}{'req/s':>9}{'±%':>6}{'p50ms':>7}{'p99ms':>7}{'xdirect':>8}{'xnginx':>8}{'±%':>6}"
               f"{'cpu_us':>8}{'cpu_xngx':>9}{'err':>5}{'RSS0':>6}{'RSSpk':>6}"
-              + (f"{'conn50':>8}{'conn99':>8}" if wired else ""))
+              + (f"{'conn50':>8}{'conn99':>8}{'srv50':>7}{'srv99':>7}" if wired else ""))
         hr = lambda xs: f"{(max(xs)-min(xs))/2/med(xs)*100:.1f}" if len(xs) > 1 and med(xs) else "-"
         f3 = lambda xs: f"{med(xs):.3f}" if xs else "-"
         for t in tg:
@@ -434,8 +451,8 @@ def table(path, subj, rss0, rsspk):
                   f"{f3(ratio(t, 'nginx')):>8}{hr(ratio(t, 'nginx')) if t != 'nginx' else '-':>6}"
                   f"{(med(cpu) if cpu else float('nan')):>8.1f}{(f'{med(xc):.2f}' if xc else '-'):>9}{err:>5}"
                   f"{int(rss0.get(t,0))/1024:>6.1f}{int(rsspk.get(t,0))/1024:>6.1f}"
-                  + (f"{med(float(r['conn_p50']) for r in by[t].values()):>8.2f}"
-                     f"{med(float(r['conn_p99']) for r in by[t].values()):>8.2f}" if wired else ""))
+                  + (f"{wmed('conn_p50'):>8.2f}{wmed('conn_p99'):>8.2f}{wmed('srv_p50'):>7.2f}"
+                     f"{wmed('srv_p99'):>7.2f}" if wired else ""))
     fo = [float(r["foreign"]) for r in rows]
     print(f"\ncells used: {len(rows)} of {len(allrows)} run; foreign (other tenants') CPU per cell, % of 2 cores: "
           f"median {med(fo):.1f}, max {max(fo):.1f}; busy% cpu0/cpu1 median "
@@ -448,7 +465,7 @@ if __name__ == "__main__":
 PYEOF
 
 CSV=$RUN/results.csv
-echo "round,mode,target,rps,p50,p99,err,cpu_us_req,busy0,busy1,steal0,steal1,foreign,wall,conn_p50,conn_p99" > "$CSV"
+echo "round,mode,target,rps,p50,p99,err,cpu_us_req,busy0,busy1,steal0,steal1,foreign,wall,conn_p50,conn_p99,srv_p50,srv_p99" > "$CSV"
 RETRIES=0
 
 # loadgen CPU: cutime+cstime (ticks) of this shell = all waited-for children, read from /proc/$$/stat
@@ -469,9 +486,9 @@ run_cell() {
 }
 run_once() {
   local rnd=$1 mode=$2 t=$3 dur=$4 warm=${5:-} pid=${PID_OF[$3]} out log kind c0 c1 u0 u1 s0 s1 k0 k1 w0 w1
-  local cap="" cap_pid="" conn="nan nan 0 nan"
+  local cap="" cap_pid="" conn="nan nan 0 nan nan nan"
   out=$RUN/cell.$mode.$t.$rnd.out; log=$RUN/cell.$mode.$t.$rnd.h2log; rm -f "$log"
-  if [ "$mode" = hs ] && [ "$WIRE" = 1 ] && [ -z "$warm" ]; then
+  if { [ "$mode" = hs ] || [ "$mode" = hr ]; } && [ "$WIRE" = 1 ] && [ -z "$warm" ]; then
     # headers only; on the load generator's cpu, whose CPU time counts as ours
     cap=$RUN/cell.$mode.$t.$rnd.pcap
     $(pin "$LG_CPUS") tcpdump -i lo -nn -s 96 -B 32768 -w "$cap" "tcp port ${TPORT[$t]}" 2>"$cap.err" &
@@ -486,6 +503,13 @@ run_once() {
           -D "$dur" --log-file="$log" "https://127.0.0.1:${TPORT[$t]}/" >"$out" 2>&1 ;;
     hs) kind=wrk; $(pin "$LG_CPUS") timeout $((dur+15)) wrk -t "$THREADS" -c "$HS_CONNS" -d "${dur}s" --latency \
           -H "Connection: close" "https://127.0.0.1:${TPORT[$t]}/" >"$out" 2>&1 ;;
+    hr) kind=h2load; local total=$((HR_RATE * dur)) period_ms=1
+        # One client thread (h2load splits a group among its threads by integer division, which
+        # lowers the rate), and arrivals as smooth as h2load allows: the shortest period that
+        # holds a whole number of connections (bursts would measure the burst, not the server).
+        while [ $((HR_RATE * period_ms % 1000)) != 0 ] && [ "$period_ms" -lt 10 ]; do period_ms=$((period_ms + 1)); done
+        $(pin "$LG_CPUS") timeout $((dur+15)) h2load --h1 -t 1 -r $(( (HR_RATE * period_ms + 500) / 1000 )) \
+          --rate-period "${period_ms}ms" -c "$total" -n "$total" --log-file="$log" "https://127.0.0.1:${TPORT[$t]}/" >"$out" 2>&1 ;;
   esac
   if [ -n "$cap_pid" ]; then kill -INT "$cap_pid" 2>/dev/null; wait "$cap_pid" 2>/dev/null; fi
   w1=$(date +%s.%N); k1=$(kids_ticks); s1=$(statline); u1=$(ticks "${PID_OF[direct]}"); c1=$(ticks "$pid")
@@ -495,17 +519,20 @@ run_once() {
     conn=$(python3 "$PY" wire "$cap.txt" "${TPORT[$t]}"); rm -f "$cap" "$cap.txt" "$cap.err"
   fi
   local res; res=$(python3 "$PY" parse $kind "$out" "$log"); rm -f "$log"
-  read -r rps p50 p99 err <<<"$res"
+  read -r rps p50 p99 err count <<<"$res"
   [ "$t" = direct ] && { u0=0; u1=0; }
   python3 - "$rnd" "$mode" "$t" "$rps" "$p50" "$p99" "$err" "$c0" "$c1" "$(getconf CLK_TCK)" "$dur" "$s0" "$s1" \
-     "$u0" "$u1" "$k0" "$k1" "$w0" "$w1" "$conn" >>"$CSV" <<'EOF'
+     "$u0" "$u1" "$k0" "$k1" "$w0" "$w1" "$conn" "$count" >>"$CSV" <<'EOF'
 import sys
 a = sys.argv[1:]
 rnd, mode, t, rps, p50, p99, err = a[0], a[1], a[2], float(a[3]), a[4], a[5], a[6]
 c0, c1, hz, dur = int(a[7]), int(a[8]), int(a[9]), float(a[10])
 s0 = list(map(float, a[11].split())); s1 = list(map(float, a[12].split()))
 u0, u1, k0, k1, w0, w1 = int(a[13]), int(a[14]), int(a[15]), int(a[16]), float(a[17]), float(a[18])
-cpu = (c1 - c0) / hz * 1e6 / (rps * dur) if rps == rps and rps > 0 else float("nan")
+w = a[19].split()
+# per request the generator completed (its count; rps * dur when it printed none)
+n = float(a[20]) if a[20] not in ("nan", "") and float(a[20]) > 0 else rps * dur
+cpu = (c1 - c0) / hz * 1e6 / n if n == n and n > 0 else float("nan")
 d = [y - x for x, y in zip(s0, s1)]       # per cpu: task-busy, irq+softirq, idle+iowait, steal (ticks)
 tot = [sum(d[4*i:4*i+4]) or 1 for i in range(2)]
 busy = [100 * (d[4*i] + d[4*i+1]) / tot[i] for i in range(2)]
@@ -514,11 +541,11 @@ ours = (c1 - c0) + (u1 - u0) + (k1 - k0)   # ticks: proxy + upstream + load gene
 # process times include softirq work done in their context, so compare with task + irq/softirq ticks
 foreign = max(0.0, 100 * (d[0] + d[1] + d[4] + d[5] - ours) / (tot[0] + tot[1]))
 print(f"{rnd},{mode},{t},{rps:.1f},{p50},{p99},{err},{cpu:.2f},{busy[0]:.0f},{busy[1]:.0f},"
-      f"{steal[0]:.1f},{steal[1]:.1f},{foreign:.1f},{w1 - w0:.2f},{a[19].split()[0]},{a[19].split()[1]}")
+      f"{steal[0]:.1f},{steal[1]:.1f},{foreign:.1f},{w1 - w0:.2f},{w[0]},{w[1]},{w[4]},{w[5]}")
 EOF
   printf '  r%s %-3s %-9s %9.0f req/s  p50 %6s ms  p99 %6s ms  err %s  foreign %s%%\n' "$rnd" "$mode" "$(name_of "$t")" \
     "$rps" "$p50" "$p99" "$err" "$(tail -1 "$CSV" | cut -d, -f13)"
-  [ -n "$cap" ] && printf '     on the wire: connection (SYN to last response byte) p50 %s ms, p99 %s ms (%s connections); ClientHello to server flight p50 %s ms\n' $conn
+  [ -n "$cap" ] && printf '     on the wire: connection (SYN to last response byte) p50 %s ms, p99 %s ms (%s connections); ClientHello to server flight p50 %s ms; server turnaround (flight + response) p50 %s ms, p99 %s ms\n' $conn
 }
 
 echo "bench: layout=$LAYOUT (loadgen cpus=${LG_CPUS:-any}, proxy=${PX_CPUS:-any}, upstream=${UP_CPUS:-any}) workers=$WORKERS nice=$NICE cert=$CERT_TYPE"
@@ -527,7 +554,7 @@ echo "       targets: ${TARGETS[*]}   modes: $MODES   rounds: $ROUNDS   run dir:
 # warm-up: every target once per mode (not recorded)
 for n in "${TARGETS[@]}"; do
   for mode in $MODES; do
-    [ "$mode" = hs ] && continue
+    { [ "$mode" = hs ] || [ "$mode" = hr ]; } && continue
     [ "$mode" != h1 ] && [ "${HAS_TLS[$n]}" != 1 ] && continue
     run_once 0 "$mode" "$n" "$WARM" warm
   done
@@ -537,7 +564,7 @@ for rnd in $(seq "$ROUNDS"); do
   order=("${TARGETS[@]}")
   if [ $((rnd % 2)) = 0 ]; then order=(); for ((k=${#TARGETS[@]}-1; k>=0; k--)); do order+=("${TARGETS[$k]}"); done; fi
   for mode in $MODES; do
-    case $mode in h1) d=$DUR_H1 ;; h2) d=$DUR_H2 ;; hs) d=$DUR_HS ;; esac
+    case $mode in h1) d=$DUR_H1 ;; h2) d=$DUR_H2 ;; hs) d=$DUR_HS ;; hr) d=$DUR_HR ;; esac
     for n in "${order[@]}"; do
       [ "$mode" != h1 ] && [ "${HAS_TLS[$n]}" != 1 ] && continue
       run_cell "$rnd" "$mode" "$n" "$d"
@@ -548,7 +575,7 @@ done
 RSSPK=(); for n in "${TARGETS[@]}"; do RSSPK+=("$n=$(kb_of "${PID_OF[$n]}" VmHWM)"); done
 echo
 echo "versions: nginx $(nginx -v 2>&1 | sed 's/.*\///'), haproxy $(haproxy -v | awk 'NR==1{print $3}'), caddy $("$CADDY_BIN" version 2>/dev/null | awk '{print $1}'), envoy $("$ENVOY_BIN" --version 2>/dev/null | grep -o '/[0-9][0-9.]*/' | tr -d /), traefik $("$TRAEFIK_BIN" version 2>/dev/null | awk '/^Version/{print $2}')"
-echo "load: wrk -t$THREADS -c$CONNS (h1 ${DUR_H1}s), h2load -t$THREADS -c$H2_CLIENTS -m$H2_STREAMS (${DUR_H2}s), wrk -c$HS_CONNS Connection:close (${DUR_HS}s); body ${BODY_BYTES} B"
+echo "load: wrk -t$THREADS -c$CONNS (h1 ${DUR_H1}s), h2load -t$THREADS -c$H2_CLIENTS -m$H2_STREAMS (${DUR_H2}s), wrk -c$HS_CONNS Connection:close (${DUR_HS}s), h2load --h1 at $HR_RATE conn/s (${DUR_HR}s); body ${BODY_BYTES} B"
 echo "columns: req/s = median over rounds, ±% = half-range/median; xdirect, xnginx = median of per-round req/s ratios (± = their half-range %);"
 echo "  cpu_us = proxy process-tree CPU us per request (direct row: upstream nginx), cpu_xngx = its per-round ratio to nginx (lower is better);"
 echo "  p50/p99 = medians over rounds; RSS0 = RSS idle after start, RSSpk = VmHWM at end (MiB, summed over the process tree)"
