@@ -150,6 +150,11 @@ pub struct RunArgs {
     /// HTTP/2 stream open (the engine's connections; pingora keeps its own 60 s on HTTP/1.1).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
     pub client_idle_timeout: Duration,
+    /// How long a client may take to complete the TLS handshake after connecting; slower or
+    /// silent connections are closed and counted (`torhaus_tls_handshakes_total`, outcome
+    /// `timeout`).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub tls_handshake_timeout: Duration,
     /// Largest request header block accepted; larger ones get 431.
     #[arg(long, default_value_t = 32 * 1024)]
     pub max_request_header_bytes: usize,

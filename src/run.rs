@@ -86,6 +86,9 @@ pub fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         client_idle_timeout: args
             .client_idle_timeout
             .max(std::time::Duration::from_millis(1)),
+        tls_handshake_timeout: args
+            .tls_handshake_timeout
+            .max(std::time::Duration::from_millis(1)),
     };
     let options = DataPlaneOptions {
         ejection: EjectionPolicy {

@@ -21,7 +21,7 @@
 //! ([`crate::drain`]), at most the grace period.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::IntoRawFd;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -30,7 +30,6 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::TcpSocketOptions;
-use pingora::listeners::tls::TlsSettings;
 use pingora::server::Fds;
 use pingora::server::configuration::ServerConf;
 use pingora::services::Service as _;
@@ -45,11 +44,11 @@ use crate::metrics::{Metrics, Observer, StateView};
 use crate::mirror::Mirrors;
 use crate::proxy::{Engine, EngineOptions, PortProxy, ProxyShared};
 use crate::snapshot::Snapshot;
-use crate::tls::{OnDemandCache, PortCertResolver, SniRecorder};
+use crate::tls::{OnDemandCache, PortCertResolver, SessionTickets, TlsTermination};
 use crate::upstream::EjectionPolicy;
 
-/// How long `apply` waits for a new port to accept connections, or a stopped one to close.
-const LISTEN_DEADLINE: Duration = Duration::from_secs(10);
+/// How long `apply` waits for a stopped port to close its sockets.
+const RELEASE_DEADLINE: Duration = Duration::from_secs(10);
 /// How long a stopped port's runtime waits for its tasks after the grace period.
 const WORKER_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pending connections a listening socket queues (pingora's own value).
@@ -90,6 +89,8 @@ pub struct GatewaySettings {
     /// How long the engine keeps an idle client connection open: between HTTP/1.1 requests,
     /// or with no HTTP/2 stream open.
     pub client_idle_timeout: Duration,
+    /// How long a client may take to complete the TLS handshake after connecting.
+    pub tls_handshake_timeout: Duration,
 }
 
 /// Which engine serves requests.
@@ -117,6 +118,7 @@ impl Default for GatewaySettings {
             access_log: None,
             engine: EngineChoice::default(),
             client_idle_timeout: Duration::from_secs(60),
+            tls_handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -177,6 +179,8 @@ struct Inner {
     on_demand: Arc<OnDemandCache>,
     shutdown: watch::Sender<bool>,
     metrics: Arc<Metrics>,
+    /// The session ticket keys every HTTPS port shares.
+    tickets: SessionTickets,
     /// Serializes `apply` and `shutdown`; never touched on the request path.
     lifecycle: Mutex<Lifecycle>,
 }
@@ -209,7 +213,13 @@ impl DataPlane {
                 "max_request_header_bytes must be at least 1024".into(),
             ));
         }
+        if settings.tls_handshake_timeout.is_zero() {
+            return Err(GatewayError::Settings(
+                "tls_handshake_timeout must be more than zero".into(),
+            ));
+        }
         pingora::tls::install_default_crypto_provider();
+        let tickets = SessionTickets::generate()?;
         let metrics = Arc::new(Metrics::new()?);
         let access_log = match &settings.access_log {
             Some(target) => Some(AccessLog::start(target, metrics.access_log_dropped())?),
@@ -234,6 +244,7 @@ impl DataPlane {
                 on_demand,
                 shutdown,
                 metrics,
+                tickets,
                 lifecycle: Mutex::new(Lifecycle {
                     servers: HashMap::new(),
                     retiring: Vec::new(),
@@ -450,10 +461,9 @@ impl DataPlane {
             stop,
             workers,
         };
-        if let Err(error) = wait_until_listening(declared_port, bound) {
-            server.stop.send_replace(true);
-            return Err(error);
-        }
+        // No probe connection: the sockets have listened since they were bound, so clients
+        // wait in the backlog until a worker accepts them, and a probe would itself be accepted
+        // as a client (on an HTTPS port, a failed handshake at every start).
         tracing::info!(port = declared_port, %bound, %protocol, "listening");
         Ok(server)
     }
@@ -490,6 +500,23 @@ impl DataPlane {
             server_options.h2c = true;
             pingora.server_options = Some(server_options);
         }
+        // HTTPS ports are TCP listeners to pingora: the engine runs the handshake.
+        let tls = match protocol {
+            PortProtocol::Http => None,
+            PortProtocol::Https => {
+                let resolver = PortCertResolver::new(
+                    declared_port,
+                    Arc::clone(&self.inner.proxy.snapshot),
+                    Arc::clone(&self.inner.on_demand),
+                );
+                Some(Arc::new(TlsTermination::new(
+                    Arc::new(resolver),
+                    &self.inner.tickets,
+                    self.inner.settings.tls_handshake_timeout,
+                    Some(Arc::clone(&self.inner.metrics)),
+                )?))
+            }
+        };
         let engine = Engine::new(
             PortProxy {
                 declared_port,
@@ -501,37 +528,15 @@ impl DataPlane {
                 h2c: protocol == PortProtocol::Http,
                 own_engine: self.inner.settings.engine == EngineChoice::Torhaus,
                 idle_timeout: self.inner.settings.client_idle_timeout,
+                tls,
             },
         );
         let mut service = Service::new(format!("torhaus port {declared_port}"), engine);
         // The options only matter to pingora when it binds, which it does not: the fds table
         // already holds every address.
         let options = TcpSocketOptions::default();
-        match protocol {
-            PortProtocol::Http => {
-                for (addr, _) in sockets {
-                    service.add_tcp_with_settings(&addr.to_string(), options.clone());
-                }
-            }
-            PortProtocol::Https => {
-                for (addr, _) in sockets {
-                    let resolver = PortCertResolver::new(
-                        declared_port,
-                        Arc::clone(&self.inner.proxy.snapshot),
-                        Arc::clone(&self.inner.on_demand),
-                    )
-                    .with_metrics(Arc::clone(&self.inner.metrics));
-                    let recorder = SniRecorder::new(Some(Arc::clone(&self.inner.metrics)));
-                    let mut tls = TlsSettings::with_callbacks(Box::new(recorder)).map_err(|e| {
-                        GatewayError::Settings(format!(
-                            "TLS settings for port {declared_port}: {e}"
-                        ))
-                    })?;
-                    tls.set_cert_resolver(Arc::new(resolver));
-                    tls.enable_h2();
-                    service.add_tls_with_settings(&addr.to_string(), Some(options.clone()), tls);
-                }
-            }
+        for (addr, _) in sockets {
+            service.add_tcp_with_settings(&addr.to_string(), options.clone());
         }
         let grace_period = self.inner.settings.grace_period;
         let thread_name = format!("torhaus-{declared_port}-{index}");
@@ -700,7 +705,7 @@ fn dual_stack_twin(bound: SocketAddr) -> Option<SocketAddr> {
 fn wait_until_released(declared_port: u16, server: &PortServer) -> Result<(), GatewayError> {
     let started = Instant::now();
     while !server.released() {
-        if server.finished() || started.elapsed() > LISTEN_DEADLINE {
+        if server.finished() || started.elapsed() > RELEASE_DEADLINE {
             return Err(GatewayError::NotReleased {
                 declared_port,
                 addr: server.bound,
@@ -710,31 +715,4 @@ fn wait_until_released(declared_port: u16, server: &PortServer) -> Result<(), Ga
         std::thread::sleep(POLL_INTERVAL);
     }
     Ok(())
-}
-
-/// Polls until the port accepts a TCP connection (a worker has started accepting).
-fn wait_until_listening(declared_port: u16, bound: SocketAddr) -> Result<(), GatewayError> {
-    let probe = match bound.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => {
-            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), bound.port())
-        }
-        IpAddr::V6(ip) if ip.is_unspecified() => {
-            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), bound.port())
-        }
-        _ => bound,
-    };
-    let started = Instant::now();
-    loop {
-        if TcpStream::connect_timeout(&probe, Duration::from_millis(200)).is_ok() {
-            return Ok(());
-        }
-        if started.elapsed() > LISTEN_DEADLINE {
-            return Err(GatewayError::NotListening {
-                declared_port,
-                addr: bound,
-                waited_ms: started.elapsed().as_millis(),
-            });
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }

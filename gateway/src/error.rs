@@ -18,12 +18,6 @@ pub enum GatewayError {
     },
     #[error("listener ports {first} and {second} both map to bound port {bound}")]
     PortMapCollision { first: u16, second: u16, bound: u16 },
-    #[error("port {declared_port} did not start listening on {addr} within {waited_ms} ms")]
-    NotListening {
-        declared_port: u16,
-        addr: SocketAddr,
-        waited_ms: u128,
-    },
     #[error("the data plane is shutting down; configuration not applied")]
     ShuttingDown,
     #[error("cannot start the server thread for port {declared_port}: {source}")]
@@ -33,4 +27,6 @@ pub enum GatewayError {
     },
     #[error("gateway settings: {0}")]
     Settings(String),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsSetupError),
 }

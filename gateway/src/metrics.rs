@@ -481,10 +481,10 @@ impl Metrics {
         ConnectionGuard(gauge)
     }
 
-    /// A TLS client asked for a name no certificate could be found or issued for.
-    pub(crate) fn tls_handshake_without_certificate(&self) {
+    /// A TLS handshake did not complete.
+    pub(crate) fn tls_handshake_failed(&self, failure: crate::tls::HandshakeFailure) {
         self.tls_handshakes
-            .with_label_values(&["unknown", "no_certificate"])
+            .with_label_values(&["unknown", failure.label()])
             .inc();
     }
 

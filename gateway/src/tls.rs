@@ -1,6 +1,6 @@
 //! TLS termination: the per-port SNI certificate resolver over the current snapshot, the
-//! on-demand certificate cache, and the handshake hook that records the client's SNI for the
-//! Host/SNI (421) check.
+//! on-demand certificate cache, the handshake hook that records the client's SNI for the
+//! Host/SNI (421) check, and (in [`termination`]) the handshake itself.
 //!
 //! Certificates are converted to rustls `CertifiedKey`s when a snapshot is built, so `resolve()`
 //! only loads the snapshot, picks a listener and compares names. Listeners without a certificate
@@ -26,6 +26,10 @@ use crate::snapshot::Snapshot;
 /// On-demand certificates kept at most; beyond it names are issued but not cached, so a flood of
 /// random SNIs cannot grow memory without bound.
 const ON_DEMAND_CACHE_LIMIT: usize = 4096;
+
+mod termination;
+
+pub use termination::{HandshakeFailure, SessionTickets, TlsSetupError, TlsTermination};
 
 /// A listener certificate ready for rustls.
 #[derive(Debug)]
@@ -191,7 +195,6 @@ pub struct PortCertResolver {
     declared_port: u16,
     snapshot: Arc<ArcSwap<Snapshot>>,
     on_demand: Arc<OnDemandCache>,
-    metrics: Option<Arc<Metrics>>,
 }
 
 impl fmt::Debug for PortCertResolver {
@@ -212,14 +215,7 @@ impl PortCertResolver {
             declared_port,
             snapshot,
             on_demand,
-            metrics: None,
         }
-    }
-
-    /// Counts handshakes that find no certificate in `metrics`.
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.metrics = Some(metrics);
-        self
     }
 
     fn resolve_name(&self, raw_sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
@@ -246,10 +242,8 @@ impl PortCertResolver {
 impl ResolvesServerCert for PortCertResolver {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let key = self.resolve_name(client_hello.server_name());
-        if key.is_none()
-            && let Some(metrics) = &self.metrics
-        {
-            metrics.tls_handshake_without_certificate();
+        if key.is_none() {
+            termination::note_certificate_refused();
         }
         key
     }

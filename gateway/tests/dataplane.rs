@@ -379,6 +379,51 @@ async fn https_without_certificate_uses_the_on_demand_issuer_and_h2_alpn() -> Re
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_sessions_resume_however_many_clients_came_between() -> Result<()> {
+    let app = TestBackend::spawn("app").await;
+    let app_backend = backend("app", vec![app.addr], UpstreamProtocol::Http1);
+    let gateway = Gateway::start(&[443]);
+    gateway.apply(Arc::new(DataPlaneConfig {
+        ports: vec![https_port(
+            443,
+            vec![tls_listener(
+                "app",
+                "app.example.com",
+                vec![certificate(&["app.example.com"])],
+                vec![route(
+                    "r",
+                    vec![rule(vec![prefix("/")], vec![], vec![to(&app_backend, 1)])],
+                )],
+            )],
+        )],
+    }));
+    let addr = gateway.addr(443);
+    let returning = tls_client_config(&[b"http/1.1"]);
+    let visit = |config: Arc<pingora::tls::ClientConfig>| async move {
+        let stream = tls_connect_with(&config, addr, Some("app.example.com")).await?;
+        let resumed = stream.get_ref().1.handshake_kind();
+        let mut client = Client::new(stream);
+        // The response comes after the session tickets, so the client has stored them.
+        anyhow::ensure!(client.get("app.example.com", "/").await?.status == 200);
+        anyhow::Ok(resumed)
+    };
+    assert_eq!(
+        visit(Arc::clone(&returning)).await?,
+        Some(rustls::HandshakeKind::Full)
+    );
+    // More clients than a per-port session cache (rustls's default holds 256 sessions, and
+    // every full handshake stores two), on both worker threads.
+    for _ in 0..300 {
+        visit(tls_client_config(&[b"http/1.1"])).await?;
+    }
+    assert_eq!(
+        visit(returning).await?,
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_downstream_and_h2c_upstream() -> Result<()> {
     // An h2c backend written with the h2 crate.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use support::*;
+use torhaus_gateway::DataPlaneOptions;
 use torhaus_gateway::access_log::AccessLogTarget;
 use torhaus_model::*;
 
@@ -363,6 +364,15 @@ async fn tls_handshakes_connections_and_certificates_are_exported() -> Result<()
         ) == Some(1.0)
     })
     .await?;
+    // Counted once: not also as a generic failure.
+    assert_eq!(
+        sample(
+            &metrics.encode(),
+            "torhaus_tls_handshakes_total",
+            &[("outcome", "failed")]
+        ),
+        None
+    );
     drop(client);
     wait_until("the closed connection to stop counting", || {
         sample(
@@ -372,6 +382,90 @@ async fn tls_handshakes_connections_and_certificates_are_exported() -> Result<()
         ) == Some(0.0)
     })
     .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_that_stall_or_are_not_tls_are_closed_and_counted() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let app = TestBackend::spawn("app").await;
+    let app_backend = backend("app", vec![app.addr], UpstreamProtocol::Http1);
+    let handshake_timeout = Duration::from_millis(400);
+    let gateway = Gateway::start_with(&[443], DataPlaneOptions::default(), |settings| {
+        settings.tls_handshake_timeout = handshake_timeout;
+    });
+    gateway.apply(Arc::new(DataPlaneConfig {
+        ports: vec![https_port(
+            443,
+            vec![listener(
+                "https",
+                host("app.example.com"),
+                Some(ListenerTls {
+                    certificates: vec![certificate(&["app.example.com"])],
+                }),
+                vec![route(
+                    "r",
+                    vec![rule(vec![prefix("/")], vec![], vec![to(&app_backend, 1)])],
+                )],
+            )],
+        )],
+    }));
+    let addr = gateway.addr(443);
+    let metrics = gateway.dataplane.metrics();
+
+    // Connected, then silent: closed once the handshake deadline passes.
+    let connected = Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(addr).await?;
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(DEADLINE, silent.read(&mut byte))
+        .await
+        .context("a silent connection was kept open")?;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(connected.elapsed() >= handshake_timeout);
+    wait_for_sample(
+        metrics,
+        "torhaus_tls_handshakes_total",
+        &[("outcome", "timeout")],
+        1.0,
+    )
+    .await?;
+
+    // Plain HTTP on the TLS port: refused and counted as a failure.
+    let mut plain = tokio::net::TcpStream::connect(addr).await?;
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: app.example.com\r\n\r\n")
+        .await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(DEADLINE, plain.read_to_end(&mut answer))
+        .await
+        .context("plain HTTP on the TLS port was kept open")??;
+    assert!(!answer.starts_with(b"HTTP/"), "{answer:?}");
+    wait_for_sample(
+        metrics,
+        "torhaus_tls_handshakes_total",
+        &[("outcome", "failed")],
+        1.0,
+    )
+    .await?;
+
+    // The port still serves TLS clients.
+    let stream = tls_connect(addr, Some("app.example.com"), &[b"http/1.1"]).await?;
+    assert_eq!(
+        Client::new(stream)
+            .get("app.example.com", "/")
+            .await?
+            .status,
+        200
+    );
+    assert_eq!(
+        sample(
+            &metrics.encode(),
+            "torhaus_tls_handshakes_total",
+            &[("outcome", "timeout")]
+        ),
+        Some(1.0)
+    );
     Ok(())
 }
 

@@ -550,11 +550,15 @@ async fn the_status_page_shows_the_quickstart_in_headless_chromium() -> anyhow::
     Ok(())
 }
 
-/// A client that sends an IP address as SNI (wrk does, and so do scanners) must not make
-/// torhaus log a line per connection: rustls warns about it, and the default filter keeps only
-/// rustls's errors.
+/// Handshakes that fail are what a public address sees all day: clients sending an IP address
+/// as SNI (wrk does, and so do scanners), plain HTTP on the TLS port, TCP health checks that
+/// connect and close. Each is counted, and none makes torhaus log a line: rustls warns about
+/// IP-address SNI (the default filter keeps only rustls's errors), and pingora's listener
+/// logged every failed handshake as an error (torhaus runs the handshake itself).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_sending_an_ip_address_as_sni_leaves_no_log_line() -> anyhow::Result<()> {
+async fn failed_tls_handshakes_are_counted_and_leave_no_log_line() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     let quickstart = Quickstart::start(&[]).await?;
     let https = quickstart.torhaus.addr(443)?;
     let openssl = tool("openssl")?;
@@ -568,17 +572,44 @@ async fn a_client_sending_an_ip_address_as_sni_leaves_no_log_line() -> anyhow::R
             .output()
             .context("running openssl s_client")?;
     }
-    quickstart
+    let text = quickstart
         .wait_for_sample(
             "torhaus_tls_handshakes_total",
             &["outcome=\"no_certificate\""],
             3.0,
         )
         .await?;
+    // The harness's readiness probe (connect, then close) may already be counted.
+    let failed_before = sample(
+        &text,
+        "torhaus_tls_handshakes_total",
+        &["outcome=\"failed\""],
+    )
+    .unwrap_or(0.0);
+    let mut plain = tokio::net::TcpStream::connect(https).await?;
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), plain.read_to_end(&mut answer))
+        .await
+        .context("plain HTTP on the TLS port was kept open")??;
+    drop(tokio::net::TcpStream::connect(https).await?);
+    quickstart
+        .wait_for_sample(
+            "torhaus_tls_handshakes_total",
+            &["outcome=\"failed\""],
+            failed_before + 2.0,
+        )
+        .await?;
     let log = quickstart.torhaus.log_tail();
     ensure!(
         !log.contains("rustls"),
         "rustls logged the client's IP-address SNI:\n{log}"
+    );
+    ensure!(
+        !log.to_lowercase().contains("handshake"),
+        "a failed handshake was logged:\n{log}"
     );
     Ok(())
 }

@@ -140,7 +140,7 @@ pub struct Engine {
 }
 
 /// How an [`Engine`] serves its port.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct EngineOptions {
     /// Whether cleartext connections may open with the HTTP/2 preface.
     pub h2c: bool,
@@ -149,6 +149,8 @@ pub struct EngineOptions {
     /// How long a client connection may stay idle: between HTTP/1.1 requests, or with no
     /// HTTP/2 stream open.
     pub idle_timeout: Duration,
+    /// The TLS handshake every connection goes through first, on an HTTPS port.
+    pub tls: Option<Arc<crate::tls::TlsTermination>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -221,7 +223,14 @@ fn rewound(stream: Stream, read: &[u8]) -> Option<Stream> {
 }
 
 impl Engine {
-    async fn serve(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) {
+    async fn serve(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
+        let mut stream = match &self.options.tls {
+            Some(tls) => match tls.accept(stream).await {
+                Some(stream) => stream,
+                None => return,
+            },
+            None => stream,
+        };
         if !self.options.own_engine {
             ServerApp::process_new(&self.pingora, stream, shutdown).await;
             return;

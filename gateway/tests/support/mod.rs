@@ -730,18 +730,33 @@ pub type TlsStream = pingora::tls::ClientTlsStream<TcpStream>;
 
 /// Connects with TLS; `sni: None` sends no SNI. `alpn` e.g. `&[b"h2"]`.
 pub async fn tls_connect(addr: SocketAddr, sni: Option<&str>, alpn: &[&[u8]]) -> Result<TlsStream> {
+    tls_connect_with(&tls_client_config(alpn), addr, sni).await
+}
+
+/// A client configuration that accepts any certificate. It keeps the sessions the server
+/// offers (rustls's default in-memory store), so connections made with the same one resume.
+pub fn tls_client_config(alpn: &[&[u8]]) -> Arc<ClientConfig> {
     pingora::tls::install_default_crypto_provider();
     let mut config = ClientConfig::builder()
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAny))
         .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+/// Connects with TLS using `config`; `sni: None` sends no SNI.
+pub async fn tls_connect_with(
+    config: &Arc<ClientConfig>,
+    addr: SocketAddr,
+    sni: Option<&str>,
+) -> Result<TlsStream> {
     let server_name = match sni {
         Some(name) => ServerName::try_from(name.to_owned())?,
         None => ServerName::IpAddress(addr.ip().into()),
     };
     let tcp = TcpStream::connect(addr).await?;
-    let stream = Box::pin(TlsConnector::from(Arc::new(config)).connect(server_name, tcp)).await?;
+    let stream = Box::pin(TlsConnector::from(Arc::clone(config)).connect(server_name, tcp)).await?;
     Ok(stream)
 }
 
