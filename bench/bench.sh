@@ -40,7 +40,7 @@
 #   FOREIGN_MAX=15 (retry a cell once if other tenants used more than this % of the 2 cores) TIME_BUDGET=150 (no retries after)
 #   CONNS=64 THREADS=2 H2_CLIENTS=16 H2_STREAMS=4 HS_CONNS=64 WORKERS=1 BODY_BYTES=100
 #   MODES="h1 h2 hs hr" PROXIES="nginx haproxy caddy envoy traefik" (subject appended if set)
-#   WIRE=1 (0: no tcpdump capture in hs and hr cells)  HR_RATE=800 DUR_HR=$DUR_HS (mode hr)
+#   WIRE=1 (0: no tcpdump capture in hs and hr cells)  HR_RATE=500 DUR_HR=$DUR_HS (mode hr; smoothest when 1000 / HR_RATE is whole)
 #   EXTRA_ROUTES=0 (N extra host-based routes app-1..N.bench.example in nginx and HAProxy)
 #   ENVOY_BIN TRAEFIK_BIN CADDY_BIN SUBJECT_NAME RUN_DIR BASE_PORT=18000 KEEP_RUN=1
 # Layouts (2 cores): split = loadgen cpu0 | proxy+upstream cpu1
@@ -53,7 +53,7 @@ LAYOUT=${LAYOUT:-split}
 DUR_H1=${DUR_H1:-2}; DUR_H2=${DUR_H2:-2}; DUR_HS=${DUR_HS:-2}; WARM=${WARM:-1}
 ROUNDS=${ROUNDS:-3}; FOREIGN_MAX=${FOREIGN_MAX:-15}; TIME_BUDGET=${TIME_BUDGET:-150}; CONNS=${CONNS:-64}; THREADS=${THREADS:-2}
 H2_CLIENTS=${H2_CLIENTS:-16}; H2_STREAMS=${H2_STREAMS:-4}; HS_CONNS=${HS_CONNS:-64}
-HR_RATE=${HR_RATE:-800}; DUR_HR=${DUR_HR:-$DUR_HS}
+HR_RATE=${HR_RATE:-500}; DUR_HR=${DUR_HR:-$DUR_HS}
 WORKERS=${WORKERS:-1}; BODY_BYTES=${BODY_BYTES:-100}; NICE=${NICE:--10}; CERT_TYPE=${CERT_TYPE:-ec}
 MODES=${MODES:-"h1 h2 hs hr"}
 PROXIES=${PROXIES:-"nginx haproxy caddy envoy traefik"}
