@@ -383,20 +383,11 @@ async fn tls_sessions_resume_however_many_clients_came_between() -> Result<()> {
     let app = TestBackend::spawn("app").await;
     let app_backend = backend("app", vec![app.addr], UpstreamProtocol::Http1);
     let gateway = Gateway::start(&[443]);
-    gateway.apply(Arc::new(DataPlaneConfig {
-        ports: vec![https_port(
-            443,
-            vec![tls_listener(
-                "app",
-                "app.example.com",
-                vec![certificate(&["app.example.com"])],
-                vec![route(
-                    "r",
-                    vec![rule(vec![prefix("/")], vec![], vec![to(&app_backend, 1)])],
-                )],
-            )],
-        )],
-    }));
+    gateway.apply(https_site(
+        "app.example.com",
+        vec![certificate(&["app.example.com"])],
+        &app_backend,
+    ));
     let addr = gateway.addr(443);
     let returning = tls_client_config(&[b"http/1.1"]);
     let visit = |config: Arc<pingora::tls::ClientConfig>| async move {

@@ -305,22 +305,11 @@ async fn tls_handshakes_connections_and_certificates_are_exported() -> Result<()
     let app_backend = backend("app", vec![app.addr], UpstreamProtocol::Http1);
     let cert = certificate(&["app.example.com"]);
     let gateway = Gateway::start(&[443]);
-    gateway.apply(Arc::new(DataPlaneConfig {
-        ports: vec![https_port(
-            443,
-            vec![listener(
-                "https",
-                host("app.example.com"),
-                Some(ListenerTls {
-                    certificates: vec![cert.clone()],
-                }),
-                vec![route(
-                    "r",
-                    vec![rule(vec![prefix("/")], vec![], vec![to(&app_backend, 1)])],
-                )],
-            )],
-        )],
-    }));
+    gateway.apply(https_site(
+        "app.example.com",
+        vec![cert.clone()],
+        &app_backend,
+    ));
     let addr = gateway.addr(443);
     let metrics = gateway.dataplane.metrics();
     let stream = tls_connect(addr, Some("app.example.com"), &[b"http/1.1"]).await?;
@@ -395,22 +384,11 @@ async fn handshakes_that_stall_or_are_not_tls_are_closed_and_counted() -> Result
     let gateway = Gateway::start_with(&[443], DataPlaneOptions::default(), |settings| {
         settings.tls_handshake_timeout = handshake_timeout;
     });
-    gateway.apply(Arc::new(DataPlaneConfig {
-        ports: vec![https_port(
-            443,
-            vec![listener(
-                "https",
-                host("app.example.com"),
-                Some(ListenerTls {
-                    certificates: vec![certificate(&["app.example.com"])],
-                }),
-                vec![route(
-                    "r",
-                    vec![rule(vec![prefix("/")], vec![], vec![to(&app_backend, 1)])],
-                )],
-            )],
-        )],
-    }));
+    gateway.apply(https_site(
+        "app.example.com",
+        vec![certificate(&["app.example.com"])],
+        &app_backend,
+    ));
     let addr = gateway.addr(443);
     let metrics = gateway.dataplane.metrics();
 

@@ -149,6 +149,29 @@ pub fn simple(port: u16, rules: Vec<Rule>) -> Arc<DataPlaneConfig> {
     })
 }
 
+/// One HTTPS listener on port 443 for `hostname`, serving `certificates`, every path to
+/// `backend`.
+pub fn https_site(
+    hostname: &str,
+    certificates: Vec<Arc<TlsCertificate>>,
+    backend: &Arc<Backend>,
+) -> Arc<DataPlaneConfig> {
+    Arc::new(DataPlaneConfig {
+        ports: vec![https_port(
+            443,
+            vec![listener(
+                "https",
+                host(hostname),
+                Some(ListenerTls { certificates }),
+                vec![route(
+                    "r",
+                    vec![rule(vec![prefix("/")], vec![], vec![to(backend, 1)])],
+                )],
+            )],
+        )],
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
 // Certificates
 
