@@ -219,6 +219,11 @@ impl DataPlane {
             ));
         }
         pingora::tls::install_default_crypto_provider();
+        // pingora bounds every accepted connection's start with its "fast" timeout, whose first
+        // use starts a clock thread that wakes 100 times a second for the rest of the process's
+        // life, busy or idle (a cost a small always-on box pays in power). tokio's timer, which
+        // runs anyway, takes every timeout of a second or more instead.
+        pingora::time::fast_timeout::set_fast_timeout_to_tokio_threshold(Some(Duration::ZERO));
         let tickets = SessionTickets::generate()?;
         let metrics = Arc::new(Metrics::new()?);
         let access_log = match &settings.access_log {

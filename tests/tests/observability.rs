@@ -550,6 +550,42 @@ async fn the_status_page_shows_the_quickstart_in_headless_chromium() -> anyhow::
     Ok(())
 }
 
+/// An idle gateway sleeps: serving HTTP/1.1, HTTPS and HTTP/2 must not leave pingora's
+/// 100-per-second clock thread running (its first use would start it for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serving_leaves_no_clock_thread_behind() -> anyhow::Result<()> {
+    let quickstart = Quickstart::start(&[]).await?;
+    quickstart.traffic(3, "localhost").await?;
+    let ca = quickstart.torhaus.export_ca()?;
+    for transport in [
+        Transport::H2c,
+        Transport::H2Tls(TlsSettings::new("localhost", &ca)?),
+    ] {
+        let addr = match transport {
+            Transport::H2c => quickstart.torhaus.addr(80)?,
+            _ => quickstart.torhaus.addr(443)?,
+        };
+        let response =
+            client::send(addr, &transport, &TestRequest::get("localhost", "/hello")).await?;
+        ensure!(
+            response.status == 200,
+            "HTTP/2 answered {}",
+            response.status
+        );
+    }
+    let tasks = format!("/proc/{}/task", quickstart.torhaus.pid());
+    let mut names = Vec::new();
+    for task in std::fs::read_dir(&tasks).context("listing the process's threads")? {
+        let comm = task?.path().join("comm");
+        names.push(std::fs::read_to_string(comm)?.trim().to_owned());
+    }
+    ensure!(
+        !names.iter().any(|name| name == "Timer thread"),
+        "pingora's clock thread is running: {names:?}"
+    );
+    Ok(())
+}
+
 /// Handshakes that fail are what a public address sees all day: clients sending an IP address
 /// as SNI (wrk does, and so do scanners), plain HTTP on the TLS port, TCP health checks that
 /// connect and close. Each is counted, and none makes torhaus log a line: rustls warns about
