@@ -279,6 +279,39 @@ async fn bodies_upgrades_and_http10_go_to_pingora_and_the_connection_keeps_worki
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_an_empty_body_stays_on_the_engine() -> Result<()> {
+    let (app, gateway) = app_behind_gateway(|_| {}).await;
+    let mut client = Client::connect(gateway.addr(80)).await;
+    // `Content-Length: 0` frames no body: the next request starts right after the head.
+    client
+        .send(
+            b"POST /empty HTTP/1.1\r\nhost: a.example\r\ncontent-length: 0\r\n\r\n\
+              GET /next HTTP/1.1\r\nhost: a.example\r\n\r\n",
+        )
+        .await?;
+    let empty = client.response(false).await?;
+    assert_eq!(empty.status, 200);
+    let upstream_saw = empty.text();
+    assert!(
+        upstream_saw.contains("POST /empty HTTP/1.1\r\n")
+            && upstream_saw.contains("\r\ncontent-length: 0\r\n"),
+        "{upstream_saw}"
+    );
+    let next = client.response(false).await?;
+    assert_eq!(next.status, 200);
+    assert!(app.last_head().starts_with("GET /next HTTP/1.1"));
+    assert_eq!(total_handovers(&gateway), 0);
+    // Two lengths, even both zero, are the strict checks' 400, through pingora.
+    client
+        .send(b"POST /twice HTTP/1.1\r\nhost: a.example\r\ncontent-length: 0\r\ncontent-length: 0\r\n\r\n")
+        .await?;
+    assert_eq!(client.response(false).await?.status, 400);
+    assert_eq!(handovers(&gateway, "body"), 1);
+    gateway.dataplane.shutdown();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_http10_request_is_answered_without_waiting_for_more_bytes() -> Result<()> {
     // 18 bytes, fewer than the HTTP/2 preface: pingora alone waits for 24 before parsing.
     let (_app, gateway) = app_behind_gateway(|_| {}).await;

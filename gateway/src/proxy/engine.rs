@@ -724,6 +724,7 @@ impl RequestShape {
             return Err("unusual_head");
         }
         let mut hosts = 0;
+        let mut empty_lengths = 0;
         let mut shape = RequestShape { close: false };
         for field in fields {
             let name = &raw[field.name.clone()];
@@ -737,7 +738,15 @@ impl RequestShape {
             }
             if is("host") {
                 hosts += 1;
-            } else if is("content-length") || is("transfer-encoding") {
+            } else if is("content-length") {
+                // `Content-Length: 0` (a POST without data) frames no body: the request ends
+                // with its head. Anything else, or the field twice, is pingora's (or the strict
+                // checks' 400).
+                if value.is_empty() || value.iter().any(|&b| b != b'0') {
+                    return Err("body");
+                }
+                empty_lengths += 1;
+            } else if is("transfer-encoding") {
                 return Err("body");
             } else if is("upgrade") {
                 return Err("upgrade");
@@ -756,6 +765,9 @@ impl RequestShape {
                 }
                 shape.close |= lists_token(value, "close");
             }
+        }
+        if empty_lengths > 1 {
+            return Err("body");
         }
         if hosts == 1 {
             Ok(shape)
