@@ -723,6 +723,19 @@ async fn http2_streams_with_a_body_go_to_pingora_and_the_connection_stays_with_t
 -> Result<()> {
     let (app, gateway) = app_behind_gateway(|_| {}).await;
     let mut client = H2Client::connect(gateway.addr(80)).await?;
+    // An empty body, `content-length: 0` and HEADERS ending the stream, stays on the engine.
+    let empty = http::Request::post("http://a.example/empty")
+        .header("content-length", "0")
+        .body(())?;
+    let response = client.send(empty, None).await?;
+    assert_eq!(response.status, 200);
+    let upstream_saw = response.text();
+    assert!(
+        upstream_saw.contains("POST /empty HTTP/1.1\r\n")
+            && upstream_saw.contains("\r\ncontent-length: 0\r\n"),
+        "{upstream_saw}"
+    );
+    assert_eq!(total_handovers(&gateway), 0);
     let upload = http::Request::post("http://a.example/upload").body(())?;
     let response = client.send(upload, Some(b"hello")).await?;
     assert_eq!((response.status, response.text().as_str()), (200, "5"));

@@ -369,10 +369,19 @@ fn stream_shape(session: &HttpSession) -> Result<(), &'static str> {
     if request.method == http::Method::CONNECT {
         return Err("connect");
     }
-    if !session.is_body_done() || request.headers.contains_key(header::CONTENT_LENGTH) {
+    if !session.is_body_done() {
         return Err("body");
     }
-    Ok(())
+    // A `content-length: 0` (a POST without data) frames no body, as HEADERS ending the stream
+    // already say; any other length is pingora's.
+    let mut lengths = request.headers.get_all(header::CONTENT_LENGTH).iter();
+    match (lengths.next(), lengths.next()) {
+        (None, _) => Ok(()),
+        (Some(zero), None) if !zero.is_empty() && zero.as_bytes().iter().all(|&b| b == b'0') => {
+            Ok(())
+        }
+        _ => Err("body"),
+    }
 }
 
 /// The upstream's response head as HTTP/2 fields: hop-by-hop fields, those `Connection` names,
